@@ -1,0 +1,74 @@
+"""ASGI guards in front of every route: bearer-token auth and the request body size cap."""
+
+import hmac
+import json
+
+from starlette.exceptions import HTTPException
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+async def _send_problem(send, status: int, title: str, detail: str, headers=()) -> None:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
+        *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BearerAuth:
+    """401 unless `Authorization: Bearer <token>` matches; health routes stay open."""
+
+    def __init__(self, app, *, token: str):
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(given, self.expected):
+            return await _send_problem(
+                send, 401, "Unauthorized",
+                "missing or wrong bearer token; send `Authorization: Bearer <SCV_API_TOKEN>`",
+                headers=[(b"www-authenticate", b'Bearer realm="scv"')])
+        return await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """413 for request bodies over `max_bytes`, by Content-Length or while streaming."""
+
+    def __init__(self, app, *, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = f"request body exceeds {self.max_bytes} bytes (SCV_MAX_BODY_BYTES)"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_problem(send, 413, "Payload too large", too_big)
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # An HTTPException passes FastAPI's body parsing untouched and renders as 413.
+                    raise HTTPException(status_code=413, detail=too_big)
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except HTTPException as exc:
+            if started or exc.status_code != 413:
+                raise
+            await _send_problem(send, 413, "Payload too large", too_big)
+

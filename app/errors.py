@@ -1,0 +1,79 @@
+"""Domain errors: each carries its HTTP status; `app.api.problems` renders them as problem+json."""
+
+
+class ServiceError(Exception):
+    """Base of every error a client may see. `detail` is safe to show: it never holds a secret."""
+
+    status: int = 500
+    title: str = "Internal error"
+    slug: str = "internal"
+
+    def __init__(self, detail: str, **extra):
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def type(self) -> str:
+        return f"https://scv.dev/problems/{self.slug}"
+
+
+class NotFound(ServiceError):
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class DatasetNotFound(NotFound):
+    def __init__(self, name: str):
+        super().__init__(
+            f"unknown dataset {name!r}; known datasets: mnist, fashion_mnist, cifar10, svhn, emnist",
+            dataset=name,
+        )
+
+
+class DatasetNotSeeded(NotFound):
+    slug = "dataset-not-seeded"
+
+    def __init__(self, name: str):
+        super().__init__(
+            f"dataset {name!r} is not seeded yet; run `scv datasets seed {name}` "
+            f"(or `scv datasets seed {name} --from-dir DIR` for files already downloaded)",
+            dataset=name,
+        )
+
+
+class Conflict(ServiceError):
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class InvalidInput(ServiceError):
+    """A request that passed schema validation but makes no sense (bad layers, wrong image size)."""
+
+    status, title, slug = 422, "Invalid input", "invalid-input"
+
+    def __init__(self, detail: str, *, field: str | None = None, **extra):
+        super().__init__(detail, **({"field": field} if field else {}), **extra)
+
+
+class PayloadTooLarge(ServiceError):
+    status, title, slug = 413, "Payload too large", "payload-too-large"
+
+
+class Unauthorized(ServiceError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+
+class IntegrityError(ServiceError):
+    """Stored bytes do not match their recorded checksum or format; refused, never loaded."""
+
+    status, title, slug = 502, "Stored object failed verification", "integrity"
+
+
+class StorageUnavailable(ServiceError):
+    status, title, slug = 503, "Storage unavailable", "storage-unavailable"
+    retry_after_s = 5
+
+
+class ObjectMissing(ServiceError):
+    """A storage key that does not exist; callers usually turn it into a more specific NotFound."""
+
+    status, title, slug = 404, "Not found", "not-found"

@@ -1,0 +1,47 @@
+"""The model bucket's key layout (SPEC §4) and the one place where a version ID becomes a key."""
+
+import re
+import secrets
+from datetime import UTC, datetime
+
+from app.errors import InvalidInput
+
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_VERSION = re.compile(VERSION_PATTERN)
+
+MODEL_FILE, METADATA_FILE, JOB_FILE = "model.safetensors", "metadata.json", "job.json"
+
+
+def validate_version(version: str) -> str:
+    """Return `version` if it is a safe ID, else raise InvalidInput; runs before any key is built."""
+    if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
+        shown = repr(version[:40] + ("…" if len(version) > 40 else "")) if isinstance(version, str) else "?"
+        raise InvalidInput(
+            f"invalid version {shown}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, without '..'", field="version")
+    return version
+
+
+def new_version(dataset: str) -> str:
+    """A fresh, time-sortable version ID such as `mnist-20261129-142600-3fa2c1`."""
+    return f"{dataset}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def key(version: str, name: str) -> str:
+    """`<version>/<name>` for a validated version."""
+    return f"{validate_version(version)}/{name}"
+
+
+def prefix(version: str) -> str:
+    """`<version>/`: every object of one version lives under it."""
+    return f"{validate_version(version)}/"
+
+
+def version_of(object_key: str) -> str:
+    """The version part of a model-bucket key."""
+    return object_key.split("/", 1)[0]
+
+
+def utcnow() -> str:
+    """The current time as ISO 8601 UTC, the format of every timestamp the service writes."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

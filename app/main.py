@@ -1,0 +1,66 @@
+"""The app factory: assembles settings, storage, services, guards and routers; nothing else."""
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import embedded
+from app.api import datasets as datasets_api
+from app.api import health, models, problems, train
+from app.api.guards import BearerAuth, BodyLimit
+from app.datasets import DatasetService
+from app.errors import ServiceError
+from app.executor import LocalExecutor
+from app.jobs import Executor, JobRecords, JobService
+from app.metrics import Metrics
+from app.registry import ModelRegistry
+from app.settings import Settings, get_settings
+from app.worker import worker_env
+
+log = logging.getLogger("scv")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; storage connects (or the embedded server starts) in the lifespan."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.api_token is None:
+            log.warning("SCV_API_TOKEN is unset: the API is open to anyone who can reach it")
+        with embedded.connect(settings) as (store, resolved):
+            app.state.settings, app.state.store, app.state.metrics = resolved, store, metrics
+            try:
+                store.ensure_buckets(resolved.minio_model_bucket, resolved.minio_dataset_bucket)
+            except ServiceError as exc:
+                log.warning("storage not ready at start-up (%s); /readyz retries", exc.detail)
+            records = JobRecords(store=store, bucket=resolved.minio_model_bucket)
+            app.state.jobs = JobService(records=records, executor=make_executor(resolved))
+            app.state.jobs.start()
+            app.state.registry = ModelRegistry(store=store, settings=resolved, records=records)
+            app.state.datasets = DatasetService(store=store, settings=resolved)
+            app.state.registry.apply_retention()
+            try:
+                yield
+            finally:
+                app.state.jobs.executor.stop()
+
+    app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan,
+                  description="Train Sequential CNNs in the background; keep versioned models in S3.")
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(train.router)
+    app.include_router(models.router)
+    app.include_router(datasets_api.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_token is not None:
+        app.add_middleware(BearerAuth, token=settings.api_token.get_secret_value())
+    app.add_middleware(metrics.middleware)
+    return app
+
+
+def make_executor(settings: Settings) -> Executor:
+    """The executor named by SCV_EXECUTOR."""
+    return LocalExecutor(worker_env=worker_env(settings), max_concurrent=settings.max_concurrent_jobs)

@@ -1,0 +1,76 @@
+"""Service configuration, read once from the environment and an optional `.env` file."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every variable of SPEC §3; field aliases are the environment names."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    minio_endpoint: str | None = Field(None, alias="MINIO_ENDPOINT")
+    minio_access_key: str | None = Field(
+        None, validation_alias=AliasChoices("MINIO_ACCESS_KEY", "MINIO_ROOT_USER")
+    )
+    minio_secret_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("MINIO_SECRET_KEY", "MINIO_ROOT_PASSWORD")
+    )
+    minio_secure: bool = Field(False, alias="MINIO_SECURE")
+    minio_ca_cert: Path | None = Field(None, alias="MINIO_CA_CERT")
+    minio_model_bucket: str = Field("models", alias="MINIO_MODEL_BUCKET", min_length=3, max_length=63)
+    minio_dataset_bucket: str = Field("datasets", alias="MINIO_DATASET_BUCKET", min_length=3, max_length=63)
+    data_dir: Path = Field(Path(".scv"), alias="SCV_DATA_DIR")
+    api_token: SecretStr | None = Field(None, alias="SCV_API_TOKEN")
+    executor: Literal["local", "ray"] = Field("local", alias="SCV_EXECUTOR")
+    max_concurrent_jobs: int = Field(1, alias="SCV_MAX_CONCURRENT_JOBS", ge=1, le=64)
+    model_ttl_days: int = Field(0, alias="SCV_MODEL_TTL_DAYS", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", alias="SCV_DEVICE")
+    max_body_bytes: int = Field(16 * 1024 * 1024, alias="SCV_MAX_BODY_BYTES", ge=1024)
+    ray_address: str | None = Field(None, alias="RAY_ADDRESS")
+    ray_auth_token: SecretStr | None = Field(None, alias="RAY_AUTH_TOKEN")
+    storage_timeout_s: float = Field(5.0, alias="SCV_STORAGE_TIMEOUT", gt=0)
+
+    @field_validator("minio_endpoint", "minio_access_key", "ray_address", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        return value or None
+
+    @field_validator("minio_endpoint")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or ":" not in value):
+            raise ValueError("must be host:port, without a scheme or path (e.g. minio:9000)")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external S3 endpoint is configured."""
+        return self.minio_endpoint is None
+
+
+class SettingsError(RuntimeError):
+    """A configuration variable is invalid; the message names it and never echoes secrets."""
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings, turning validation errors into one readable message per variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            name = Settings.model_fields[field].alias if field in Settings.model_fields else field
+            lines.append(f"{name or field.upper()}: {err['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(lines)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return load_settings()

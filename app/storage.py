@@ -1,0 +1,212 @@
+"""The S3 seam: the only module that imports `minio`; S3 failures become domain errors here."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.commonconfig import ENABLED, Filter
+from minio.deleteobjects import DeleteObject
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
+
+from app.errors import ObjectMissing, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+PART_SIZE = 16 * 1024 * 1024
+MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NoSuchVersion"}
+RANGED_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime | None
+
+
+class Store:
+    """A thin, typed wrapper around one `Minio` client, shared by the whole process."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        secure: bool = False,
+        ca_cert: str | None = None,
+        timeout_s: float = 5.0,
+    ):
+        self.endpoint = endpoint
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout_s, 3.0), read=timeout_s),
+            maxsize=32,
+            cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE",
+            ca_certs=str(ca_cert) if ca_cert else certifi.where(),
+            # One quick retry for a dropped connection; a stalled server must fail fast, not hang.
+            retries=urllib3.Retry(total=2, connect=1, read=0, backoff_factor=0.1,
+                                  status_forcelist=(502, 503, 504)),
+        )
+        self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
+                             secure=secure, http_client=http)
+
+    # -- error translation ---------------------------------------------------------------------
+
+    @contextmanager
+    def _translated(self, what: str):
+        try:
+            yield
+        except S3Error as exc:
+            if exc.code in MISSING_CODES:
+                raise ObjectMissing(f"{what}: not found") from None
+            raise StorageUnavailable(
+                f"S3 server at {self.endpoint} refused {what} ({exc.code}); check the endpoint, "
+                "the credentials and the bucket policy"
+            ) from None
+        except (ServerError, InvalidResponseError, MinioException, urllib3.exceptions.HTTPError,
+                OSError, ValueError) as exc:
+            raise StorageUnavailable(
+                f"S3 server at {self.endpoint} is unreachable or failing during {what} "
+                f"({type(exc).__name__}); retry later"
+            ) from None
+
+    # -- buckets -------------------------------------------------------------------------------
+
+    def ensure_buckets(self, *buckets: str) -> None:
+        """Create each bucket that does not exist yet."""
+        for bucket in buckets:
+            with self._translated(f"creating bucket {bucket!r}"):
+                if not self._client.bucket_exists(bucket_name=bucket):
+                    self._client.make_bucket(bucket_name=bucket)
+
+    def buckets_exist(self, *buckets: str) -> bool:
+        """True when every bucket exists; raises StorageUnavailable when storage does not answer."""
+        with self._translated("checking buckets"):
+            return all(self._client.bucket_exists(bucket_name=b) for b in buckets)
+
+    def set_expiry(self, *, bucket: str, days: int) -> None:
+        """Install (days > 0) or remove (days == 0) a whole-bucket expiration lifecycle rule."""
+        with self._translated(f"setting the lifecycle of {bucket!r}"):
+            if days <= 0:
+                self._client.delete_bucket_lifecycle(bucket_name=bucket)
+                return
+            rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id="scv-model-ttl",
+                        expiration=Expiration(days=days))
+            self._client.set_bucket_lifecycle(bucket_name=bucket, config=LifecycleConfig([rule]))
+
+    # -- objects -------------------------------------------------------------------------------
+
+    def put(self, *, bucket: str, key: str, data: BinaryIO | bytes, length: int = -1,
+            content_type: str = "application/octet-stream") -> None:
+        """Upload bytes or a stream; length -1 streams a multipart upload without temp files."""
+        if isinstance(data, bytes | bytearray | memoryview):
+            length, data = len(data), io.BytesIO(data)
+        with self._translated(f"uploading {bucket}/{key}"):
+            self._client.put_object(bucket_name=bucket, object_name=key, data=data, length=length,
+                                    content_type=content_type, part_size=PART_SIZE)
+
+    def put_json(self, *, bucket: str, key: str, value) -> None:
+        """Upload a JSON document."""
+        self.put(bucket=bucket, key=key, data=json.dumps(value).encode(), content_type="application/json")
+
+    def get_json(self, *, bucket: str, key: str):
+        """Download and parse a JSON document."""
+        return json.loads(self.get_bytes(bucket=bucket, key=key))
+
+    def get_bytes(self, *, bucket: str, key: str, size: int | None = None, parallel: int = 1) -> bytes:
+        """Download a whole object; with `parallel` > 1 and a known size, by concurrent ranged GETs."""
+        if parallel <= 1 or size is None or size <= RANGED_CHUNK:
+            return b"".join(self.iter_bytes(bucket=bucket, key=key))
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+
+        def fetch(offset: int) -> None:
+            pos = offset
+            for chunk in self.iter_bytes(bucket=bucket, key=key, offset=offset,
+                                         length=min(RANGED_CHUNK, size - offset)):
+                view[pos:pos + len(chunk)] = chunk
+                pos += len(chunk)
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(fetch, range(0, size, RANGED_CHUNK)))
+        return bytes(buffer)
+
+    def iter_bytes(self, *, bucket: str, key: str, offset: int = 0, length: int | None = None,
+                   chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        """Stream an object (or a byte range of it) in chunks; the connection is released at the end."""
+        what = f"reading {bucket}/{key}"
+        with self._translated(what):
+            response = self._client.get_object(bucket_name=bucket, object_name=key, offset=offset,
+                                               length=length or 0)
+        try:
+            with self._translated(what):
+                yield from response.stream(chunk_size)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def stat(self, *, bucket: str, key: str) -> ObjectInfo:
+        """Size, ETag and modification time of one object; ObjectMissing when absent."""
+        with self._translated(f"inspecting {bucket}/{key}"):
+            st = self._client.stat_object(bucket_name=bucket, object_name=key)
+        return ObjectInfo(key=key, size=st.size or 0, etag=(st.etag or "").strip('"'),
+                          last_modified=st.last_modified)
+
+    def exists(self, *, bucket: str, key: str) -> bool:
+        """True when the object exists."""
+        try:
+            self.stat(bucket=bucket, key=key)
+        except ObjectMissing:
+            return False
+        return True
+
+    def list(self, *, bucket: str, prefix: str = "", recursive: bool = True,
+             start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Objects under a prefix in key order (directories too when not recursive)."""
+        with self._translated(f"listing {bucket}/{prefix}"):
+            for obj in self._client.list_objects(bucket_name=bucket, prefix=prefix or None,
+                                                 recursive=recursive, start_after=start_after):
+                yield ObjectInfo(key=obj.object_name, size=obj.size or 0,
+                                 etag=(obj.etag or "").strip('"'), last_modified=obj.last_modified)
+
+    def delete(self, *, bucket: str, key: str) -> None:
+        """Remove one object (absent is fine)."""
+        with self._translated(f"deleting {bucket}/{key}"):
+            self._client.remove_object(bucket_name=bucket, object_name=key)
+
+    def delete_prefix(self, *, bucket: str, prefix: str) -> int:
+        """Remove every object under `prefix`; returns how many were removed."""
+        keys = [o.key for o in self.list(bucket=bucket, prefix=prefix)]
+        if keys:
+            with self._translated(f"deleting {bucket}/{prefix}"):
+                errors = list(self._client.remove_objects(
+                    bucket_name=bucket, delete_object_list=[DeleteObject(k) for k in keys]))
+            if errors:
+                raise StorageUnavailable(f"S3 server at {self.endpoint} failed to delete "
+                                         f"{len(errors)} objects under {bucket}/{prefix}; retry")
+        return len(keys)
+
+
+def store_from_settings(settings) -> Store:
+    """Build the process's Store from Settings (endpoint and credentials must be resolved)."""
+    return Store(
+        endpoint=settings.minio_endpoint,
+        access_key=settings.minio_access_key or "",
+        secret_key=settings.minio_secret_key.get_secret_value() if settings.minio_secret_key else "",
+        secure=settings.minio_secure,
+        ca_cert=str(settings.minio_ca_cert) if settings.minio_ca_cert else None,
+        timeout_s=settings.storage_timeout_s,
+    )

@@ -1,0 +1,180 @@
+"""Training jobs end to end: real HTTP through the app, real S3, real torch in worker processes."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load as load_tensors
+
+import models
+from app.datasets import DatasetService
+from app.main import create_app
+from app.storage import store_from_settings
+from tests.jobwait import train, wait_for
+
+SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
+             {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
+
+
+def _model_bytes(settings, version: str) -> bytes:
+    return store_from_settings(settings).get_bytes(bucket=settings.minio_model_bucket,
+                                                   key=f"{version}/model.safetensors")
+
+
+def _offline_accuracy(settings, version: str) -> float:
+    """Rebuild the stored model from its file alone and evaluate it on the stored test split."""
+    blob = _model_bytes(settings, version)
+    model, header = models.load_model(blob), models.read_header(blob)
+    images, labels = DatasetService(store=store_from_settings(settings), settings=settings).load_split(
+        header["dataset"], "test")
+    _, accuracy = models.evaluate(model, images, labels, mean=header["normalization"]["mean"],
+                                  std=header["normalization"]["std"], device="cpu")
+    return accuracy
+
+
+@pytest.mark.parametrize("layers", [None, SMALL_NET], ids=["default", "custom"])
+def test_train_store_reload_and_reproduce_accuracy(seeded_client, seeded_settings, layers):
+    body = {"dataset": "mnist", "epochs": 2, "batch_size": 16, **({"layers": layers} if layers else {})}
+    accepted = seeded_client.post("/train", json=body)
+    assert accepted.status_code == 202
+    version = accepted.json()["version"]
+    assert accepted.headers["location"] == f"/train/{version}"
+    assert accepted.json()["status"] == "queued"
+
+    record = wait_for(seeded_client, version)
+    assert record["status"] == "succeeded", record["error"]
+    assert len(record["history"]) == 2 and record["progress"]["fraction"] == 1.0
+    assert record["started_at"] <= record["finished_at"]
+    assert record["layers"][-1] == {**record["layers"][-1], "type": "Linear", "out_features": 10}
+    assert _offline_accuracy(seeded_settings, version) == pytest.approx(record["metrics"]["test_accuracy"])
+
+
+def test_same_seed_gives_bit_identical_weights(seeded_client, seeded_settings):
+    versions = [train(seeded_client, dataset="fashion_mnist", layers=SMALL_NET, seed=7, batch_size=8)["version"]
+                for _ in range(2)]
+    other = train(seeded_client, dataset="fashion_mnist", layers=SMALL_NET, seed=8, batch_size=8)["version"]
+    for v in (*versions, other):
+        assert wait_for(seeded_client, v)["status"] == "succeeded"
+    first, second, third = (load_tensors(_model_bytes(seeded_settings, v)) for v in (*versions, other))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], third[k]) for k in first)
+
+
+@pytest.mark.parametrize(("layers", "index", "words"), [
+    ([{"type": "Conv3d", "out_channels": 4}], 0, "unknown layer type"),
+    ([{"type": "Conv2d", "out_channels": 4, "kernel_size": 3, "colour": "red"}], 0, "colour"),
+    ([{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "Linear", "out_features": 8}], 1, "Flatten"),
+    ([{"type": "Flatten"}, {"type": "Linear", "out_features": 16384}, {"type": "Linear", "out_features": 16384}],
+     None, "parameters"),
+])
+def test_bad_layers_are_422_naming_index_and_reason(seeded_client, layers, index, words):
+    r = seeded_client.post("/train", json={"dataset": "mnist", "layers": layers})
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["field"] == (f"layers[{index}]" if index is not None else "layers")
+    assert words in body["detail"]
+    assert seeded_client.get("/train").json() == [] or all(
+        j["request"]["layers"] != layers for j in seeded_client.get("/train").json())
+
+
+def test_bad_fields_name_the_field(seeded_client):
+    r = seeded_client.post("/train", json={"dataset": "mnist", "epochs": 0, "optimizer": "lbfgs"})
+    assert r.status_code == 422
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert fields == {"epochs", "optimizer"}
+
+
+def test_unknown_and_unseeded_datasets_are_404(client, seeded_client):
+    r = seeded_client.post("/train", json={"dataset": "imagenet"})
+    assert r.status_code == 404 and "imagenet" in r.json()["detail"]
+    r = client.post("/train", json={"dataset": "mnist"})  # `client` has empty buckets
+    assert r.status_code == 404 and "scv datasets seed mnist" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("version", ["../x", "a/b", "x" * 129, ".hidden", "a..b", "é", "a\x00b"])
+def test_hostile_versions_never_reach_storage(seeded_client, seeded_settings, version):
+    r = seeded_client.post("/train", json={"dataset": "mnist", "version": version})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "version"
+    keys = [o.key for o in store_from_settings(seeded_settings).list(bucket=seeded_settings.minio_model_bucket)]
+    assert not any(version in k for k in keys)
+
+
+def test_reused_version_is_409(seeded_client):
+    train(seeded_client, dataset="mnist", version="dup-1", layers=SMALL_NET)
+    r = seeded_client.post("/train", json={"dataset": "mnist", "version": "dup-1"})
+    assert r.status_code == 409 and "dup-1" in r.json()["detail"]
+    wait_for(seeded_client, "dup-1")
+
+
+def _long_job(client, **extra) -> str:
+    # Batch size 1 over many epochs: long enough to act on while it runs.
+    return train(client, dataset="mnist", layers=SMALL_NET, epochs=100, batch_size=1, **extra)["version"]
+
+
+def test_cancel_running_job_stops_worker_and_keeps_no_model(seeded_client, seeded_settings):
+    version = _long_job(seeded_client)
+    running = wait_for(seeded_client, version, {"running"})
+    pid = running["worker"]["pid"] if "worker" in running else None
+    # The API keeps answering while the job trains.
+    assert seeded_client.get("/healthz").json() == {"status": "ok"}
+    assert seeded_client.get(f"/train/{version}").json()["status"] == "running"
+
+    r = seeded_client.delete(f"/train/{version}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert wait_for(seeded_client, version)["status"] == "cancelled"
+    if pid:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    keys = [o.key for o in store_from_settings(seeded_settings).list(
+        bucket=seeded_settings.minio_model_bucket, prefix=f"{version}/")]
+    assert keys == [f"{version}/job.json"]
+    assert seeded_client.delete(f"/train/{version}").status_code == 409
+
+
+def test_killed_worker_marks_job_failed(seeded_client):
+    version = _long_job(seeded_client)
+    pid = wait_for(seeded_client, version, {"running"})["worker"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    record = wait_for(seeded_client, version, timeout=15)
+    assert record["status"] == "failed"
+    assert "SIGKILL" in record["error"]
+
+
+def test_queued_job_survives_api_restart(seeded_settings):
+    with TestClient(create_app(seeded_settings)) as first:
+        blocker = _long_job(first)
+        queued = train(first, dataset="mnist", layers=SMALL_NET, batch_size=16)["version"]
+        wait_for(first, blocker, {"running"})
+        assert first.get(f"/train/{queued}").json()["status"] == "queued"
+    with TestClient(create_app(seeded_settings)) as second:
+        assert second.get(f"/train/{blocker}").json()["status"] == "failed"
+        assert wait_for(second, queued)["status"] == "succeeded"
+
+
+def test_sse_streams_changes_until_terminal(seeded_client):
+    version = train(seeded_client, dataset="mnist", layers=SMALL_NET, epochs=2, batch_size=8)["version"]
+    statuses = []
+    with seeded_client.stream("GET", f"/train/{version}/events") as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                statuses.append(json.loads(line[6:])["status"])
+    assert statuses[-1] == "succeeded"
+    assert statuses[0] in ("queued", "running")
+
+
+def test_list_jobs_newest_first_with_status_filter(seeded_client):
+    a = train(seeded_client, dataset="mnist", layers=SMALL_NET)["version"]
+    b = train(seeded_client, dataset="mnist", layers=SMALL_NET)["version"]
+    wait_for(seeded_client, a)
+    wait_for(seeded_client, b)
+    versions = [j["version"] for j in seeded_client.get("/train").json()]
+    assert versions.index(b) < versions.index(a)
+    succeeded = seeded_client.get("/train", params={"status": "succeeded"}).json()
+    assert {a, b} <= {j["version"] for j in succeeded}
+    assert all(j["status"] == "succeeded" for j in succeeded)
