@@ -85,11 +85,12 @@ class EmbeddedS3:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, *, ready_check, timeout_s: float = 30.0) -> str:
+    def start(self, *, ready_check, timeout_s: float = 30.0, s3_port: int | None = None) -> str:
         """Start the server and wait until `ready_check()` stops raising; returns host:port."""
         store_dir = self.data_dir / "s3"
         store_dir.mkdir(parents=True, exist_ok=True)
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        ports["s3.port"] = s3_port or ports["s3.port"]
         self.port = ports["s3.port"]
         args = [weed_binary(), "mini", f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 *(f"-{flag}={port}" for flag, port in ports.items()),

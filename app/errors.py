@@ -51,7 +51,9 @@ class InvalidInput(ServiceError):
     status, title, slug = 422, "Invalid input", "invalid-input"
 
     def __init__(self, detail: str, *, field: str | None = None, **extra):
-        super().__init__(detail, **({"field": field} if field else {}), **extra)
+        # Same shape as a schema validation 422: `errors` lists the offending fields.
+        named = {"field": field, "errors": [{"field": field, "message": detail}]} if field else {}
+        super().__init__(detail, **named, **extra)
 
 
 class PayloadTooLarge(ServiceError):

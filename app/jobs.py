@@ -134,7 +134,7 @@ class JobService:
         record = self.get(version)
         if record["status"] in TERMINAL:
             raise Conflict(f"job {version!r} already ended ({record['status']}); nothing to cancel",
-                           version=version, status=record["status"])
+                           version=version, job_status=record["status"])
         self.executor.cancel(version)
         return self.records.get(version)
 

@@ -36,7 +36,7 @@ def _offline_accuracy(settings, version: str) -> float:
 
 
 @pytest.mark.parametrize("layers", [None, SMALL_NET], ids=["default", "custom"])
-def test_train_store_reload_and_reproduce_accuracy(seeded_client, seeded_settings, layers):
+def test_train_store_reload_and_reproduce_accuracy(seeded_client, layers):
     body = {"dataset": "mnist", "epochs": 2, "batch_size": 16, **({"layers": layers} if layers else {})}
     accepted = seeded_client.post("/train", json=body)
     assert accepted.status_code == 202
@@ -49,16 +49,16 @@ def test_train_store_reload_and_reproduce_accuracy(seeded_client, seeded_setting
     assert len(record["history"]) == 2 and record["progress"]["fraction"] == 1.0
     assert record["started_at"] <= record["finished_at"]
     assert record["layers"][-1] == {**record["layers"][-1], "type": "Linear", "out_features": 10}
-    assert _offline_accuracy(seeded_settings, version) == pytest.approx(record["metrics"]["test_accuracy"])
+    assert _offline_accuracy(seeded_client.app.state.settings, version) == pytest.approx(record["metrics"]["test_accuracy"])
 
 
-def test_same_seed_gives_bit_identical_weights(seeded_client, seeded_settings):
+def test_same_seed_gives_bit_identical_weights(seeded_client):
     versions = [train(seeded_client, dataset="fashion_mnist", layers=SMALL_NET, seed=7, batch_size=8)["version"]
                 for _ in range(2)]
     other = train(seeded_client, dataset="fashion_mnist", layers=SMALL_NET, seed=8, batch_size=8)["version"]
     for v in (*versions, other):
         assert wait_for(seeded_client, v)["status"] == "succeeded"
-    first, second, third = (load_tensors(_model_bytes(seeded_settings, v)) for v in (*versions, other))
+    first, second, third = (load_tensors(_model_bytes(seeded_client.app.state.settings, v)) for v in (*versions, other))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], third[k]) for k in first)
@@ -97,10 +97,11 @@ def test_unknown_and_unseeded_datasets_are_404(client, seeded_client):
 
 
 @pytest.mark.parametrize("version", ["../x", "a/b", "x" * 129, ".hidden", "a..b", "é", "a\x00b"])
-def test_hostile_versions_never_reach_storage(seeded_client, seeded_settings, version):
+def test_hostile_versions_never_reach_storage(seeded_client, version):
     r = seeded_client.post("/train", json={"dataset": "mnist", "version": version})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "version"
-    keys = [o.key for o in store_from_settings(seeded_settings).list(bucket=seeded_settings.minio_model_bucket)]
+    settings = seeded_client.app.state.settings
+    keys = [o.key for o in store_from_settings(settings).list(bucket=settings.minio_model_bucket)]
     assert not any(version in k for k in keys)
 
 
@@ -116,7 +117,7 @@ def _long_job(client, **extra) -> str:
     return train(client, dataset="mnist", layers=SMALL_NET, epochs=100, batch_size=1, **extra)["version"]
 
 
-def test_cancel_running_job_stops_worker_and_keeps_no_model(seeded_client, seeded_settings):
+def test_cancel_running_job_stops_worker_and_keeps_no_model(seeded_client):
     version = _long_job(seeded_client)
     running = wait_for(seeded_client, version, {"running"})
     pid = running["worker"]["pid"] if "worker" in running else None
@@ -130,8 +131,8 @@ def test_cancel_running_job_stops_worker_and_keeps_no_model(seeded_client, seede
     if pid:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    keys = [o.key for o in store_from_settings(seeded_settings).list(
-        bucket=seeded_settings.minio_model_bucket, prefix=f"{version}/")]
+    settings = seeded_client.app.state.settings
+    keys = [o.key for o in store_from_settings(settings).list(bucket=settings.minio_model_bucket, prefix=f"{version}/")]
     assert keys == [f"{version}/job.json"]
     assert seeded_client.delete(f"/train/{version}").status_code == 409
 
@@ -146,12 +147,13 @@ def test_killed_worker_marks_job_failed(seeded_client):
 
 
 def test_queued_job_survives_api_restart(seeded_settings):
-    with TestClient(create_app(seeded_settings)) as first:
+    settings = seeded_settings.model_copy(update={"minio_model_bucket": "models-restart"})
+    with TestClient(create_app(settings)) as first:
         blocker = _long_job(first)
         queued = train(first, dataset="mnist", layers=SMALL_NET, batch_size=16)["version"]
         wait_for(first, blocker, {"running"})
         assert first.get(f"/train/{queued}").json()["status"] == "queued"
-    with TestClient(create_app(seeded_settings)) as second:
+    with TestClient(create_app(settings)) as second:
         assert second.get(f"/train/{blocker}").json()["status"] == "failed"
         assert wait_for(second, queued)["status"] == "succeeded"
 

@@ -16,9 +16,9 @@ HTTP_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "
 
 
 def problem(status: int, *, title: str, detail: str, type_: str = "about:blank",
-            headers: dict | None = None, **extra) -> JSONResponse:
-    """A problem+json response."""
-    body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
+            headers: dict | None = None, extra: dict | None = None) -> JSONResponse:
+    """A problem+json response; `extra` members never override the standard ones."""
+    body = {**(extra or {}), "type": type_, "title": title, "status": status, "detail": detail}
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -35,14 +35,14 @@ async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
     if exc.status >= 500:
         log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc.detail)
     return problem(exc.status, title=exc.title, detail=exc.detail, type_=exc.type, headers=headers,
-                   **exc.extra)
+                   extra=exc.extra)
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
     return problem(422, title="Invalid request", detail=detail,
-                   type_="https://scv.dev/problems/invalid-input", errors=errors)
+                   type_="https://scv.dev/problems/invalid-input", extra={"errors": errors})
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

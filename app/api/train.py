@@ -57,6 +57,7 @@ class JobRecord(BaseModel):
     metrics: dict[str, float | None] | None
     history: list[dict[str, Any]]
     error: str | None
+    worker: dict[str, Any] | None = Field(None, description="host and pid of the process running the job")
     created_at: str
     started_at: str | None
     finished_at: str | None

@@ -1,0 +1,148 @@
+"""The service as a user runs it: `scv serve` on the embedded server, and storage faults it survives."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.embedded import EmbeddedS3, free_ports
+from app.main import create_app
+from app.storage import Store
+from tests.conftest import ACCESS_KEY, SECRET_KEY, make_settings
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _serve(tmp_path: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
+    env["SCV_DATA_DIR"] = str(tmp_path / "data")
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _wait_ready(port: int, process: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "scv serve exited early"
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("scv serve did not become ready")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_scv_serve_on_embedded_storage_leaves_nothing_behind(tmp_path, stop):
+    (port,) = free_ports(1)
+    process = _serve(tmp_path, port)
+    try:
+        ready = _wait_ready(port, process)
+        assert ready["status"] == "ready" and ready["endpoint"].startswith("127.0.0.1:")
+        assert _processes_mentioning(str(tmp_path / "data" / "s3")), "the embedded weed server is not running"
+        assert (tmp_path / "data" / "s3-credentials.json").stat().st_mode & 0o777 == 0o600
+        process.send_signal(stop)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15  # a parent-death signal reaches weed asynchronously
+    while _processes_mentioning(str(tmp_path / "data" / "s3")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(tmp_path / "data" / "s3")) == []
+
+
+def _readyz_within(client, seconds: float):
+    """GET /readyz, failing the test if it does not answer within `seconds` (a bound, not a benchmark)."""
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("r", client.get("/readyz")), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert "r" in result, f"/readyz did not answer within {seconds}s"
+    return result["r"]
+
+
+@pytest.fixture
+def own_s3(tmp_path):
+    server = EmbeddedS3(data_dir=tmp_path / "own-s3", access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    server.start(ready_check=lambda: Store(endpoint=server.endpoint, access_key=ACCESS_KEY,
+                                           secret_key=SECRET_KEY).buckets_exist("probe"))
+    yield server
+    server.resume() if server.process.poll() is None else None
+    server.stop()
+
+
+def _assert_503_naming(response, endpoint: str):
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) > 0
+    assert endpoint in response.json()["detail"]
+    assert SECRET_KEY not in response.text
+
+
+def test_stalled_storage_is_503_quickly_then_recovers(own_s3, tmp_path):
+    with TestClient(create_app(make_settings(own_s3, tmp_path))) as client:
+        assert _readyz_within(client, 15).status_code == 200
+        own_s3.pause()
+        try:
+            _assert_503_naming(_readyz_within(client, 15), own_s3.endpoint)
+        finally:
+            own_s3.resume()
+        assert _readyz_within(client, 15).status_code == 200
+
+
+def test_storage_down_then_back_on_the_same_endpoint(own_s3, tmp_path):
+    with TestClient(create_app(make_settings(own_s3, tmp_path))) as client:
+        assert _readyz_within(client, 15).status_code == 200
+        own_s3.stop()
+        _assert_503_naming(_readyz_within(client, 15), own_s3.endpoint)
+        own_s3.start(ready_check=lambda: None, s3_port=own_s3.port)
+        deadline = time.monotonic() + 30
+        while _readyz_within(client, 15).status_code != 200:
+            assert time.monotonic() < deadline, "the service did not become ready again"
+            time.sleep(0.3)
+
+
+def test_wrong_credentials_are_503_without_the_secret(s3, tmp_path):
+    settings = make_settings(s3, tmp_path, MINIO_SECRET_KEY="definitely-wrong-secret")
+    with TestClient(create_app(settings)) as client:
+        r = _readyz_within(client, 15)
+        _assert_503_naming(r, s3.endpoint)
+        assert "definitely-wrong-secret" not in r.text
+
+
+def test_external_endpoint_gets_both_buckets(own_s3, tmp_path):
+    settings = make_settings(own_s3, tmp_path)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").json()["buckets"] == [settings.minio_model_bucket,
+                                                           settings.minio_dataset_bucket]
+    store = Store(endpoint=own_s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    assert store.buckets_exist(settings.minio_model_bucket, settings.minio_dataset_bucket)
+
+
+def test_bad_configuration_names_the_variable(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))},
+           "SCV_MAX_CONCURRENT_JOBS": "zero", "MINIO_SECRET_KEY": "hush-hush"}
+    r = subprocess.run([sys.executable, "-m", "app.cli", "serve"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    assert "SCV_MAX_CONCURRENT_JOBS" in r.stderr and "hush-hush" not in r.stderr
