@@ -75,9 +75,11 @@ def _die_with_parent() -> None:
 class EmbeddedS3:
     """A `weed mini` child process in its own process group, stopped with the parent."""
 
-    def __init__(self, *, data_dir: Path, access_key: str, secret_key: str):
+    def __init__(self, *, data_dir: Path, access_key: str, secret_key: str,
+                 tls: tuple[Path, Path] | None = None):
         self.data_dir = Path(data_dir)
         self.access_key, self.secret_key = access_key, secret_key
+        self.tls = tls  # (certificate, key): serve S3 over HTTPS only, on `port`
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -89,12 +91,17 @@ class EmbeddedS3:
         """Start the server and wait until `ready_check()` stops raising; returns host:port."""
         store_dir = self.data_dir / "s3"
         store_dir.mkdir(parents=True, exist_ok=True)
-        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
-        ports["s3.port"] = s3_port or ports["s3.port"]
-        self.port = ports["s3.port"]
+        free = free_ports(len(PORT_FLAGS) + 1)
+        ports = dict(zip(PORT_FLAGS, free, strict=False))
+        # Clients use `port`: the plain S3 port, or with TLS an HTTPS port (the plain one stays internal).
+        self.port = s3_port or (free[-1] if self.tls else ports["s3.port"])
+        if not self.tls:
+            ports["s3.port"] = self.port
         args = [weed_binary(), "mini", f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 *(f"-{flag}={port}" for flag, port in ports.items()),
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
+        if self.tls:
+            args += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}", f"-s3.port.https={self.port}"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log_file = open(self.data_dir / "s3.log", "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT,

@@ -78,6 +78,10 @@ class Store:
             ) from None
         except (ServerError, InvalidResponseError, MinioException, urllib3.exceptions.HTTPError,
                 OSError, ValueError) as exc:
+            if isinstance(getattr(exc, "reason", exc), urllib3.exceptions.SSLError):
+                raise StorageUnavailable(
+                    f"TLS to the S3 server at {self.endpoint} failed during {what}; check MINIO_SECURE and "
+                    "point MINIO_CA_CERT at the CA that signed the server's certificate") from None
             raise StorageUnavailable(
                 f"S3 server at {self.endpoint} is unreachable or failing during {what} "
                 f"({type(exc).__name__}); retry later"

@@ -1,0 +1,39 @@
+"""TLS to the S3 server: a self-signed CA trusted through MINIO_SECURE and MINIO_CA_CERT."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.embedded import EmbeddedS3
+from app.main import create_app
+from app.storage import Store
+from tests.conftest import ACCESS_KEY, SECRET_KEY, make_settings
+from tests.tlscerts import write_ca_and_server_cert
+
+
+@pytest.fixture(scope="module")
+def tls_s3(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tls")
+    ca, cert, key = write_ca_and_server_cert(directory)
+    server = EmbeddedS3(data_dir=directory / "s3", access_key=ACCESS_KEY, secret_key=SECRET_KEY, tls=(cert, key))
+    server.start(ready_check=lambda: Store(endpoint=server.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                                           secure=True, ca_cert=str(ca)).buckets_exist("probe"))
+    yield server, ca
+    server.stop()
+
+
+def test_service_talks_tls_when_it_trusts_the_ca(tls_s3, tmp_path):
+    server, ca = tls_s3
+    settings = make_settings(server, tmp_path, MINIO_SECURE="true", MINIO_CA_CERT=str(ca))
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/readyz")
+        assert r.status_code == 200, r.text
+    assert Store(endpoint=server.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=True,
+                 ca_cert=str(ca)).buckets_exist(settings.minio_model_bucket, settings.minio_dataset_bucket)
+
+
+def test_untrusted_certificate_is_a_clear_503(tls_s3, tmp_path):
+    server, _ = tls_s3
+    with TestClient(create_app(make_settings(server, tmp_path, MINIO_SECURE="true"))) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 503
+    assert "MINIO_CA_CERT" in r.json()["detail"] and server.endpoint in r.json()["detail"]
