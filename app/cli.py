@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from app.errors import ServiceError
 from app.settings import SettingsError, load_settings
 
 
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"scv: {exc}", file=sys.stderr)
         return 2
+    except ServiceError as exc:
+        print(f"scv: {exc.detail}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

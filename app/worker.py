@@ -115,12 +115,25 @@ def run(version: str, settings: Settings, *, threads: int | None = None) -> int:
     except Exception as exc:  # every failure becomes the job's recorded reason
         reason = exc.detail if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
         log.error("job %s failed: %s", version, reason)
-        try:
-            JobRecords(store=store, bucket=settings.minio_model_bucket).update(
-                version, status="failed", error=reason, finished_at=layout.utcnow())
-        except ServiceError:
-            pass  # storage is down: the executor records the failure when it comes back
+        record_failure(version, reason, store=store, bucket=settings.minio_model_bucket)
         return 1
+
+
+def record_failure(version: str, reason: str, *, store: Store, bucket: str, patience_s: float = 30.0) -> None:
+    """Mark the job failed and remove partial objects, retrying while storage is briefly away."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            JobRecords(store=store, bucket=bucket).update(version, status="failed", error=reason,
+                                                          finished_at=layout.utcnow())
+            # A failed upload may leave the metadata written just before the model: remove it.
+            for name in (layout.MODEL_FILE, layout.METADATA_FILE):
+                store.delete(bucket=bucket, key=layout.key(version, name))
+            return
+        except ServiceError:
+            if time.monotonic() > deadline:
+                return  # the executor records a generic failure once storage is back
+            time.sleep(1.0)
 
 
 def _die_with_parent() -> None:

@@ -1,0 +1,125 @@
+"""Reading seeded datasets: manifests, and verified split tensors through a local disk cache and an LRU."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from app import catalog
+from app.errors import DatasetNotSeeded, IntegrityError, InvalidInput, ObjectMissing
+from app.storage import Store
+
+MEMORY_ENTRIES = 4  # a job needs train + test; the API needs the CKA sets of a few datasets
+EXPECTED = {"train.safetensors": ("images", "labels"), "test.safetensors": ("images", "labels"),
+            "cka.safetensors": ("images", "labels", "indices")}
+
+
+class DatasetService:
+    """Manifests and tensors of the seeded datasets, each object checked against its manifest sha256.
+
+    Objects are downloaded once into `SCV_DATA_DIR/cache/<sha256>.safetensors` (content-addressed,
+    written atomically only after the size and sha256 matched), then memory-mapped from there;
+    a small in-process LRU keyed by sha256 skips even that. Import-light: no FastAPI.
+    """
+
+    def __init__(self, *, store: Store, settings, memory_entries: int = MEMORY_ENTRIES):
+        self.store, self.bucket = store, settings.minio_dataset_bucket
+        self.cache_dir = Path(settings.data_dir) / "cache"
+        self._memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._memory_entries = memory_entries
+        self._lock = threading.Lock()
+
+    def manifest(self, name: str) -> dict:
+        """The stored manifest of `name`; DatasetNotFound / DatasetNotSeeded when there is none."""
+        catalog.info(name)
+        try:
+            return self.store.get_json(bucket=self.bucket, key=f"{name}/manifest.json")
+        except ObjectMissing:
+            raise DatasetNotSeeded(name) from None
+        except ValueError:
+            raise self._damaged(name, "manifest.json", "is not valid JSON") from None
+
+    def list(self) -> list[dict]:
+        """All five datasets, each with `seeded` and, when seeded, its manifest fields."""
+        out = []
+        for name in catalog.NAMES:
+            try:
+                out.append({"name": name, "seeded": True, **self.manifest(name)})
+            except DatasetNotSeeded:
+                out.append({"name": name, "seeded": False})
+        return out
+
+    def load_split(self, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images uint8 N×C×H×W, labels int64 N) of the `train` or `test` split."""
+        if split not in catalog.SPLITS:
+            raise InvalidInput(f"unknown split {split!r}; use one of {', '.join(catalog.SPLITS)}", field="split")
+        tensors = self._tensors(name, f"{split}.safetensors")
+        return tensors["images"], tensors["labels"]
+
+    def cka_set(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, labels, indices into the test split) of the CKA sample set, by class then index."""
+        tensors = self._tensors(name, "cka.safetensors")
+        return tensors["images"], tensors["labels"], tensors["indices"]
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _tensors(self, name: str, obj: str) -> dict[str, torch.Tensor]:
+        manifest = self.manifest(name)
+        try:
+            sha, size = manifest["sha256"][obj], int(manifest["sizes"][obj])
+        except (KeyError, TypeError, ValueError):
+            raise self._damaged(name, "manifest.json", f"has no checksum for {obj}") from None
+        with self._lock:
+            if sha in self._memory:
+                self._memory.move_to_end(sha)
+                return self._memory[sha]
+        path = self.cache_dir / f"{sha}.safetensors"
+        if not (path.is_file() and path.stat().st_size == size):
+            self._download(name, obj, sha=sha, size=size, path=path)
+        # mmap'd: a cached load costs page-cache reads, not a copy; the file was verified when written.
+        tensors = load_file(path)
+        shape = tuple(manifest.get("image_shape", ()))
+        if (sorted(tensors) != sorted(EXPECTED[obj]) or tensors["images"].dtype != torch.uint8
+                or tuple(tensors["images"].shape[1:]) != shape or tensors["labels"].dtype != torch.int64
+                or len(tensors["labels"]) != len(tensors["images"])):
+            raise self._damaged(name, obj, "does not hold the tensors its manifest describes")
+        with self._lock:
+            self._memory[sha] = tensors
+            while len(self._memory) > self._memory_entries:
+                self._memory.popitem(last=False)
+        return tensors
+
+    def _download(self, name: str, obj: str, *, sha: str, size: int, path: Path) -> None:
+        # Stream to a temp file in the cache dir while hashing, so the whole object never sits in
+        # memory; os.replace publishes it only once verified (readers never see a partial file).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sha[:16]}-", suffix=".part")
+        try:
+            digest, written = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as f:
+                try:
+                    for chunk in self.store.iter_bytes(bucket=self.bucket, key=f"{name}/{obj}"):
+                        digest.update(chunk)
+                        f.write(chunk)
+                        written += len(chunk)
+                except ObjectMissing:
+                    raise self._damaged(name, obj, "is missing") from None
+            if written != size or digest.hexdigest() != sha:
+                raise self._damaged(name, obj, f"does not match its manifest (sha256 {sha[:12]}…, "
+                                               f"{size} bytes; got {digest.hexdigest()[:12]}…, {written} bytes)")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _damaged(self, name: str, obj: str, what: str) -> IntegrityError:
+        return IntegrityError(
+            f"dataset {name!r}: stored object {self.bucket}/{name}/{obj} {what}; it is refused. "
+            f"Repair it with `scv datasets seed {name} --force`", dataset=name, object=f"{name}/{obj}")
