@@ -63,4 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def make_executor(settings: Settings) -> Executor:
     """The executor named by SCV_EXECUTOR."""
+    if settings.executor == "ray":
+        from app.ray_executor import RayExecutor  # plain HTTP: the API needs no `ray` package
+
+        return RayExecutor.from_settings(settings)
     return LocalExecutor(worker_env=worker_env(settings), max_concurrent=settings.max_concurrent_jobs)
