@@ -1,0 +1,203 @@
+"""Model routes: list, download (ETag, Range, HEAD), metadata, delete and predict."""
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Iterator
+from itertools import chain
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from app import inference
+from app.api.deps import RegistryDep
+from app.api.problems import problem
+from app.errors import InvalidInput, ServiceError
+from app.registry import ModelRegistry, sort_key
+
+router = APIRouter(prefix="/models", tags=["models"])
+_RANGE = re.compile(r"bytes\s*=\s*(\d*)-(\d*)", re.ASCII | re.IGNORECASE)
+
+
+class UnsupportedMediaType(ServiceError):
+    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+
+
+class ModelItem(BaseModel):
+    version: str
+    dataset: str | None
+    created_at: str
+    size_bytes: int
+    sha256: str | None
+    test_accuracy: float | None
+    epochs: int | None
+    num_parameters: int | None
+    expires_at: str | None
+
+
+class ModelPage(BaseModel):
+    """One page of models, newest first; pass `next` as `cursor` for the following page."""
+
+    items: list[ModelItem]
+    next: str | None
+
+
+class ImagesBody(BaseModel):
+    """Images as nested uint8 lists: C×H×W, or H×W for a one-channel model."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[Any] = Field(..., examples=[[[[0, 255], [255, 0]]]])
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    label: int
+    class_name: str = Field(..., alias="class")
+    probabilities: list[float]
+
+
+class Predictions(BaseModel):
+    predictions: list[Prediction]
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "PNG or JPEG images of the model's height and width"}}}},
+    "application/json": {"schema": ImagesBody.model_json_schema()},
+}}}
+DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "the model file"},
+                      206: {"description": "the requested byte range"}, 304: {"description": "not modified"},
+                      409: {"description": "still training"}, 416: {"description": "range not satisfiable"}}
+
+
+@router.get("", response_model=ModelPage)
+def list_models(
+    registry: RegistryDep,
+    dataset: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> dict:
+    """Stored, unexpired models, newest first; `dataset=` filters, `cursor=` pages."""
+    items, more = registry.list(dataset=dataset, limit=limit, after=_decode_cursor(cursor) if cursor else None)
+    return {"items": items, "next": _encode_cursor(sort_key(items[-1])) if more else None}
+
+
+@router.get("/{version}", response_class=StreamingResponse, responses=DOWNLOAD_RESPONSES)
+@router.head("/{version}", response_class=StreamingResponse, responses=DOWNLOAD_RESPONSES)
+def download(version: str, request: Request, registry: RegistryDep) -> Response:
+    """The model file streamed from storage; ETag = sha256, `Range` → 206, `If-None-Match` → 304."""
+    model = registry.get(version)
+    size, etag = model["size_bytes"], f'"{model["sha256"]}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes",
+               "Content-Disposition": f'attachment; filename="{version}.safetensors"'}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    if_range = request.headers.get("if-range")
+    span = byte_range(request.headers.get("range"), size) if if_range in (None, etag) else None
+    if span == "unsatisfiable":
+        return problem(416, title="Range not satisfiable", headers={"Content-Range": f"bytes */{size}"},
+                       detail=f"the requested range lies outside the {size}-byte file")
+    start, end = span or (0, size - 1)
+    status = 206 if span else 200
+    headers["Content-Length"] = str(end - start + 1)
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    chunks = _opened(registry.stream(version, offset=start, length=end - start + 1))
+    return StreamingResponse(chunks, status_code=status, headers=headers, media_type="application/octet-stream")
+
+
+@router.get("/{version}/metadata")
+def metadata(version: str, registry: RegistryDep) -> dict[str, Any]:
+    """The model's request, resolved layers, metrics, history, classes, normalization, libraries, sha256."""
+    return registry.metadata(version)
+
+
+@router.delete("/{version}", status_code=204, response_class=Response)
+def delete(version: str, registry: RegistryDep) -> Response:
+    """Delete the model and every record under its version; 409 while its job is queued or running."""
+    registry.delete(version)
+    return Response(status_code=204)
+
+
+@router.post("/{version}/predict", response_model=Predictions, openapi_extra=PREDICT_BODY)
+async def predict(version: str, request: Request, registry: RegistryDep) -> dict:
+    """Classify images: multipart PNG/JPEG `files`, or JSON `{"images": [...]}` of uint8 arrays."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        async with request.form(max_files=4 * inference.MAX_IMAGES) as form:
+            parts = form.getlist("files")
+            if not all(isinstance(part, UploadFile) for part in parts):
+                raise InvalidInput("field `files` must hold uploaded PNG/JPEG files, not text", field="files")
+            blobs = [await part.read() for part in parts]
+        decode = _bind(inference.decode_files, blobs)
+    elif kind == "application/json":
+        try:
+            body = ImagesBody.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+        decode = _bind(inference.decode_arrays, body.images)
+    else:
+        raise UnsupportedMediaType(f"send multipart/form-data (field `files`) or application/json, not "
+                                   f"{kind or 'no content type'}")
+    return {"predictions": await run_in_threadpool(_classify, registry, version, decode)}
+
+
+def _bind(decode: Callable, images: list) -> Callable:
+    return lambda input_shape: decode(images, input_shape)
+
+
+def _classify(registry: ModelRegistry, version: str, decode: Callable) -> list[dict]:
+    model, meta = registry.load(version)
+    return inference.predict(model, meta, decode(meta["input_shape"]))
+
+
+def _opened(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    # Open the object before the status line goes out, so a storage failure is still a problem+json.
+    first = next(chunks, b"")
+    return chain([first], chunks)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return "*" in tags or etag in tags
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """(first, last) byte of a single `bytes=` range, "unsatisfiable", or None to send the whole file.
+
+    Multiple ranges, other units and malformed values are ignored (RFC 9110 allows it): the whole file.
+    """
+    match = _RANGE.fullmatch((header or "").strip())
+    if not match or match.group(1) == match.group(2) == "":
+        return None
+    first, last = (int(g) if g else None for g in match.groups())
+    if first is None:  # the last `last` bytes
+        return (max(0, size - last), size - 1) if last > 0 and size > 0 else "unsatisfiable"
+    if last is not None and last < first:
+        return None
+    return (first, min(size - 1, last if last is not None else size)) if first < size else "unsatisfiable"
+
+
+def _encode_cursor(key: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        created_at, version = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(created_at, str) and isinstance(version, str):
+            return created_at, version
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise InvalidInput("invalid cursor: pass the `next` value of the previous page unchanged", field="cursor")

@@ -1,0 +1,189 @@
+"""Registry benchmarks: a streamed 200 MB download against direct S3, the API's memory during it, and listing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import torch
+from torch import nn
+
+import models
+from app.embedded import free_ports
+from app.jobs import JobRecords
+from app.registry import CHUNK_BYTES, ModelRegistry
+
+BIG = "bench-big-200mb"
+SMALL_MODELS = 1000
+TIMED_RUNS = 3
+LIST_RUNS = 5
+
+
+def measure(ctx) -> dict[str, float]:
+    """download_vs_direct_s3 (≥ 0.7), download_rss_growth_mb (≤ 50), list_models_speedup (≥ 20)."""
+    bucket = ctx.settings.minio_model_bucket
+    size, digest = _put_big_model(ctx.store, bucket)
+    _put_small_models(ctx.store, bucket)
+    direct = max(_direct_s3(ctx.store, bucket, size) for _ in range(TIMED_RUNS))
+    with _api_server(ctx) as (url, pid):
+        with httpx.Client(base_url=url, timeout=120) as client:
+            before = _peak_rss_mb(pid)
+            assert _download(client, check=digest) == size  # the body is the model, byte for byte
+            via_api = max(size / _timed(lambda: _download(client)) for _ in range(TIMED_RUNS))
+            growth = _peak_rss_mb(pid) - before
+
+            def page() -> list:
+                response = client.get("/models", params={"limit": 1000})
+                response.raise_for_status()
+                return response.json()["items"]
+
+            cold = _timed(page)  # first listing: reads every metadata.json once
+            warm = statistics.median(_timed(page) for _ in range(LIST_RUNS))
+            assert len(page()) == 1000
+        naive = min(_timed(lambda: _read_every_record(ctx.store, bucket)) for _ in range(2))
+    # The same listing when every call does a full recursive LIST (what happens once per REFRESH_S).
+    registry = ModelRegistry(store=ctx.store, settings=ctx.settings, refresh_s=0,
+                             records=JobRecords(store=ctx.store, bucket=bucket))
+    registry.list(limit=1000)
+    full = statistics.median(_timed(lambda: registry.list(limit=1000)) for _ in range(LIST_RUNS))
+    return {
+        "download_vs_direct_s3": via_api / direct,
+        "download_api_mb_per_s": via_api / 2**20,
+        "download_direct_s3_mb_per_s": direct / 2**20,
+        "download_rss_growth_mb": growth,
+        "list_models_speedup": naive / warm,
+        "list_models_cold_speedup": naive / cold,
+        "list_models_full_refresh_speedup": naive / full,
+    }
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _put_big_model(store, bucket: str) -> tuple[int, str]:
+    """A valid ~200 MB safetensors model file (one wide Linear) and its metadata.json."""
+    shape, wide = [1, 64, 64], 12_208
+    layers = [{"type": "Flatten", "start_dim": 1, "end_dim": -1},
+              {"type": "Linear", "in_features": 4096, "out_features": wide, "bias": True},
+              {"type": "Linear", "in_features": wide, "out_features": 10, "bias": True}]
+    with torch.no_grad():
+        net = nn.Sequential(nn.Flatten(), nn.Linear(4096, wide), nn.Linear(wide, 10))
+    blob = models.save_model(net, layers=layers, input_shape=shape, classes=[str(i) for i in range(10)],
+                             normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=BIG)
+    digest = hashlib.sha256(blob).hexdigest()
+    store.put_json(bucket=bucket, key=f"{BIG}/metadata.json",
+                   value=_metadata(BIG, blob, digest, datetime.now(UTC), layers, shape))
+    store.put(bucket=bucket, key=f"{BIG}/model.safetensors", data=blob)
+    return len(blob), digest
+
+
+def _metadata(version: str, blob: bytes, digest: str, created: datetime, layers: list, shape: list) -> dict:
+    return {"version": version, "dataset": "mnist", "request": {"epochs": 1}, "layers": layers,
+            "created_at": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "metrics": {"test_accuracy": 0.5}, "history": [], "classes": [str(i) for i in range(10)],
+            "normalization": {"mean": [0.5], "std": [0.25]}, "input_shape": shape, "epochs": 1,
+            "num_parameters": 0, "sha256": digest, "size_bytes": len(blob), "libraries": {}}
+
+
+def _put_small_models(store, bucket: str) -> None:
+    """SMALL_MODELS tiny but valid model entries (metadata.json + model.safetensors), written concurrently."""
+    shape = [1, 4, 4]
+    layers = models.resolve_layers([{"type": "Flatten"}], input_shape=tuple(shape), num_classes=10)
+    net, start = models.build_sequential(layers), datetime(2026, 1, 1, tzinfo=UTC)
+
+    def put(i: int) -> None:
+        version = f"bench-small-{i:04d}"
+        blob = models.save_model(net, layers=layers, input_shape=shape, classes=[str(c) for c in range(10)],
+                                 normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=version)
+        meta = _metadata(version, blob, hashlib.sha256(blob).hexdigest(), start + timedelta(seconds=i), layers,
+                         shape)
+        store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=meta)
+        store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(put, range(SMALL_MODELS)))
+
+
+def _direct_s3(store, bucket: str, size: int) -> float:
+    """Bytes per second of one plain GET of the big model through Store.iter_bytes."""
+    start, got = time.perf_counter(), 0
+    for chunk in store.iter_bytes(bucket=bucket, key=f"{BIG}/model.safetensors", chunk_size=CHUNK_BYTES):
+        got += len(chunk)
+    assert got == size
+    return size / (time.perf_counter() - start)
+
+
+def _download(client: httpx.Client, check: str | None = None) -> int:
+    digest, got = hashlib.sha256(), 0
+    with client.stream("GET", f"/models/{BIG}") as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():  # no re-chunking: httpx joining pieces would be the bottleneck
+            got += len(chunk)
+            if check:
+                digest.update(chunk)
+    if check:
+        assert digest.hexdigest() == check == response.headers["etag"].strip('"')
+    return got
+
+
+def _read_every_record(store, bucket: str) -> list[dict]:
+    """The naive listing: read every metadata.json on every call (what a registry without a cache does)."""
+    records = [store.get_json(bucket=bucket, key=o.key) for o in store.list(bucket=bucket)
+               if o.key.endswith("/metadata.json")]
+    return sorted(records, key=lambda r: (r["created_at"], r["version"]), reverse=True)[:1000]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/<pid>/status")
+
+
+@contextmanager
+def _api_server(ctx):
+    """The API in its own process (`uvicorn --factory app.main:create_app`) on a free loopback port."""
+    port = free_ports(1)[0]
+    settings = ctx.settings
+    env = {**os.environ, "MINIO_ENDPOINT": settings.minio_endpoint, "MINIO_ACCESS_KEY": settings.minio_access_key,
+           "MINIO_SECRET_KEY": settings.minio_secret_key.get_secret_value(),
+           "MINIO_MODEL_BUCKET": settings.minio_model_bucket, "MINIO_DATASET_BUCKET": settings.minio_dataset_bucket,
+           "SCV_DATA_DIR": str(ctx.scratch / "api"), "SCV_STORAGE_TIMEOUT": "30",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                      os.environ.get("PYTHONPATH")]))}
+    log = open(ctx.scratch / "api.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
+                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                              env=env, cwd=ctx.scratch, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not start; see {ctx.scratch / 'api.log'}")
+            time.sleep(0.2)
+        yield url, server.pid
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

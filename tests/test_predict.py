@@ -1,0 +1,175 @@
+"""POST /models/{version}/predict against offline evaluation, and models that must never be loaded."""
+
+import hashlib
+import io
+import pickle
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import models
+from app.datasets import DatasetService
+from app.inference import MAX_IMAGES
+from app.storage import store_from_settings
+from tests.jobwait import train, wait_for
+from tests.test_registry import put_model
+
+SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
+             {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
+COUNT = 12
+
+
+@pytest.fixture(scope="module")
+def trained(seeded_client, seeded_settings):
+    """A real model trained through POST /train, its downloaded bytes, and some seeded test images."""
+    version = train(seeded_client, dataset="mnist", layers=SMALL_NET, batch_size=16)["version"]
+    assert wait_for(seeded_client, version)["status"] == "succeeded"
+    blob = seeded_client.get(f"/models/{version}").content
+    images, labels = DatasetService(store=store_from_settings(seeded_settings), settings=seeded_settings
+                                    ).load_split("mnist", "test")
+    return version, blob, images[:COUNT], labels[:COUNT]
+
+
+def offline(blob: bytes, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of the downloaded model file, rebuilt and run here."""
+    model, header = models.load_model(blob), models.read_header(blob)
+    norm = header["normalization"]
+    with torch.no_grad():
+        return torch.softmax(model(models.normalize(images, norm["mean"], norm["std"])), dim=1)
+
+
+def png(array: torch.Tensor, mode: str | None = None) -> bytes:
+    image = Image.fromarray(array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy())
+    buffer = io.BytesIO()
+    (image.convert(mode) if mode else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def check(response, expected: torch.Tensor, classes: list[str]) -> None:
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == expected.argmax(1).tolist()
+    assert [p["class"] for p in predictions] == [classes[i] for i in expected.argmax(1).tolist()]
+    assert torch.tensor([p["probabilities"] for p in predictions]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_predict_agrees_with_offline_evaluation_for_png_and_json(seeded_client, trained):
+    version, blob, images, _ = trained
+    expected = offline(blob, images)
+    classes = models.read_header(blob)["classes"]
+    files = [("files", (f"{i}.png", png(img), "image/png")) for i, img in enumerate(images)]
+    check(seeded_client.post(f"/models/{version}/predict", files=files), expected, classes)
+    check(seeded_client.post(f"/models/{version}/predict", json={"images": images.tolist()}), expected, classes)
+    # H×W arrays for a one-channel model, and RGB files converted to its one channel
+    check(seeded_client.post(f"/models/{version}/predict", json={"images": images[:, 0].tolist()}),
+          expected, classes)
+    rgb = [("files", ("rgb.png", png(img, "RGB"), "image/png")) for img in images[:3]]
+    check(seeded_client.post(f"/models/{version}/predict", files=rgb), expected[:3], classes)
+    seeded = torch.Generator().manual_seed(0)
+    colour = torch.randint(0, 256, (2, 3, *images.shape[2:]), dtype=torch.uint8, generator=seeded)
+    as_grey = torch.stack([torch.from_numpy(np.array(Image.fromarray(c.permute(1, 2, 0).numpy()).convert("L")))[None]
+                           for c in colour])  # what Pillow's RGB → L gives
+    files = [("files", ("c.png", png(c), "image/png")) for c in colour]
+    check(seeded_client.post(f"/models/{version}/predict", files=files), offline(blob, as_grey), classes)
+
+
+def test_jpeg_files_are_accepted(seeded_client, trained):
+    version, _, images, _ = trained
+    buffer = io.BytesIO()
+    Image.fromarray(images[0, 0].numpy()).save(buffer, format="JPEG", quality=95)
+    r = seeded_client.post(f"/models/{version}/predict", files=[("files", ("a.jpg", buffer.getvalue(), "image/jpeg"))])
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A PNG header claiming a huge image with almost no data: decoding it would take gigabytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_bad_images_are_refused_with_a_reason(seeded_client, trained):
+    version, _, images, _ = trained
+    _, height, width = images.shape[1:]
+    url = f"/models/{version}/predict"
+
+    def post_file(data: bytes):
+        return seeded_client.post(url, files=[("files", ("x.png", data, "image/png"))])
+
+    wrong = post_file(png(torch.zeros(1, height - 2, width, dtype=torch.uint8)))
+    assert wrong.status_code == 422 and wrong.json()["field"] == "files[0]"
+    assert f"expected {height}×{width}" in wrong.json()["detail"]
+    assert f"got {height - 2}×{width}" in wrong.json()["detail"]
+    bigger = post_file(png(torch.zeros(1, height + 2, width, dtype=torch.uint8)))
+    assert bigger.status_code == 422 and f"{height}×{width}" in bigger.json()["detail"]
+    assert post_file(b"not an image").status_code == 422
+    # decompression bombs: refused from the PNG header, never decoded
+    for size in (30000, 5000):
+        bomb = post_file(_bomb_png(size, size))
+        assert bomb.status_code in (413, 422) and "pixels" in bomb.json()["detail"]
+    three = seeded_client.post(url, json={"images": [torch.zeros(3, height, width, dtype=torch.int64).tolist()]})
+    assert three.status_code == 422 and "channels" in three.json()["detail"]
+    small = seeded_client.post(url, json={"images": [[[0] * width] * (height - 1)]})
+    assert small.status_code == 422 and f"got {height - 1}×{width}" in small.json()["detail"]
+    for bad in ([[[256] * width] * height], [[[0.5] * width] * height], [[[0] * width, [0]]]):
+        assert seeded_client.post(url, json={"images": bad}).status_code == 422
+    assert seeded_client.post(url, json={"images": []}).status_code == 422
+    many = seeded_client.post(url, json={"images": [[[0] * width] * height] * (MAX_IMAGES + 1)})
+    assert many.status_code == 413 and str(MAX_IMAGES) in many.json()["detail"]
+    assert seeded_client.post(url, content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+    assert seeded_client.post("/models/no-such-model/predict", json={"images": [[[0]]]}).status_code == 404
+
+
+class Marker:
+    """Unpickling this creates a file: proof that a payload was (or was not) deserialized."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch.save", "garbage"])
+def test_non_safetensors_models_are_refused_and_never_unpickled(client, settings, store, tmp_path, kind):
+    marker = tmp_path / "unpickled"
+    payload = {"pickle": lambda: pickle.dumps(Marker(str(marker))),
+               "torch.save": lambda: _torch_save(Marker(str(marker))),
+               "garbage": lambda: b"\x00" * 64}[kind]()
+    put_model(store, settings.minio_model_bucket, "evil", blob=payload)
+    r = client.post("/models/evil/predict", json={"images": [[[0] * 4] * 4]})
+    assert r.status_code == 502 and r.headers["content-type"] == "application/problem+json"
+    assert "refused" in r.json()["detail"] and "not an SCV model file" in r.json()["detail"]
+    assert not marker.exists()
+    if kind == "pickle":  # the payload is live: unpickling it would have left the marker
+        pickle.loads(payload)  # noqa: S301
+        assert marker.exists()
+
+
+def _torch_save(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"weights": obj}, buffer)
+    return buffer.getvalue()
+
+
+def test_a_model_whose_bytes_do_not_match_its_sha256_is_refused(client, settings, store):
+    bucket = settings.minio_model_bucket
+    blob = put_model(store, bucket, "tampered")
+    meta = store.get_json(bucket=bucket, key="tampered/metadata.json")
+    store.put_json(bucket=bucket, key="tampered/metadata.json",
+                   value={**meta, "sha256": hashlib.sha256(blob + b"x").hexdigest()})
+    r = client.post("/models/tampered/predict", json={"images": [[[0] * 4] * 4]})
+    assert r.status_code == 502 and "sha256" in r.json()["detail"]
+
+
+def test_a_deleted_model_is_not_served_from_the_model_cache(client, settings, store):
+    put_model(store, settings.minio_model_bucket, "cached")
+    body = {"images": [[[0] * 4] * 4]}
+    assert client.post("/models/cached/predict", json=body).status_code == 200
+    store.delete_prefix(bucket=settings.minio_model_bucket, prefix="cached/")  # deleted by another replica
+    assert client.post("/models/cached/predict", json=body).status_code == 404
