@@ -130,7 +130,8 @@ def record_failure(version: str, reason: str, *, store: Store, bucket: str, pati
             for name in (layout.MODEL_FILE, layout.METADATA_FILE):
                 store.delete(bucket=bucket, key=layout.key(version, name))
             return
-        except ServiceError:
+        except ServiceError as exc:
+            log.warning("job %s: could not record the failure yet: %s", version, exc.detail)
             if time.monotonic() > deadline:
                 return  # the executor records a generic failure once storage is back
             time.sleep(1.0)

@@ -49,12 +49,13 @@ def test_train_store_reload_and_reproduce_accuracy(seeded_client, layers):
     assert len(record["history"]) == 2 and record["progress"]["fraction"] == 1.0
     assert record["started_at"] <= record["finished_at"]
     assert record["layers"][-1] == {**record["layers"][-1], "type": "Linear", "out_features": 10}
-    assert _offline_accuracy(seeded_client.app.state.settings, version) == pytest.approx(record["metrics"]["test_accuracy"])
+    reproduced = _offline_accuracy(seeded_client.app.state.settings, version)
+    assert reproduced == pytest.approx(record["metrics"]["test_accuracy"])
 
 
 def test_same_seed_gives_bit_identical_weights(seeded_client):
-    versions = [train(seeded_client, dataset="fashion_mnist", layers=SMALL_NET, seed=7, batch_size=8)["version"]
-                for _ in range(2)]
+    request = {"dataset": "fashion_mnist", "layers": SMALL_NET, "seed": 7, "batch_size": 8}
+    versions = [train(seeded_client, **request)["version"] for _ in range(2)]
     other = train(seeded_client, dataset="fashion_mnist", layers=SMALL_NET, seed=8, batch_size=8)["version"]
     for v in (*versions, other):
         assert wait_for(seeded_client, v)["status"] == "succeeded"

@@ -17,7 +17,8 @@ def _name(common_name: str) -> x509.Name:
 def write_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
     """Write ca.pem, cert.pem, key.pem (server cert for 127.0.0.1/localhost signed by the CA)."""
     now = datetime.datetime.now(datetime.UTC)
-    valid = {"not_valid_before": now - datetime.timedelta(minutes=5), "not_valid_after": now + datetime.timedelta(days=1)}
+    valid = {"not_valid_before": now - datetime.timedelta(minutes=5),
+             "not_valid_after": now + datetime.timedelta(days=1)}
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder(subject_name=_name("scv test CA"), issuer_name=_name("scv test CA"),
                                   public_key=ca_key.public_key(), serial_number=x509.random_serial_number(), **valid)
