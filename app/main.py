@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import embedded
+from app.api import analysis as analysis_api
 from app.api import datasets as datasets_api
 from app.api import health, models, problems, train
 from app.api.guards import BearerAuth, BodyLimit
@@ -47,13 +48,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 app.state.jobs.executor.stop()
 
-    app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan, responses=problems.PROBLEM_RESPONSES,
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
     problems.install(app)
     app.include_router(health.router)
     app.include_router(train.router)
     app.include_router(models.router)
     app.include_router(datasets_api.router)
+    app.include_router(analysis_api.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:
         app.add_middleware(BearerAuth, token=settings.api_token.get_secret_value())

@@ -5,12 +5,37 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from app.errors import ServiceError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; some problems add members such as `field`, `errors` or `version`."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+def _documented(description: str) -> dict:
+    return {"description": description, "model": Problem,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+# Documented on every route, so clients (and the schema fuzzer) know the error shape.
+PROBLEM_RESPONSES = {
+    401: _documented("Missing or wrong bearer token (when SCV_API_TOKEN is set)"),
+    404: _documented("Not found"),
+    422: _documented("Invalid input, naming the field"),
+    503: _documented("Storage unavailable; retry after `Retry-After` seconds"),
+}
 HTTP_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
                406: "Not acceptable", 413: "Payload too large", 416: "Range not satisfiable"}
 
