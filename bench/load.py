@@ -1,0 +1,88 @@
+"""Load: 50 concurrent model downloads plus listing and readiness checks while a job trains."""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import torch
+from torch import nn
+
+import models
+from bench.registry import _metadata
+from tests.liveserver import LiveServer
+from tests.rawdata import seed_raw, write_raw
+
+CONCURRENT = 50
+VERSION = "bench-load-model"
+
+
+def _put_model(store, bucket: str) -> bytes:
+    """A valid ~16 MB model file and its metadata.json."""
+    shape, wide = [1, 28, 28], 5000
+    layers = [{"type": "Flatten", "start_dim": 1, "end_dim": -1},
+              {"type": "Linear", "in_features": 784, "out_features": wide, "bias": True},
+              {"type": "Linear", "in_features": wide, "out_features": 10, "bias": True}]
+    with torch.no_grad():
+        net = nn.Sequential(nn.Flatten(), nn.Linear(784, wide), nn.Linear(wide, 10))
+    blob = models.save_model(net, layers=layers, input_shape=shape, classes=[str(i) for i in range(10)],
+                             normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=VERSION)
+    meta = _metadata(VERSION, blob, hashlib.sha256(blob).hexdigest(), datetime.now(UTC), layers, shape)
+    store.put_json(bucket=bucket, key=f"{VERSION}/metadata.json", value=meta)
+    store.put(bucket=bucket, key=f"{VERSION}/model.safetensors", data=blob)
+    return blob
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(ctx) -> dict[str, float]:
+    """load_aggregate_vs_single, load_intact_fraction, load_readyz_ok_fraction, load_listing_slowdown."""
+    raw = ctx.scratch / "raw"
+    write_raw(raw, per_class_train=6, per_class_test=3, names=["mnist"])
+    seed_raw(ctx.store, ctx.settings, raw, names=["mnist"], cka_per_class=2)
+    blob = _put_model(ctx.store, ctx.settings.minio_model_bucket)
+    expected = hashlib.sha256(blob).hexdigest()
+    with LiveServer(ctx.settings) as server, server.client() as client:
+        def download() -> str:
+            with server.client() as c:
+                return hashlib.sha256(c.get(f"/models/{VERSION}").content).hexdigest()
+
+        single = statistics.median(_timed(download) for _ in range(5))
+        idle_list = statistics.median(_timed(lambda: client.get("/models").raise_for_status()) for _ in range(10))
+
+        busy = client.post("/train", json={"dataset": "mnist", "layers": [{"type": "Flatten"}], "epochs": 100,
+                                           "batch_size": 1}).json()["version"]
+        while client.get(f"/train/{busy}").json()["status"] != "running":
+            time.sleep(0.1)
+        stop, ready, listing = threading.Event(), [], []
+
+        def watch() -> None:  # listing and readiness, side by side with the downloads
+            with server.client() as c:
+                while not stop.is_set():
+                    listing.append(_timed(lambda: c.get("/models").raise_for_status()))
+                    ready.append(c.get("/readyz").status_code == 200)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
+            digests = list(pool.map(lambda _: download(), range(CONCURRENT)))
+        wall = time.perf_counter() - start
+        stop.set()
+        watcher.join()
+        client.delete(f"/train/{busy}")
+    return {
+        "load_aggregate_vs_single": (CONCURRENT * len(blob) / wall) / (len(blob) / single),
+        "load_intact_fraction": sum(d == expected for d in digests) / CONCURRENT,
+        "load_readyz_ok_fraction": sum(ready) / max(1, len(ready)),
+        "load_listing_slowdown": statistics.median(listing) / idle_list,
+        "load_aggregate_mb_per_s": CONCURRENT * len(blob) / wall / 2**20,
+    }
