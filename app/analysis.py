@@ -11,7 +11,11 @@ FORMS = ("auto", "gram", "features")
 
 
 class AnalysisInputError(ValueError):
-    """A layer, channel, sample or tensor that the analysis cannot work on."""
+    """A layer, channel, sample or tensor that the analysis cannot work on; `field` names the parameter."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def cka(x: Tensor, y: Tensor, estimator: str = "linear", *, form: str = "auto") -> float:
@@ -45,6 +49,11 @@ def cka(x: Tensor, y: Tensor, estimator: str = "linear", *, form: str = "auto") 
     return float(_cka_from_hsic(_hsic_matrix(grams, estimator), estimator)[0, 1])
 
 
+def layer_names(model: nn.Sequential) -> list[str]:
+    """The names CKA matrices and activations use for the model's modules: "index:ClassName"."""
+    return [f"{index}:{type(module).__name__}" for index, module in enumerate(model)]
+
+
 def record_layers(model: nn.Sequential, x: Tensor) -> list[tuple[str, Tensor]]:
     """Outputs of every top-level module of `model` for input `x`, named "index:ClassName"."""
     # A copy each, because a following in-place module (ReLU(inplace=True)) rewrites the original.
@@ -53,23 +62,33 @@ def record_layers(model: nn.Sequential, x: Tensor) -> list[tuple[str, Tensor]]:
 
 
 def cka_matrix(
-    model: nn.Sequential, x: Tensor, *, estimator: str = "linear", other: nn.Sequential | None = None
+    model: nn.Sequential,
+    x: Tensor,
+    *,
+    estimator: str = "linear",
+    other: nn.Sequential | None = None,
+    other_x: Tensor | None = None,
 ) -> dict:
     """CKA between every pair of layers of `model`, or between `model` (rows) and `other` (columns).
 
-    `x` is a normalised input batch (N×C×H×W) fed to both models. A layer without variance
-    scores 0 against everything, itself included.
+    `x` is a normalised input batch (N×C×H×W); `other` gets `other_x` (the same samples under its
+    own normalisation), else `x` too. A layer without variance scores 0 against everything, itself
+    included. Float32 layers are reduced to Gram matrices in float32 (shifted first, so without
+    cancellation), which changes CKA by ~1e-6; everything after that is float64.
     """
     _check_estimator(estimator)
     _check_samples(x.shape[0], estimator)
+    runs = [(model, x)] if other is None else [(model, x), (other, x if other_x is None else other_x)]
+    if any(len(inputs) != len(x) for _, inputs in runs):
+        raise AnalysisInputError(f"x has {len(x)} samples but other_x has {len(runs[-1][1])}; they must match")
     # One Gram matrix per layer, shared by every pair it takes part in, and taken as the layer
     # runs: no output has to be kept or copied.
     names, grams = [], []
-    for network in (model, other) if other is not None else (model,):
+    for network, inputs in runs:
         with _evaluating(network):
-            for name, out in _layer_outputs(network, x):
+            for name, out in _layer_outputs(network, inputs):
                 names.append(name)
-                grams.append(_gram(_features(out), estimator, name=f"layer {name}"))
+                grams.append(_gram(_features(out, keep_float32=True), estimator, name=f"layer {name}"))
     scores = _cka_from_hsic(_hsic_matrix(torch.stack(grams), estimator), estimator).cpu()
     rows = len(model)
     if other is None:
@@ -87,7 +106,9 @@ def activations(model: nn.Sequential, x: Tensor, *, layer: int) -> Tensor:
     _check_layer(model, layer)
     if x.dim() != 4 or x.shape[0] != 1:
         raise AnalysisInputError(f"expected one sample shaped 1×C×H×W, got {tuple(x.shape)}")
-    return _run_prefix(model, x, layer=layer)[0].cpu()
+    out = _run_prefix(model, x, layer=layer)[0].cpu()
+    _check_finite(out, name=f"layer {layer}'s output")  # JSON has no NaN, and a plot of one shows nothing
+    return out
 
 
 def top_images(
@@ -106,7 +127,7 @@ def top_images(
     if images_uint8.dim() != 4 or images_uint8.shape[0] == 0:
         raise AnalysisInputError(f"expected images shaped N×C×H×W with N >= 1, got {tuple(images_uint8.shape)}")
     if k < 1:
-        raise AnalysisInputError(f"k must be at least 1, got {k}")
+        raise AnalysisInputError(f"k must be at least 1, got {k}", field="k")
     device, channels = _device(model), images_uint8.shape[1]
     mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device).reshape(1, -1, 1, 1) for v in (mean, std))
     if {mean_t.numel(), std_t.numel()} - {1, channels}:
@@ -118,12 +139,16 @@ def top_images(
         out = _run_prefix(model, (batch.to(device).float() / 255 - mean_t) / std_t, layer=layer)
         if not 0 <= channel < out.shape[1]:
             raise AnalysisInputError(
-                f"channel {channel} is out of range; layer {layer} has {out.shape[1]} channels (0..{out.shape[1] - 1})"
+                f"channel {channel} is out of range; layer {layer} has {out.shape[1]} channels "
+                f"(0..{out.shape[1] - 1})",
+                field="channel",
             )
         # Spatial mean for conv maps; a flat output's "channel" is its feature itself.
         scores.append(out[:, channel].reshape(out.shape[0], -1).mean(dim=1).cpu())
+    scores = torch.cat(scores)
+    _check_finite(scores, name=f"channel {channel} of layer {layer}")  # NaN would sort first
     # Stable sort so tied activations come back in test-split order, the same on every call.
-    values, order = torch.sort(torch.cat(scores), descending=True, stable=True)
+    values, order = torch.sort(scores, descending=True, stable=True)
     k = min(k, len(values))
     return order[:k].tolist(), values[:k].tolist()
 
@@ -137,9 +162,9 @@ def _layer_outputs(model: nn.Sequential, x: Tensor) -> Iterator[tuple[str, Tenso
     # Stepping through the modules gives what forward hooks would, without attaching state to a
     # model that concurrent requests may share.
     out = x.to(_device(model))
-    for index, module in enumerate(model):
+    for name, module in zip(layer_names(model), model, strict=True):
         out = module(out)
-        yield f"{index}:{type(module).__name__}", out
+        yield name, out
 
 
 def _run_prefix(model: nn.Sequential, x: Tensor, *, layer: int) -> Tensor:
@@ -163,7 +188,7 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
 def _check_layer(model: nn.Sequential, layer: int) -> None:
     if not 0 <= layer < len(model):
         raise AnalysisInputError(
-            f"layer {layer} is out of range; the model has {len(model)} layers (0..{len(model) - 1})"
+            f"layer {layer} is out of range; the model has {len(model)} layers (0..{len(model) - 1})", field="layer"
         )
 
 
@@ -174,7 +199,7 @@ def _check_estimator(estimator: str) -> None:
 
 def _check_samples(n: int, estimator: str) -> None:
     if estimator == "debiased" and n < 4:
-        raise AnalysisInputError(f"the debiased estimator needs at least 4 samples, got {n}")
+        raise AnalysisInputError(f"the debiased estimator needs at least 4 samples, got {n}", field="estimator")
     if n < 2:
         raise AnalysisInputError(f"CKA needs at least 2 samples, got {n}")
 
@@ -184,18 +209,24 @@ def _device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _features(x: Tensor) -> Tensor:
-    """`x` flattened per sample, in float64; all zeros when every sample is the same."""
+def _features(x: Tensor, *, keep_float32: bool = False) -> Tensor:
+    """`x` flattened per sample, in float64 (float32 kept if asked); all zeros when every sample is the same."""
+    dtype = torch.float32 if keep_float32 and x.dtype == torch.float32 else torch.float64
     # Tested exactly, before any arithmetic: centring a constant in floating point leaves
     # rounding noise that would pose as a representation. Two rows first, as they rarely match.
     if torch.equal(x[0], x[1]) and (x == x[:1]).all():
-        return torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)
-    return x.reshape(x.shape[0], -1).to(torch.float64)
+        return torch.zeros(x.shape[0], 1, dtype=dtype, device=x.device)
+    return x.reshape(x.shape[0], -1).to(dtype)
 
 
 def _gram(features: Tensor, estimator: str, *, name: str) -> Tensor:
-    """Centred linear Gram matrix H K H; for `debiased` its diagonal zeroed."""
-    gram = features @ features.T
+    """Centred linear Gram matrix H K H in float64; for `debiased` its diagonal zeroed."""
+    if features.dtype != torch.float64:
+        # Features far from the origin would lose their variation to cancellation in a float32 Gram.
+        # Moving one sample to the origin brings them within the data's spread, one pass cheaper than
+        # subtracting the mean; the float64 centring below removes any translation exactly.
+        features = features - features[:1]
+    gram = (features @ features.T).to(torch.float64)
     # NaN and infinity survive the product, so the small n × n result is the cheap place to look.
     _check_finite(gram, name=name)
     # Centring the n × n Gram equals centring the n × d features first, at a fraction of the
@@ -208,7 +239,7 @@ def _gram(features: Tensor, estimator: str, *, name: str) -> Tensor:
 
 def _check_finite(t: Tensor, *, name: str) -> None:
     if not torch.isfinite(t).all():
-        raise AnalysisInputError(f"{name} holds NaN or infinite values; CKA is undefined for it")
+        raise AnalysisInputError(f"{name} holds NaN or infinite values (did training diverge?); it cannot be analysed")
 
 
 def _hsic_matrix(grams: Tensor, estimator: str) -> Tensor:

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import embedded
+from app.analyses import Analyses
 from app.api import analysis as analysis_api
 from app.api import datasets as datasets_api
 from app.api import health, models, problems, train
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.jobs.start()
             app.state.registry = ModelRegistry(store=store, settings=resolved, records=records)
             app.state.datasets = DatasetService(store=store, settings=resolved)
+            app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets)
             app.state.registry.apply_retention()
             try:
                 yield

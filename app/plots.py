@@ -5,6 +5,7 @@ import math
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 # Viridis sampled at eight evenly spaced points: perceptually uniform, and its luminance rises
@@ -44,7 +45,10 @@ def heatmap_png(
     vmin: float = 0.0,
     vmax: float = 1.0,
 ) -> bytes:
-    """A labelled heatmap of `matrix`: square cells, axis labels, a colour bar and a title."""
+    """A labelled heatmap of `matrix`: square cells, axis labels, a colour bar and a title.
+
+    The title is also stored as the PNG's `Title` text chunk, for programs that read the file.
+    """
     rows, cols = len(matrix), len(matrix[0]) if matrix else 0
     if rows == 0 or cols == 0 or any(len(row) != cols for row in matrix):
         raise ValueError("matrix must be a non-empty list of equally long rows")
@@ -91,7 +95,7 @@ def heatmap_png(
     tick_left = bar_left + _BAR_WIDTH + _GAP
     draw.text((tick_left, grid_top), ticks[0], fill=_INK, font=font, anchor="lt")
     draw.text((tick_left, grid_top + grid_height), ticks[1], fill=_INK, font=font, anchor="lb")
-    return _png(image)
+    return _png(image, title=title)
 
 
 def grid_png(tiles: Tensor, *, ncols: int, scale: int = 2, pad: int = 2, row_labels: list[str] | None = None) -> bytes:
@@ -159,7 +163,9 @@ def _text_image(font: ImageFont.FreeTypeFont, text: str) -> Image.Image:
     return mask
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+def _png(image: Image.Image, *, title: str | None = None) -> bytes:
+    buffer, info = io.BytesIO(), PngInfo()
+    if title:
+        info.add_itxt("Title", title)  # iTXt: UTF-8, so any version name survives
+    image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

@@ -166,7 +166,12 @@ def test_cka_matrix_agrees_with_pairwise_cka():
     outputs = [out for _, out in record_layers(model, x)]
     matrix = cka_matrix(model, x, estimator="debiased")["matrix"]
     for i, j in [(0, 2), (1, 4), (3, 7), (6, 6)]:
-        assert matrix[i][j] == pytest.approx(cka(outputs[i], outputs[j], "debiased"), abs=1e-9)
+        # cka() works in float64 throughout; the matrix reduces float32 layers in float32 first.
+        assert matrix[i][j] == pytest.approx(cka(outputs[i], outputs[j], "debiased"), abs=1e-6)
+    model64, x64 = tiny_cnn().double(), x.double()
+    outputs64 = [out for _, out in record_layers(model64, x64)]
+    exact = cka_matrix(model64, x64, estimator="debiased")["matrix"]
+    assert exact[3][7] == pytest.approx(cka(outputs64[3], outputs64[7], "debiased"), abs=1e-12)
 
 
 def test_cka_matrix_against_another_model_has_its_rows_and_its_columns():
@@ -176,13 +181,39 @@ def test_cka_matrix_against_another_model_has_its_rows_and_its_columns():
     assert len(result["matrix"]) == 8 and {len(row) for row in result["matrix"]} == {3}
 
 
+def test_each_compared_model_sees_its_own_inputs():
+    model, other, x = tiny_cnn(0), tiny_cnn(1), torch.randn(12, 1, 8, 8)
+    other_x = 2 * x + 1  # the same samples under another normalisation
+    matrix = cka_matrix(model, x, other=other, other_x=other_x)["matrix"]
+    rows, cols = record_layers(model, x), record_layers(other, other_x)
+    for i, j in [(0, 0), (2, 5), (7, 7)]:
+        assert matrix[i][j] == pytest.approx(cka(rows[i][1], cols[j][1]), abs=1e-6)
+    with pytest.raises(AnalysisInputError, match="must match"):
+        cka_matrix(model, x, other=other, other_x=other_x[:5])
+
+
+def test_float32_layers_far_from_the_origin_keep_their_precision():
+    # Every feature sits near 1e4 but varies by ~1 across samples: a float32 Gram of the raw
+    # features would lose the variation to cancellation; centring first keeps it.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 30), nn.Tanh(), nn.Linear(30, 20)).eval()
+    with torch.no_grad():
+        model[2].bias.fill_(1e4)
+    x = torch.randn(40, 6)
+    outputs = [out.double() for _, out in record_layers(model, x)]
+    matrix = cka_matrix(model, x)["matrix"]
+    for i, j in [(0, 2), (1, 2), (2, 2)]:
+        assert matrix[i][j] == pytest.approx(cka(outputs[i], outputs[j]), abs=1e-5)
+
+
 def test_activations_are_the_output_of_one_module_for_one_sample():
     model, x = tiny_cnn(), torch.randn(1, 1, 8, 8)
     assert activations(model, x, layer=3).shape == (4, 4, 4)
     assert activations(model, x, layer=7).shape == (10,)
     assert torch.allclose(activations(model, x, layer=7), model(x)[0])
-    with pytest.raises(AnalysisInputError, match=r"layer 17 is out of range; the model has 8 layers \(0..7\)"):
+    with pytest.raises(AnalysisInputError, match=r"layer 17 is out of range; the model has 8 layers \(0..7\)") as exc:
         activations(model, x, layer=17)
+    assert exc.value.field == "layer"
     with pytest.raises(AnalysisInputError, match="out of range"):
         activations(model, x, layer=-1)
 
@@ -202,9 +233,22 @@ def test_top_images_are_the_highest_mean_activations_in_order(layer, channel):
     assert everything[0][:6] == indices and len(everything[0]) == 37
 
 
+def test_a_model_with_nan_weights_is_refused_not_analysed():
+    model, images = tiny_cnn(), torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    with torch.no_grad():
+        model[4].weight[2].fill_(float("nan"))
+    with pytest.raises(AnalysisInputError, match="layer 5's output holds NaN"):
+        activations(model, torch.zeros(1, 1, 8, 8), layer=5)
+    with pytest.raises(AnalysisInputError, match="channel 2 of layer 4 holds NaN"):
+        top_images(model, images, mean=[0.0], std=[1.0], layer=4, channel=2, k=1)
+    with pytest.raises(AnalysisInputError, match="layer 4:Conv2d holds NaN"):
+        cka_matrix(model, torch.randn(5, 1, 8, 8))
+
+
 def test_top_images_refuses_a_layer_or_channel_the_model_lacks():
     model, images = tiny_cnn(), torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
-    with pytest.raises(AnalysisInputError, match=r"channel 4 is out of range; layer 0 has 4 channels \(0..3\)"):
+    with pytest.raises(AnalysisInputError, match=r"channel 4 is out of range; layer 0 has 4 channels \(0..3\)") as exc:
         top_images(model, images, mean=[0.0], std=[1.0], layer=0, channel=4, k=1)
+    assert exc.value.field == "channel"
     with pytest.raises(AnalysisInputError, match="layer 8 is out of range"):
         top_images(model, images, mean=[0.0], std=[1.0], layer=8, channel=0, k=1)

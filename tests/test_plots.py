@@ -111,6 +111,13 @@ def test_heatmap_shows_its_labels_title_and_a_full_colour_bar():
     assert viridis(0.0) in pixels and viridis(1.0) in pixels
 
 
+def test_heatmap_carries_its_title_as_png_text_and_a_grid_none():
+    heatmap = Image.open(io.BytesIO(heatmap_png([[0.5]], row_labels=["a"], col_labels=["b"], title="CKA (linear): v1")))
+    assert heatmap.text == {"Title": "CKA (linear): v1"}
+    grid = Image.open(io.BytesIO(grid_png(constant_tiles(2, 1), ncols=2)))
+    assert grid.text == {}
+
+
 @pytest.mark.parametrize("size", [1, 13, 40])
 def test_heatmap_draws_any_size_from_one_cell_to_forty(size):
     matrix = [[(r * c) % 7 / 6 for c in range(size)] for r in range(size)]

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.analyses import Analyses
 from app.datasets import DatasetService
 from app.jobs import JobService
 from app.registry import ModelRegistry
@@ -24,3 +25,4 @@ StoreDep = Annotated[Store, Depends(_state("store"))]
 JobsDep = Annotated[JobService, Depends(_state("jobs"))]
 RegistryDep = Annotated[ModelRegistry, Depends(_state("registry"))]
 DatasetsDep = Annotated[DatasetService, Depends(_state("datasets"))]
+AnalysesDep = Annotated[Analyses, Depends(_state("analyses"))]

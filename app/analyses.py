@@ -1,0 +1,128 @@
+"""Analyses of stored models on their dataset's images (CKA, activations, top images), with a result cache."""
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+import models
+from app import analysis, layout
+from app.datasets import DatasetService
+from app.errors import InvalidInput
+from app.registry import ModelRegistry
+
+CACHE_ENTRIES = 64  # small each: a matrix, one sample's maps, or a top-100 ranking with its images
+MAX_K = 100
+CKA_SET, TEST_SPLIT = "cka.safetensors", "test.safetensors"
+
+
+class Analyses:
+    """Runs one analysis of a stored model on its dataset's images and keeps recent results (LRU).
+
+    Stored models and dataset objects never change in place, so a result is keyed by the version, the
+    model file's sha256 and the sha256 of the dataset object it ran on, plus the analysis parameters.
+    Two identical requests arriving together may both compute; the result is the same.
+    """
+
+    def __init__(self, *, registry: ModelRegistry, datasets: DatasetService, entries: int = CACHE_ENTRIES):
+        self.registry, self.datasets, self.entries = registry, datasets, entries
+        self._results: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def cka(self, version: str, *, estimator: str, against: str | None) -> dict:
+        """{"layers", "matrix", "estimator"}, plus "other_layers" (the columns) with `against`."""
+        model = self._stored(version, field="version")
+        other = self._stored(against, field="against") if against is not None else None
+        if other is not None and other["dataset"] != model["dataset"]:
+            raise InvalidInput(f"model {against!r} was trained on {other['dataset']} but {version!r} on "
+                               f"{model['dataset']}; CKA compares two models on the same images, so pick a "
+                               f"model of {model['dataset']}", field="against")
+
+        def compute() -> dict:
+            net, meta = self.registry.load(version)
+            images = self.datasets.cka_set(model["dataset"])[0]
+            if other is None:
+                return analysis.cka_matrix(net, _normalised(images, meta), estimator=estimator)
+            other_net, other_meta = self.registry.load(against)
+            if other_meta["input_shape"] != meta["input_shape"]:
+                raise InvalidInput(f"model {against!r} takes inputs {other_meta['input_shape']} but {version!r} "
+                                   f"takes {meta['input_shape']}; both must take the same images", field="against")
+            return analysis.cka_matrix(net, _normalised(images, meta), estimator=estimator, other=other_net,
+                                       other_x=_normalised(images, other_meta))
+
+        key = ("cka", *_identity(model), *(_identity(other) if other else ()), self._data(model, CKA_SET), estimator)
+        return self._cached(key, compute)
+
+    def activations(self, version: str, *, layer: int, sample: int) -> dict:
+        """One CKA sample's output at one layer ("maps": C×H×W or F), with its label and test-split index."""
+        model = self._stored(version, field="version")
+
+        def compute() -> dict:
+            net, meta = self.registry.load(version)
+            images, labels, indices = self.datasets.cka_set(model["dataset"])
+            if not 0 <= sample < len(images):
+                raise InvalidInput(f"sample {sample} is out of range; the CKA set of {model['dataset']} has "
+                                   f"{len(images)} samples (0..{len(images) - 1})", field="sample")
+            maps = analysis.activations(net, _normalised(images[sample : sample + 1], meta), layer=layer)
+            return {"layer": layer, "name": analysis.layer_names(net)[layer], "sample": sample,
+                    "label": int(labels[sample]), "index": int(indices[sample]), "maps": maps}
+
+        return self._cached(("activations", *_identity(model), self._data(model, CKA_SET), layer, sample), compute)
+
+    def top_images(self, version: str, *, layer: int, channel: int, k: int) -> dict:
+        """The k test-split images with the highest mean activation of `channel` ("images": their pixels)."""
+        model = self._stored(version, field="version")
+
+        def compute() -> dict:
+            net, meta = self.registry.load(version)
+            images, labels = self.datasets.load_split(model["dataset"], "test")
+            norm = meta["normalization"]
+            indices, values = analysis.top_images(net, images, mean=norm["mean"], std=norm["std"], layer=layer,
+                                                  channel=channel, k=MAX_K)
+            return {"layer": layer, "name": analysis.layer_names(net)[layer], "channel": channel,
+                    "indices": indices, "labels": labels[indices].tolist(), "activations": values,
+                    "images": images[indices]}
+
+        # The ranking is stable, so every k is a prefix of the top MAX_K: one pass serves them all.
+        key = ("top-images", *_identity(model), self._data(model, TEST_SPLIT), layer, channel)
+        top = self._cached(key, compute)
+        return {**top, **{name: top[name][:k] for name in ("indices", "labels", "activations", "images")}}
+
+    def _stored(self, version: str, *, field: str) -> dict:
+        try:
+            layout.validate_version(version)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.detail, field=field) from None
+        return self.registry.get(version)  # 404 unknown or expired, 409 while training
+
+    def _data(self, model: dict, obj: str) -> str | None:
+        return (self.datasets.manifest(model["dataset"]).get("sha256") or {}).get(obj)
+
+    def _cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._results:
+                self.hits += 1
+                self._results.move_to_end(key)
+                return self._results[key]
+        try:
+            value = compute()
+        except analysis.AnalysisInputError as exc:
+            raise InvalidInput(str(exc), field=exc.field) from None
+        with self._lock:
+            self.misses += 1
+            self._results[key] = value
+            while len(self._results) > self.entries:
+                self._results.popitem(last=False)
+        return value
+
+
+def _identity(model: dict) -> tuple[str, str]:
+    return model["version"], model["sha256"]
+
+
+def _normalised(images: torch.Tensor, meta: dict) -> torch.Tensor:
+    norm = meta["normalization"]
+    return models.normalize(images, norm["mean"], norm["std"])

@@ -1,0 +1,75 @@
+"""Analysis routes: layer-by-layer CKA, activation maps and top-activating images of a stored model."""
+
+import math
+from typing import Annotated, Literal
+
+import torch
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+
+from app.analyses import MAX_K
+from app.api.deps import AnalysesDep
+from app.api.problems import PROBLEM_RESPONSES
+from app.plots import grid_png, heatmap_png, to_uint8_maps
+
+router = APIRouter(prefix="/models", tags=["analysis"])
+TILE_PX = 64  # grid tiles are scaled up by a whole factor to about this many pixels
+STRIP_ROWS = 8  # a flat layer's one-row map is drawn this tall, so it can be seen
+_PROBLEM = PROBLEM_RESPONSES[422]
+RESPONSES = {200: {"content": {"application/json": {}, "image/png": {}}},
+             404: {**_PROBLEM, "description": "Unknown model, or its dataset is not seeded"},
+             409: {**_PROBLEM, "description": "The model is still training; the problem links its job"},
+             422: {**_PROBLEM, "description": "A parameter out of range; `field` names it"}}
+Format = Literal["json", "png"]
+
+
+Layer = Annotated[int, Query(ge=0, description="module index in the Sequential, 0-based")]
+
+
+@router.get("/{version}/cka", responses=RESPONSES)
+def layer_cka(version: str, analyses: AnalysesDep, estimator: Literal["linear", "debiased"] = "linear",
+              against: Annotated[str | None, Query(max_length=128, description="a second model's version")] = None,
+              format: Format = "json") -> Response:
+    """CKA between every pair of layers on the dataset's CKA sample set (`against=`: a second model's layers)."""
+    result = analyses.cka(version, estimator=estimator, against=against)
+    if format == "json":
+        return JSONResponse(result)
+    title = f"CKA ({estimator}): {version}" + (f" vs {against}" if against else "")
+    # The debiased estimator can dip below 0; the colour bar then shows how far.
+    low = min(0.0, *(min(row) for row in result["matrix"]))
+    png = heatmap_png(result["matrix"], row_labels=result["layers"], title=title, vmin=low,
+                      col_labels=result.get("other_layers", result["layers"]))
+    return Response(png, media_type="image/png")
+
+
+@router.get("/{version}/activations", responses=RESPONSES)
+def layer_activations(version: str, analyses: AnalysesDep, layer: Layer,
+                      sample: Annotated[int, Query(ge=0, description="index into the CKA sample set")],
+                      format: Format = "png") -> Response:
+    """One CKA sample's feature maps at one layer: a grid of per-channel maps (`png`) or the values (`json`)."""
+    result = analyses.activations(version, layer=layer, sample=sample)
+    maps = result["maps"]
+    if format == "json":
+        fields = {key: value for key, value in result.items() if key != "maps"}
+        return JSONResponse({**fields, "shape": list(maps.shape), "values": maps.tolist()})
+    tiles = to_uint8_maps(maps)
+    if tiles.shape[2] == 1:  # a flat layer: one strip
+        tiles = tiles.expand(-1, -1, STRIP_ROWS, -1)
+    return Response(_tile_grid(tiles), media_type="image/png")
+
+
+@router.get("/{version}/top-images", responses=RESPONSES)
+def top_images(version: str, analyses: AnalysesDep, layer: Layer,
+               channel: Annotated[int, Query(ge=0, description="channel (or feature of a flat layer)")],
+               k: Annotated[int, Query(ge=1, le=MAX_K)] = 9, format: Format = "json") -> Response:
+    """The k test-split images with the highest mean activation of one channel, highest first."""
+    result = analyses.top_images(version, layer=layer, channel=channel, k=k)
+    if format == "json":
+        return JSONResponse({key: value for key, value in result.items() if key != "images"})
+    return Response(_tile_grid(result["images"]), media_type="image/png")
+
+
+def _tile_grid(tiles: torch.Tensor) -> bytes:
+    """uint8 tiles in a near-square grid (ceil(sqrt(N)) per row), each scaled to about TILE_PX pixels."""
+    scale = max(1, TILE_PX // max(tiles.shape[2:]))
+    return grid_png(tiles, ncols=math.ceil(math.sqrt(len(tiles))), scale=scale)
