@@ -42,7 +42,8 @@ class LocalExecutor:
 
     def start(self, records: JobRecords) -> None:
         self.records = records
-        self._ctx.set_forkserver_preload(["app.worker"])
+        # torch.optim imports torch._dynamo on a process's first optimizer (2-3 s): pay it once, here.
+        self._ctx.set_forkserver_preload(["app.worker", "torch._dynamo"])
         # Warm the forkserver in the background so the first job does not pay torch's import.
         threading.Thread(target=forkserver.ensure_running, daemon=True).start()
         self._thread.start()
