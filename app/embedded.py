@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from app.errors import ServiceError
 from app.storage import store_from_settings
 
 log = logging.getLogger(__name__)
@@ -149,37 +150,58 @@ class EmbeddedS3:
         os.killpg(self.process.pid, signal.SIGCONT)
 
 
+RUNNING_FILE = "s3-running.json"  # endpoint and owner pid of the embedded server serving a data dir
+
+
+def _running_endpoint(data_dir: Path) -> str | None:
+    """The endpoint of an embedded server another live `scv` process runs on this data dir, if any."""
+    try:
+        running = json.loads((data_dir / RUNNING_FILE).read_text())
+        os.kill(running["pid"], 0)
+        return running["endpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextmanager
 def connect(settings):
-    """Context manager: a ready Store for `settings`, starting the embedded server when needed.
+    """A ready `(store, settings)` for `settings`, starting the embedded server when none is configured.
 
-    Yields `(store, settings)` where the settings carry the resolved endpoint and credentials, so
-    that child processes (training workers) can be handed the same storage.
+    The yielded settings carry the resolved endpoint and credentials, so that child processes
+    (training workers) can be handed the same storage. A server that another `scv` process already
+    runs on the same SCV_DATA_DIR (say `scv serve`, while `scv datasets seed` runs) is shared, never
+    started twice on one directory.
     """
-    @contextmanager
-    def session():
-        if not settings.embedded:
-            yield store_from_settings(settings), settings
-            return
-        data_dir = Path(settings.data_dir)
-        if settings.minio_access_key and settings.minio_secret_key:
-            access, secret = settings.minio_access_key, settings.minio_secret_key.get_secret_value()
-        else:
-            access, secret = credentials(data_dir)
-        server = EmbeddedS3(data_dir=data_dir, access_key=access, secret_key=secret)
-        resolved = {}
+    if not settings.embedded:
+        yield store_from_settings(settings), settings
+        return
+    data_dir = Path(settings.data_dir)
+    if settings.minio_access_key and settings.minio_secret_key:
+        access, secret = settings.minio_access_key, settings.minio_secret_key.get_secret_value()
+    else:
+        access, secret = credentials(data_dir)
 
-        def ready():
-            resolved["settings"] = settings.model_copy(update={
-                "minio_endpoint": server.endpoint, "minio_access_key": access,
-                "minio_secret_key": SecretStr(secret), "minio_secure": False,
-            })
-            resolved["store"] = store_from_settings(resolved["settings"])
-            resolved["store"].ensure_buckets(settings.minio_model_bucket, settings.minio_dataset_bucket)
+    def ready(endpoint: str):
+        resolved = settings.model_copy(update={"minio_endpoint": endpoint, "minio_access_key": access,
+                                               "minio_secret_key": SecretStr(secret), "minio_secure": False})
+        store = store_from_settings(resolved)
+        store.ensure_buckets(settings.minio_model_bucket, settings.minio_dataset_bucket)
+        return store, resolved
 
-        server.start(ready_check=ready)
+    if (endpoint := _running_endpoint(data_dir)) is not None:
         try:
-            yield resolved["store"], resolved["settings"]
-        finally:
-            server.stop()
-
-    return session()
+            shared = ready(endpoint)
+        except ServiceError:
+            shared = None  # a stale record: start our own below
+        if shared is not None:
+            yield shared
+            return
+    server, started = EmbeddedS3(data_dir=data_dir, access_key=access, secret_key=secret), {}
+    server.start(ready_check=lambda: started.setdefault("pair", ready(server.endpoint)))
+    marker = data_dir / RUNNING_FILE
+    marker.write_text(json.dumps({"endpoint": server.endpoint, "pid": os.getpid()}))
+    try:
+        yield started["pair"]
+    finally:
+        marker.unlink(missing_ok=True)
+        server.stop()

@@ -146,3 +146,22 @@ def test_bad_configuration_names_the_variable(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 2
     assert "SCV_MAX_CONCURRENT_JOBS" in r.stderr and "hush-hush" not in r.stderr
+
+
+def test_seeding_while_serving_shares_the_embedded_server(tmp_path, raw_root):
+    (port,) = free_ports(1)
+    process = _serve(tmp_path, port)
+    try:
+        _wait_ready(port, process)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
+        env["SCV_DATA_DIR"] = str(tmp_path / "data")
+        seeded = subprocess.run([sys.executable, "-m", "app.cli", "datasets", "seed", "mnist", "--from-dir",
+                                 str(raw_root), "--cka-per-class", "2"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=180)
+        assert seeded.returncode == 0, seeded.stderr[-2000:]
+        assert len(_processes_mentioning(str(tmp_path / "data" / "s3"))) == 1  # one weed for one data dir
+        manifest = httpx.get(f"http://127.0.0.1:{port}/datasets/mnist", timeout=10).json()
+        assert manifest["name"] == "mnist" and manifest["cka_per_class"] == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
