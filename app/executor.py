@@ -9,7 +9,6 @@ import threading
 from collections import deque
 from multiprocessing import forkserver
 
-from app import layout
 from app.errors import ServiceError
 from app.jobs import TERMINAL, JobRecords
 
@@ -140,19 +139,13 @@ class LocalExecutor:
                 self._cancelling.discard(version)
                 self._finish(version, "cancelled", None)
             else:
-                self._finish(version, "failed", exit_reason(process.exitcode), True)
+                self._finish(version, "failed", exit_reason(process.exitcode), TERMINAL)
 
-    def _finish(self, version: str, status: str, error: str | None, only_if_open: bool = False) -> None:
-        """Write a terminal status unless the worker already did; a job that did not succeed keeps no model."""
+    def _finish(self, version: str, status: str, error: str | None, keep: frozenset = frozenset()) -> None:
+        """Record a terminal status (see JobRecords.finish); what storage refuses is retried each poll."""
         self._unrecorded.pop(version, None)
         try:
-            record = self.records.get(version)
-            if only_if_open and record["status"] in TERMINAL:
-                return
-            self.records.put({**record, "status": status, "error": error, "finished_at": layout.utcnow()})
-            if status != "succeeded":
-                for name in (layout.MODEL_FILE, layout.METADATA_FILE):
-                    self.records.store.delete(bucket=self.records.bucket, key=layout.key(version, name))
+            self.records.finish(version, status, error, keep=keep)
         except ServiceError as exc:
             log.warning("could not record %s for job %s yet (%s); retrying", status, version, exc.detail)
-            self._unrecorded[version] = (status, error, only_if_open)
+            self._unrecorded[version] = (status, error, keep)

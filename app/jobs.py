@@ -50,6 +50,21 @@ class JobRecords:
         """Read-modify-write one record (only one writer at a time touches a job: see executor)."""
         return self.put({**self.get(version), **changes})
 
+    def finish(self, version: str, status: str, error: str | None, *, keep: frozenset | set = frozenset()) -> None:
+        """Write a terminal status unless the record's status is in `keep`; a job that did not succeed
+        keeps no model (a failed upload may have left the metadata written just before it)."""
+        try:
+            record = self.get(version)
+        except JobNotFound:
+            return  # the record was deleted: nothing left to mark
+        if record["status"] in keep:
+            return
+        self.put({**record, "status": status, "error": error, "finished_at": layout.utcnow()})
+        if status != "succeeded":
+            for name in (layout.MODEL_FILE, layout.METADATA_FILE):
+                self.store.delete(bucket=self.bucket, key=layout.key(version, name))
+        log.info("job %s %s%s", version, status, f": {error}" if error else "")
+
     def exists(self, version: str) -> bool:
         return self.store.exists(bucket=self.bucket, key=layout.key(version, layout.JOB_FILE))
 

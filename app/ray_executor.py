@@ -9,7 +9,6 @@ from collections import deque
 
 import httpx
 
-from app import layout
 from app.errors import ServiceError
 from app.jobs import TERMINAL, JobNotFound, JobRecords
 from app.settings import Settings, SettingsError
@@ -279,19 +278,10 @@ class RayExecutor:
         self._ray_down = bool(problem)
 
     def _finish(self, version: str, status: str, error: str | None, keep: frozenset | set = frozenset()) -> None:
-        """Write a terminal status unless the record's is in `keep`; a job that did not succeed keeps no model."""
+        """Record a terminal status (see JobRecords.finish); what storage refuses is retried each poll."""
         self._unrecorded.pop(version, None)
         try:
-            record = self.records.get(version)
-            if record["status"] in keep:
-                return
-            self.records.put({**record, "status": status, "error": error, "finished_at": layout.utcnow()})
-            if status != "succeeded":
-                for name in (layout.MODEL_FILE, layout.METADATA_FILE):
-                    self.records.store.delete(bucket=self.records.bucket, key=layout.key(version, name))
-            log.info("job %s %s%s", version, status, f": {error}" if error else "")
-        except JobNotFound:
-            return  # the record was deleted: nothing left to mark
+            self.records.finish(version, status, error, keep=keep)
         except ServiceError as exc:
             log.warning("could not record %s for job %s yet (%s); retrying", status, version, exc.detail)
             self._unrecorded[version] = (status, error, keep)

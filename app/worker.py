@@ -124,11 +124,7 @@ def record_failure(version: str, reason: str, *, store: Store, bucket: str, pati
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            JobRecords(store=store, bucket=bucket).update(version, status="failed", error=reason,
-                                                          finished_at=layout.utcnow())
-            # A failed upload may leave the metadata written just before the model: remove it.
-            for name in (layout.MODEL_FILE, layout.METADATA_FILE):
-                store.delete(bucket=bucket, key=layout.key(version, name))
+            JobRecords(store=store, bucket=bucket).finish(version, "failed", reason)
             return
         except ServiceError as exc:
             log.warning("job %s: could not record the failure yet: %s", version, exc.detail)
