@@ -1,0 +1,59 @@
+"""The `scv` client commands against a running service over real HTTP: train --wait, models ls/pull/rm."""
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from tests.liveserver import LiveServer
+
+
+@pytest.fixture(scope="module")
+def served(seeded_settings):
+    settings = seeded_settings.model_copy(update={"minio_model_bucket": f"models-cli-{secrets.token_hex(3)}"})
+    with LiveServer(settings) as server:
+        yield server
+
+
+def _scv(server, tmp_path, *args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
+    env["SCV_URL"] = server.url
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_train_wait_then_list_pull_and_remove(served, tmp_path):
+    layers = tmp_path / "layers.json"
+    layers.write_text(json.dumps([{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
+                                  {"type": "Flatten"}]))
+    trained = _scv(served, tmp_path, "train", "mnist", "--epochs", "2", "--batch-size", "16", "--layers", str(layers),
+                   "--version", "cli-model", "--wait")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    result = json.loads(trained.stdout)
+    assert result["version"] == "cli-model" and result["status"] == "succeeded"
+    assert "epoch 2/2" in trained.stderr  # the live progress bar
+    assert f"cli-model: succeeded, test accuracy {result['metrics']['test_accuracy']}" in trained.stderr
+
+    listed = _scv(served, tmp_path, "models", "ls")
+    assert listed.returncode == 0 and listed.stdout.split()[0] == "cli-model"
+
+    pulled = _scv(served, tmp_path, "models", "pull", "cli-model", "-o", "m.safetensors")
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    digest = hashlib.sha256((tmp_path / "m.safetensors").read_bytes()).hexdigest()
+    assert pulled.stdout.strip() == f"m.safetensors sha256 {digest}"
+    with served.client() as client:
+        assert client.head("/models/cli-model").headers["etag"] == f'"{digest}"'
+
+    assert _scv(served, tmp_path, "models", "rm", "cli-model").returncode == 0
+    missing = _scv(served, tmp_path, "models", "pull", "cli-model")
+    assert missing.returncode != 0 and "404" in missing.stderr
+
+
+def test_client_errors_are_one_line_not_a_traceback(served, tmp_path):
+    r = _scv(served, tmp_path, "train", "imagenet")
+    assert r.returncode != 0
+    assert "error 404" in r.stderr and "imagenet" in r.stderr and "Traceback" not in r.stderr
