@@ -108,9 +108,15 @@ def _follow(client, record: dict) -> dict:
 
     with tqdm(total=100, unit="%", desc=record["version"], bar_format="{l_bar}{bar}| {postfix}") as bar, \
             client.stream("GET", f"/train/{record['version']}/events", timeout=None) as events:
+        event = "job"
         for line in events.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
             if not line.startswith("data: "):
                 continue
+            if event == "error":  # storage went away mid-stream: say so, the job itself goes on
+                raise SystemExit(f"lost the event stream: {json.loads(line[6:])['detail']}; "
+                                 f"follow it again with GET /train/{record['version']}")
             record = json.loads(line[6:])
             p, m = record["progress"], record["metrics"] or {}
             bar.n = round(100 * p["fraction"], 1)
@@ -122,12 +128,17 @@ def _follow(client, record: dict) -> dict:
 
 
 def _models_ls(args) -> int:
+    params = {"limit": 1000, **({"dataset": args.dataset} if args.dataset else {})}
     with _client() as client:
-        params = {"dataset": args.dataset} if args.dataset else {}
-        for item in _checked(client.get("/models", params=params)).json()["items"]:
-            print(f"{item['version']:<40} {item['dataset']:<14} acc {item['test_accuracy']:.4f}  "
-                  f"{item['size_bytes']:>10} B  {item['created_at']}")
-    return 0
+        while True:
+            page = _checked(client.get("/models", params=params)).json()
+            for item in page["items"]:
+                accuracy = "-" if item["test_accuracy"] is None else f"{item['test_accuracy']:.4f}"
+                print(f"{item['version']:<40} {item['dataset'] or '-':<14} acc {accuracy:<7} "
+                      f"{item['size_bytes']:>10} B  {item['created_at']}")
+            if not page["next"]:
+                return 0
+            params["cursor"] = page["next"]
 
 
 def _models_pull(args) -> int:

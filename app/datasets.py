@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
 from collections import OrderedDict
@@ -16,6 +17,7 @@ from app import catalog
 from app.errors import DatasetNotSeeded, IntegrityError, InvalidInput, ObjectMissing
 from app.storage import Store
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
 MEMORY_ENTRIES = 4  # a job needs train + test; the API needs the CKA sets of a few datasets
 EXPECTED = {"train.safetensors": ("images", "labels"), "test.safetensors": ("images", "labels"),
             "cka.safetensors": ("images", "labels", "indices")}
@@ -74,8 +76,10 @@ class DatasetService:
         manifest = self.manifest(name)
         try:
             sha, size = manifest["sha256"][obj], int(manifest["sizes"][obj])
+            if not SHA256.fullmatch(sha):  # it names a cache file: a hex digest and nothing else
+                raise ValueError(sha)
         except (KeyError, TypeError, ValueError):
-            raise self._damaged(name, "manifest.json", f"has no checksum for {obj}") from None
+            raise self._damaged(name, "manifest.json", f"has no valid checksum for {obj}") from None
         with self._lock:
             if sha in self._memory:
                 self._memory.move_to_end(sha)

@@ -58,7 +58,7 @@ class LocalExecutor:
             self.submit(record["version"])
         else:
             self._finish(record["version"], "failed",
-                         "the worker was lost: the service restarted while the job was running; resubmit it")
+                         "the worker was lost: the service restarted while the job was running; resubmit it", TERMINAL)
 
     def active(self) -> dict[str, str]:
         with self._cond:
@@ -92,7 +92,7 @@ class LocalExecutor:
             process.kill()
             process.join()
             self._finish(version, "failed", "interrupted: the service stopped while the job was running; "
-                                            "resubmit it")
+                                            "resubmit it", TERMINAL)
         with self._cond:
             self._running.clear()
         if self._thread.is_alive():
@@ -137,7 +137,7 @@ class LocalExecutor:
             process.join()
             if version in self._cancelling:
                 self._cancelling.discard(version)
-                self._finish(version, "cancelled", None)
+                self._finish(version, "cancelled", None, TERMINAL)  # a job that just ended keeps its end
             else:
                 self._finish(version, "failed", exit_reason(process.exitcode), TERMINAL)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Protocol
 
 from app import layout
-from app.errors import Conflict, InvalidInput, NotFound, ObjectMissing, ServiceError
+from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, ObjectMissing, ServiceError
 from app.storage import Store
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,13 @@ class JobRecords:
             return self._terminal[version]
         try:
             record = self.store.get_json(bucket=self.bucket, key=layout.key(version, layout.JOB_FILE))
+            if not isinstance(record, dict) or record.get("status") not in STATUSES:
+                raise ValueError("no valid status")
         except ObjectMissing:
             raise JobNotFound(version) from None
+        except ValueError:
+            raise IntegrityError(f"the job record of {version!r} is malformed; delete it with "
+                                 f"DELETE /models/{version}", version=version) from None
         if record["status"] in TERMINAL:
             self._terminal[version] = record
         return record
@@ -75,11 +81,15 @@ class JobRecords:
         """Every job record, newest first."""
         records = []
         for obj in self.store.list(bucket=self.bucket):
-            if obj.key.endswith("/" + layout.JOB_FILE):
-                try:
-                    records.append(self.get(layout.version_of(obj.key)))
-                except JobNotFound:  # deleted between listing and reading
-                    continue
+            version = layout.version_of(obj.key)
+            if obj.key != f"{version}/{layout.JOB_FILE}" or not layout.is_valid_version(version):
+                continue  # not ours: never let a stray key break the listing
+            try:
+                records.append(self.get(version))
+            except JobNotFound:  # deleted between listing and reading
+                continue
+            except IntegrityError as exc:
+                log.warning("skipping a job record: %s", exc.detail)
         return sorted(records, key=lambda r: (r["created_at"], r["version"]), reverse=True)
 
 
@@ -115,11 +125,17 @@ class JobService:
     def start(self) -> None:
         """Hand the executor its records and pick up jobs left by a previous run of the service."""
         self.executor.start(self.records)
-        try:
-            pending = sorted(self.records.all(), key=lambda r: r["created_at"])
-        except ServiceError as exc:
-            log.warning("could not recover jobs at start-up: %s", exc.detail)
-            return
+        threading.Thread(target=self._recover, name="scv-recover", daemon=True).start()
+
+    def _recover(self, retry_s: float = 5.0) -> None:
+        # Storage may be down at start-up: keep trying, so queued jobs run once it is back.
+        while True:
+            try:
+                pending = sorted(self.records.all(), key=lambda r: r["created_at"])
+                break
+            except ServiceError as exc:
+                log.warning("could not recover jobs yet (%s); retrying in %.0f s", exc.detail, retry_s)
+                time.sleep(retry_s)
         for record in pending:
             if record["status"] in ("queued", "running"):
                 self.executor.recover(record)
@@ -150,7 +166,9 @@ class JobService:
         if record["status"] in TERMINAL:
             raise Conflict(f"job {version!r} already ended ({record['status']}); nothing to cancel",
                            version=version, job_status=record["status"])
-        self.executor.cancel(version)
+        if not self.executor.cancel(version):
+            # Not held by the executor (e.g. recovery has not run yet): the record alone says it is open.
+            self.records.finish(version, "cancelled", None, keep=TERMINAL)
         return self.records.get(version)
 
 

@@ -14,12 +14,17 @@ MODEL_FILE, METADATA_FILE, JOB_FILE = "model.safetensors", "metadata.json", "job
 
 def validate_version(version: str) -> str:
     """Return `version` if it is a safe ID, else raise InvalidInput; runs before any key is built."""
-    if not isinstance(version, str) or not _VERSION.fullmatch(version) or ".." in version:
+    if not is_valid_version(version):
         shown = repr(version[:40] + ("…" if len(version) > 40 else "")) if isinstance(version, str) else "?"
         raise InvalidInput(
             f"invalid version {shown}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit, without '..'", field="version")
     return version
+
+
+def is_valid_version(version: str) -> bool:
+    """True for a safe version ID (see validate_version)."""
+    return isinstance(version, str) and bool(_VERSION.fullmatch(version)) and ".." not in version
 
 
 def new_version(dataset: str) -> str:

@@ -163,7 +163,7 @@ class RayExecutor:
             if version in self._watching and (info is None or info["status"] in RAY_TERMINAL):
                 self._forget(version)
             # A stopped PENDING job may still start for a moment; the poll rewrites `cancelled` if so.
-            self._finish(version, "cancelled", None, keep={"cancelled"})
+            self._finish(version, "cancelled", None, keep=TERMINAL)
         return True
 
     def stop(self) -> None:
@@ -220,7 +220,7 @@ class RayExecutor:
                 self._send_stop(version)
             return
         if self._forget(version):
-            self._finish(version, "cancelled", None, keep={"cancelled"})
+            self._finish(version, "cancelled", None, keep=TERMINAL)
         elif status == "UNKNOWN":
             self._lost(version)
         else:

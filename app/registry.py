@@ -46,7 +46,7 @@ class ModelNotReady(Conflict):
 
     def __init__(self, version: str, status: str):
         super().__init__(f"model {version!r} is not stored yet: its training job is {status}; follow it at "
-                         f"/train/{version}", version=version, status=status, job=f"/train/{version}")
+                         f"/train/{version}", version=version, job_status=status, job=f"/train/{version}")
 
 
 def _iso(moment: datetime) -> str:

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(None, alias="SCV_API_TOKEN")
     executor: Literal["local", "ray"] = Field("local", alias="SCV_EXECUTOR")
     max_concurrent_jobs: int = Field(1, alias="SCV_MAX_CONCURRENT_JOBS", ge=1, le=64)
-    model_ttl_days: int = Field(0, alias="SCV_MODEL_TTL_DAYS", ge=0)
+    model_ttl_days: int = Field(0, alias="SCV_MODEL_TTL_DAYS", ge=0, le=36500)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", alias="SCV_DEVICE")
     max_body_bytes: int = Field(16 * 1024 * 1024, alias="SCV_MAX_BODY_BYTES", ge=1024)
     ray_address: str | None = Field(None, alias="RAY_ADDRESS")

@@ -21,7 +21,7 @@ import models
 from app import layout
 from app.datasets import DatasetService
 from app.errors import ServiceError
-from app.jobs import JobRecords
+from app.jobs import TERMINAL, JobRecords
 from app.settings import Settings, load_settings
 from app.storage import Store, store_from_settings
 
@@ -55,6 +55,8 @@ def train_job(*, version: str, settings: Settings, store: Store) -> dict:
     """Train the job's network on its dataset, store the model, and return the final record."""
     records = JobRecords(store=store, bucket=settings.minio_model_bucket)
     record = records.get(version)
+    if record["status"] in TERMINAL:
+        return record  # cancelled (or ended) before this worker started: nothing to do
     request = record["request"]
     record.update(status="running", started_at=layout.utcnow(), error=None,
                   worker={"host": socket.gethostname(), "pid": os.getpid()})

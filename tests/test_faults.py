@@ -82,3 +82,39 @@ def test_listing_during_an_outage_is_503_then_recovers(proxied, fault):
     proxy.heal()
     assert client.get("/readyz").status_code == 200
     assert _versions(client) == {done["version"]}
+
+
+def test_queued_job_runs_when_storage_returns_after_a_restart(s3, seeded_settings, tmp_path):
+    """A job queued by a previous run of the service runs even when storage is down at start-up."""
+    proxy = FaultProxy(s3.endpoint)
+    settings = seeded_settings.model_copy(update={
+        "minio_endpoint": proxy.endpoint, "minio_model_bucket": f"models-recover-{secrets.token_hex(4)}",
+        "data_dir": tmp_path / "data", "storage_timeout_s": 2.0})
+    with TestClient(create_app(settings)) as first:
+        version = train(first, dataset="mnist", layers=SMALL_NET, version="left-queued")["version"]
+        wait_for(first, version)
+        # Rewind it to `queued`, as if the previous process had stopped before running it.
+        store = first.app.state.store
+        record = store.get_json(bucket=settings.minio_model_bucket, key=f"{version}/job.json")
+        store.delete_prefix(bucket=settings.minio_model_bucket, prefix=f"{version}/")
+        store.put_json(bucket=settings.minio_model_bucket, key=f"{version}/job.json",
+                       value={**record, "status": "queued", "metrics": None, "history": [], "finished_at": None})
+    proxy.refusing = True
+    try:
+        with TestClient(create_app(settings)) as second:
+            assert second.get("/readyz").status_code == 503
+            proxy.heal()
+            assert wait_for(second, version, timeout=60)["status"] == "succeeded"
+    finally:
+        proxy.close()
+
+
+def test_stray_and_malformed_records_do_not_break_job_listing(proxied):
+    client, _ = proxied
+    store, bucket = client.app.state.store, client.app.state.settings.minio_model_bucket
+    done = wait_for(client, train(client, dataset="mnist", layers=SMALL_NET)["version"])
+    store.put(bucket=bucket, key="not a version/job.json", data=b"{}")
+    store.put(bucket=bucket, key="broken/job.json", data=b"{not json")
+    assert [j["version"] for j in client.get("/train").json()] == [done["version"]]
+    r = client.get("/train/broken")
+    assert r.status_code == 502 and "malformed" in r.json()["detail"]

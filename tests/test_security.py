@@ -120,3 +120,17 @@ def test_secrets_never_reach_logs_or_responses(s3, seeded_settings, tmp_path, ca
     for secret in (token, SECRET_KEY, "wrong-" + "9" * 20):
         assert secret not in text
     assert "storage" in text.lower()  # the failures were logged and answered, just without secrets
+
+
+def test_a_tampered_manifest_cannot_name_a_cache_path(s3, seeded_settings, tmp_path):
+    with TestClient(create_app(make_settings(s3, tmp_path))) as client:
+        store, bucket = client.app.state.store, client.app.state.settings.minio_dataset_bucket
+        for key in ("manifest.json", "cka.safetensors"):
+            data = store.get_bytes(bucket=seeded_settings.minio_dataset_bucket, key=f"mnist/{key}")
+            store.put(bucket=bucket, key=f"mnist/{key}", data=data)
+        manifest = store.get_json(bucket=bucket, key="mnist/manifest.json")
+        manifest["sha256"]["cka.safetensors"] = "../../escaped"
+        store.put_json(bucket=bucket, key="mnist/manifest.json", value=manifest)
+        r = client.get("/datasets/mnist/cka")
+        assert r.status_code == 502 and "checksum" in r.json()["detail"]
+    assert not list(tmp_path.rglob("escaped*"))

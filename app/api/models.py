@@ -5,7 +5,6 @@ import binascii
 import json
 import re
 from collections.abc import Callable, Iterator
-from itertools import chain
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -163,7 +162,15 @@ def _classify(registry: ModelRegistry, version: str, decode: Callable) -> list[d
 def _opened(chunks: Iterator[bytes]) -> Iterator[bytes]:
     # Open the object before the status line goes out, so a storage failure is still a problem+json.
     first = next(chunks, b"")
-    return chain([first], chunks)
+
+    def rest() -> Iterator[bytes]:
+        try:
+            yield first
+            yield from chunks
+        finally:  # also when the client went away: stop the reads in flight now, not at GC
+            chunks.close()
+
+    return rest()
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
