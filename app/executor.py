@@ -60,10 +60,6 @@ class LocalExecutor:
             self._finish(record["version"], "failed",
                          "the worker was lost: the service restarted while the job was running; resubmit it", TERMINAL)
 
-    def active(self) -> dict[str, str]:
-        with self._cond:
-            return {**{v: "queued" for v in self._queue}, **{v: "running" for v in self._running}}
-
     def cancel(self, version: str) -> bool:
         with self._cond:
             if version in self._queue:

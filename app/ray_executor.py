@@ -143,11 +143,6 @@ class RayExecutor:
             self._watching[record["version"]] = None
         self._wake.set()
 
-    def active(self) -> dict[str, str]:
-        with self._lock:
-            return {**{v: "queued" for v in self._pending},
-                    **{v: "running" if s == "RUNNING" else "queued" for v, s in self._watching.items()}}
-
     def cancel(self, version: str) -> bool:
         with self._lock:
             if version in self._pending:
