@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Protocol
 
 from app import layout
@@ -115,7 +114,7 @@ class JobService:
 
     def __init__(self, *, records: JobRecords, executor: Executor):
         self.records, self.executor = records, executor
-        self._lock = threading.Lock()
+        self._lock, self._stopped = threading.Lock(), threading.Event()
 
     def start(self) -> None:
         """Hand the executor its records and pick up jobs left by a previous run of the service."""
@@ -130,10 +129,16 @@ class JobService:
                 break
             except ServiceError as exc:
                 log.warning("could not recover jobs yet (%s); retrying in %.0f s", exc.detail, retry_s)
-                time.sleep(retry_s)
+                if self._stopped.wait(retry_s):
+                    return
         for record in pending:
             if record["status"] in ("queued", "running"):
                 self.executor.recover(record)
+
+    def stop(self) -> None:
+        """Stop recovering and stop the executor."""
+        self._stopped.set()
+        self.executor.stop()
 
     def submit(self, record: dict) -> dict:
         """Store a queued record and hand it to the executor; 409 when the version is taken."""

@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
-                app.state.jobs.executor.stop()
+                app.state.jobs.stop()
 
     app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan, responses=problems.PROBLEM_RESPONSES,
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
