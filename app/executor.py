@@ -9,8 +9,7 @@ import threading
 from collections import deque
 from multiprocessing import forkserver
 
-from app.errors import ServiceError
-from app.jobs import TERMINAL, JobRecords
+from app.jobs import TERMINAL, JobRecords, RecordingExecutor
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -24,10 +23,11 @@ def exit_reason(exitcode: int | None) -> str:
     return f"the worker process exited with code {exitcode} before finishing the job"
 
 
-class LocalExecutor:
+class LocalExecutor(RecordingExecutor):
     """Runs jobs in forked children of a forkserver that has torch preloaded (fast start-up)."""
 
     def __init__(self, *, worker_env: dict[str, str], max_concurrent: int):
+        super().__init__()
         self.worker_env, self.max_concurrent = worker_env, max_concurrent
         self._ctx = multiprocessing.get_context("forkserver")
         self._queue: deque[str] = deque()
@@ -35,7 +35,6 @@ class LocalExecutor:
         self._cancelling: set[str] = set()
         self._cond = threading.Condition()
         self._stopped = False
-        self._unrecorded: dict[str, tuple] = {}  # final statuses storage refused: retried each poll
         self._thread = threading.Thread(target=self._supervise, name="scv-executor", daemon=True)
         self.records: JobRecords | None = None
 
@@ -102,8 +101,7 @@ class LocalExecutor:
                 if self._stopped:
                     return
                 self._reap_locked()
-                for version, args in list(self._unrecorded.items()):
-                    self._finish(version, *args)
+                self._retry_unrecorded()
                 while self._queue and len(self._running) < self.max_concurrent:
                     self._launch_locked(self._queue.popleft())
                 self._cond.wait(POLL_S)
@@ -137,11 +135,3 @@ class LocalExecutor:
             else:
                 self._finish(version, "failed", exit_reason(process.exitcode), TERMINAL)
 
-    def _finish(self, version: str, status: str, error: str | None, keep: frozenset = frozenset()) -> None:
-        """Record a terminal status (see JobRecords.finish); what storage refuses is retried each poll."""
-        self._unrecorded.pop(version, None)
-        try:
-            self.records.finish(version, status, error, keep=keep)
-        except ServiceError as exc:
-            log.warning("could not record %s for job %s yet (%s); retrying", status, version, exc.detail)
-            self._unrecorded[version] = (status, error, keep)

@@ -109,6 +109,28 @@ class Executor(Protocol):
     def stop(self) -> None: ...
 
 
+class RecordingExecutor:
+    """What every executor shares: final statuses it writes, retried while storage refuses them."""
+
+    records: JobRecords
+
+    def __init__(self):
+        self._unrecorded: dict[str, tuple] = {}
+
+    def _finish(self, version: str, status: str, error: str | None, keep: frozenset | set = frozenset()) -> None:
+        """Record a terminal status (see JobRecords.finish); what storage refuses is retried later."""
+        self._unrecorded.pop(version, None)
+        try:
+            self.records.finish(version, status, error, keep=keep)
+        except ServiceError as exc:
+            log.warning("could not record %s for job %s yet (%s); retrying", status, version, exc.detail)
+            self._unrecorded[version] = (status, error, keep)
+
+    def _retry_unrecorded(self) -> None:
+        for version, args in list(self._unrecorded.items()):
+            self._finish(version, *args)
+
+
 class JobService:
     """Submit, inspect and cancel jobs; the only writer of a record while its job is not running."""
 

@@ -10,7 +10,7 @@ from collections import deque
 import httpx
 
 from app.errors import ServiceError
-from app.jobs import TERMINAL, JobNotFound, JobRecords
+from app.jobs import TERMINAL, JobNotFound, JobRecords, RecordingExecutor
 from app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class RayJobs:
         raise RayUnavailable(f"Ray at {self.address} answered {words}")
 
 
-class RayExecutor:
+class RayExecutor(RecordingExecutor):
     """Submits jobs to Ray and reconciles Ray's view with the job records, which stay the truth.
 
     Ray schedules by resources (`num_cpus` per job, a GPU when SCV_DEVICE=cuda): SCV_MAX_CONCURRENT_JOBS
@@ -106,6 +106,7 @@ class RayExecutor:
 
     def __init__(self, *, address: str | None, worker_env: dict[str, str], token: str | None = None,
                  num_cpus: float = 1, num_gpus: float = 0):
+        super().__init__()
         masked = [token or "", worker_env.get("MINIO_SECRET_KEY", ""), worker_env.get("MINIO_ACCESS_KEY", "")]
         self.ray = RayJobs(address=dashboard_url(address), token=token, secrets=masked)
         # Torch would use every core of the node while Ray counted only num_cpus of them.
@@ -115,7 +116,6 @@ class RayExecutor:
         self._pending: deque[str] = deque()  # versions to submit to Ray
         self._watching: dict[str, str | None] = {}  # submitted versions -> Ray's last status (None: not asked)
         self._cancelling: dict[str, bool] = {}  # versions we are stopping -> whether Ray took the stop
-        self._unrecorded: dict[str, tuple] = {}  # final statuses storage refused: retried each poll
         self._wake, self._stopped, self._ray_down = threading.Event(), False, False
         self._thread = threading.Thread(target=self._supervise, name="scv-ray-executor", daemon=True)
         self.records: JobRecords | None = None
@@ -182,8 +182,7 @@ class RayExecutor:
             except RayUnavailable as exc:
                 self._health(str(exc))
             with self._lock:
-                for version, args in list(self._unrecorded.items()):
-                    self._finish(version, *args)
+                self._retry_unrecorded()
 
     def _submit_pending(self) -> None:
         with self._lock:  # held across the POST so that cancel() never sees a version half-submitted
@@ -272,11 +271,3 @@ class RayExecutor:
             log.info("Ray at %s answers again", self.ray.address)
         self._ray_down = bool(problem)
 
-    def _finish(self, version: str, status: str, error: str | None, keep: frozenset | set = frozenset()) -> None:
-        """Record a terminal status (see JobRecords.finish); what storage refuses is retried each poll."""
-        self._unrecorded.pop(version, None)
-        try:
-            self.records.finish(version, status, error, keep=keep)
-        except ServiceError as exc:
-            log.warning("could not record %s for job %s yet (%s); retrying", status, version, exc.detail)
-            self._unrecorded[version] = (status, error, keep)
