@@ -7,34 +7,13 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 
-import torch
-from torch import nn
-
-import models
-from bench.registry import _metadata
+from bench.registry import put_wide_model
 from tests.liveserver import LiveServer
 from tests.rawdata import seed_raw, write_raw
 
 CONCURRENT = 50
 VERSION = "bench-load-model"
-
-
-def _put_model(store, bucket: str) -> bytes:
-    """A valid ~16 MB model file and its metadata.json."""
-    shape, wide = [1, 28, 28], 5000
-    layers = [{"type": "Flatten", "start_dim": 1, "end_dim": -1},
-              {"type": "Linear", "in_features": 784, "out_features": wide, "bias": True},
-              {"type": "Linear", "in_features": wide, "out_features": 10, "bias": True}]
-    with torch.no_grad():
-        net = nn.Sequential(nn.Flatten(), nn.Linear(784, wide), nn.Linear(wide, 10))
-    blob = models.save_model(net, layers=layers, input_shape=shape, classes=[str(i) for i in range(10)],
-                             normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=VERSION)
-    meta = _metadata(VERSION, blob, hashlib.sha256(blob).hexdigest(), datetime.now(UTC), layers, shape)
-    store.put_json(bucket=bucket, key=f"{VERSION}/metadata.json", value=meta)
-    store.put(bucket=bucket, key=f"{VERSION}/model.safetensors", data=blob)
-    return blob
 
 
 def _timed(fn) -> float:
@@ -48,7 +27,8 @@ def measure(ctx) -> dict[str, float]:
     raw = ctx.scratch / "raw"
     write_raw(raw, per_class_train=6, per_class_test=3, names=["mnist"])
     seed_raw(ctx.store, ctx.settings, raw, names=["mnist"], cka_per_class=2)
-    blob = _put_model(ctx.store, ctx.settings.minio_model_bucket)
+    blob = put_wide_model(ctx.store, ctx.settings.minio_model_bucket, version=VERSION, shape=[1, 28, 28],
+                          wide=5000)  # ~16 MB
     expected = hashlib.sha256(blob).hexdigest()
     with LiveServer(ctx.settings) as server, server.client() as client:
         def download() -> str:

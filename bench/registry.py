@@ -74,19 +74,24 @@ def _timed(fn) -> float:
 
 def _put_big_model(store, bucket: str) -> tuple[int, str]:
     """A valid ~200 MB safetensors model file (one wide Linear) and its metadata.json."""
-    shape, wide = [1, 64, 64], 12_208
+    blob = put_wide_model(store, bucket, version=BIG, shape=[1, 64, 64], wide=12_208)
+    return len(blob), hashlib.sha256(blob).hexdigest()
+
+
+def put_wide_model(store, bucket: str, *, version: str, shape: list[int], wide: int) -> bytes:
+    """Store a valid model file (Flatten, Linear(wide), Linear(10)) and its metadata.json; returns the file."""
+    features = shape[0] * shape[1] * shape[2]
     layers = [{"type": "Flatten", "start_dim": 1, "end_dim": -1},
-              {"type": "Linear", "in_features": 4096, "out_features": wide, "bias": True},
+              {"type": "Linear", "in_features": features, "out_features": wide, "bias": True},
               {"type": "Linear", "in_features": wide, "out_features": 10, "bias": True}]
     with torch.no_grad():
-        net = nn.Sequential(nn.Flatten(), nn.Linear(4096, wide), nn.Linear(wide, 10))
+        net = nn.Sequential(nn.Flatten(), nn.Linear(features, wide), nn.Linear(wide, 10))
     blob = models.save_model(net, layers=layers, input_shape=shape, classes=[str(i) for i in range(10)],
-                             normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=BIG)
-    digest = hashlib.sha256(blob).hexdigest()
-    store.put_json(bucket=bucket, key=f"{BIG}/metadata.json",
-                   value=_metadata(BIG, blob, digest, datetime.now(UTC), layers, shape))
-    store.put(bucket=bucket, key=f"{BIG}/model.safetensors", data=blob)
-    return len(blob), digest
+                             normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=version)
+    store.put_json(bucket=bucket, key=f"{version}/metadata.json",
+                   value=_metadata(version, blob, hashlib.sha256(blob).hexdigest(), datetime.now(UTC), layers, shape))
+    store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
+    return blob
 
 
 def _metadata(version: str, blob: bytes, digest: str, created: datetime, layers: list, shape: list) -> dict:

@@ -16,14 +16,18 @@ from tests.jobwait import train, wait_for
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}]
 
 
+def _through(proxy: FaultProxy, seeded_settings, tmp_path):
+    """The seeded settings, reaching S3 only through `proxy`, with their own model bucket and a cold cache."""
+    return seeded_settings.model_copy(update={
+        "minio_endpoint": proxy.endpoint, "minio_model_bucket": f"models-faults-{secrets.token_hex(4)}",
+        "data_dir": tmp_path / "data", "storage_timeout_s": 2.0})
+
+
 @pytest.fixture
 def proxied(s3, seeded_settings, tmp_path):
     """An app that reaches the seeded S3 server only through a fault proxy, with a cold dataset cache."""
     proxy = FaultProxy(s3.endpoint)
-    settings = seeded_settings.model_copy(update={
-        "minio_endpoint": proxy.endpoint, "minio_model_bucket": f"models-faults-{secrets.token_hex(4)}",
-        "data_dir": tmp_path / "data", "storage_timeout_s": 2.0})
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(_through(proxy, seeded_settings, tmp_path))) as client:
         yield client, proxy
     proxy.close()
 
@@ -87,9 +91,7 @@ def test_listing_during_an_outage_is_503_then_recovers(proxied, fault):
 def test_queued_job_runs_when_storage_returns_after_a_restart(s3, seeded_settings, tmp_path):
     """A job queued by a previous run of the service runs even when storage is down at start-up."""
     proxy = FaultProxy(s3.endpoint)
-    settings = seeded_settings.model_copy(update={
-        "minio_endpoint": proxy.endpoint, "minio_model_bucket": f"models-recover-{secrets.token_hex(4)}",
-        "data_dir": tmp_path / "data", "storage_timeout_s": 2.0})
+    settings = _through(proxy, seeded_settings, tmp_path)
     with TestClient(create_app(settings)) as first:
         version = train(first, dataset="mnist", layers=SMALL_NET, version="left-queued")["version"]
         wait_for(first, version)
