@@ -26,7 +26,7 @@ def _serve(args) -> int:
 
 
 def _storage(args) -> int:
-    from app import embedded
+    from app.storage import embedded
 
     settings = load_settings()
     with embedded.connect(settings) as (_, resolved):
@@ -44,7 +44,8 @@ def _storage(args) -> int:
 
 
 def _datasets_seed(args) -> int:
-    from app import embedded, ingest
+    from app.datasets import ingest
+    from app.storage import embedded
 
     settings = load_settings()
     with embedded.connect(settings) as (store, resolved):
@@ -56,8 +57,8 @@ def _datasets_seed(args) -> int:
 
 
 def _datasets_ls(args) -> int:
-    from app import embedded
-    from app.datasets import DatasetService
+    from app.datasets.service import DatasetService
+    from app.storage import embedded
 
     settings = load_settings()
     with embedded.connect(settings) as (store, resolved):

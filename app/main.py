@@ -5,20 +5,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import embedded
-from app.analyses import Analyses
+from app.analysis.service import Analyses
 from app.api import analysis as analysis_api
 from app.api import datasets as datasets_api
 from app.api import health, models, problems, train
 from app.api.guards import BearerAuth, BodyLimit
-from app.datasets import DatasetService
+from app.datasets.service import DatasetService
 from app.errors import ServiceError
-from app.executor import LocalExecutor
-from app.jobs import Executor, JobRecords, JobService
+from app.jobs.local import LocalExecutor
+from app.jobs.service import Executor, JobRecords, JobService
+from app.jobs.worker import worker_env
 from app.metrics import Metrics
-from app.registry import ModelRegistry
+from app.registry.service import ModelRegistry
 from app.settings import Settings, get_settings
-from app.worker import worker_env
+from app.storage import embedded
 
 log = logging.getLogger("scv")
 
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def make_executor(settings: Settings) -> Executor:
     """The executor named by SCV_EXECUTOR."""
     if settings.executor == "ray":
-        from app.ray_executor import RayExecutor  # plain HTTP: the API needs no `ray` package
+        from app.jobs.ray_cluster import RayExecutor  # plain HTTP: the API needs no `ray` package
 
         return RayExecutor.from_settings(settings)
     return LocalExecutor(worker_env=worker_env(settings), max_concurrent=settings.max_concurrent_jobs)

@@ -9,7 +9,7 @@ import time
 import torch
 
 import models
-from app.analysis import cka_matrix, top_images
+from app.analysis.maths import cka_matrix, top_images
 
 CKA_SAMPLES = 100  # the default CKA set: 10 test images per class of a 10-class dataset
 CKA_RUNS = 15

@@ -6,9 +6,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.embedded import EmbeddedS3
 from app.settings import Settings
-from app.storage import Store
+from app.storage.embedded import EmbeddedS3
+from app.storage.s3 import Store
 
 
 @dataclass

@@ -12,8 +12,8 @@ import time
 import torchvision
 from torchvision import transforms
 
-from app.datasets import DatasetService
-from app.ingest import seed
+from app.datasets.ingest import seed
+from app.datasets.service import DatasetService
 from tests.rawdata import write_raw
 
 REPEATS = 5

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 import models
-from app.embedded import free_ports
-from app.jobs import JobRecords
-from app.registry import CHUNK_BYTES, ModelRegistry
+from app.jobs.service import JobRecords
+from app.registry.service import CHUNK_BYTES, ModelRegistry
+from app.storage.embedded import free_ports
 
 BIG = "bench-big-200mb"
 SMALL_MODELS = 1000

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 import models
-from app.datasets import DatasetService
-from app.ingest import seed
-from app.jobs import TERMINAL
+from app.datasets.ingest import seed
+from app.datasets.service import DatasetService
+from app.jobs.service import TERMINAL
 from app.main import create_app
 from tests.rawdata import write_raw
 

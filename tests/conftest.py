@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.embedded import EmbeddedS3
 from app.main import create_app
 from app.settings import Settings
-from app.storage import Store
+from app.storage.embedded import EmbeddedS3
+from app.storage.s3 import Store
 
 pytest_plugins = ["tests.fixtures_datasets"]
 

@@ -4,7 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.storage import store_from_settings
+from app.storage.s3 import store_from_settings
 from tests.conftest import make_settings
 from tests.rawdata import seed_raw, write_raw
 

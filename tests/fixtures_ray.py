@@ -46,7 +46,7 @@ class LocalRayHead:
         bindir = Path(sys.executable).parent
         ray = bindir / "ray" if (bindir / "ray").exists() else shutil.which("ray")
         workers = random.randrange(20000, 32000, 100)  # worker ports: below Linux's ephemeral range
-        # PATH first names this interpreter's bin: a job's `python -m app.worker` then runs where `app` is installed.
+        # PATH first names this interpreter's bin: a job's `python -m app.jobs.worker` runs where `app` is installed.
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "RAY_USAGE_STATS_ENABLED": "0",
                "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("RAY_ADDRESS", None)

@@ -6,8 +6,8 @@ import time
 import httpx
 import uvicorn
 
-from app.embedded import free_ports
 from app.main import create_app
+from app.storage.embedded import free_ports
 
 
 class LiveServer:

@@ -20,13 +20,13 @@ import pytest
 import scipy.io
 import torchvision
 
-from app import catalog
-from app.ingest import seed
+from app.datasets import definitions
+from app.datasets.ingest import seed
 
 
 def make_split(name: str, split: str, *, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 N×C×H×W images, int64 labels) of one split, in a shuffled but reproducible order."""
-    info = catalog.info(name)
+    info = definitions.info(name)
     rng = np.random.default_rng(zlib.crc32(f"{name}/{split}/{per_class}".encode()))
     labels = rng.permutation(np.repeat(np.arange(info.num_classes), per_class)).astype(np.int64)
     c, h, w = info.image_shape
@@ -45,7 +45,7 @@ def make_split(name: str, split: str, *, per_class: int) -> tuple[np.ndarray, np
 def write_raw(root: Path, *, per_class_train: int, per_class_test: int, names=None) -> None:
     """Write raw files for `names` (default all five) under `root`, laid out as torchvision's root."""
     root = Path(root)
-    for name in names or catalog.NAMES:
+    for name in names or definitions.NAMES:
         splits = {"train": make_split(name, "train", per_class=per_class_train),
                   "test": make_split(name, "test", per_class=per_class_test)}
         WRITERS[name](root, splits)
@@ -84,7 +84,7 @@ def _cifar10(root: Path, splits) -> None:
         x, y = (images[part], labels[part]) if part is not None else splits["test"]
         entry = {"data": x.reshape(len(x), -1), "labels": [int(v) for v in y], "batch_label": filename}
         (folder / filename).write_bytes(pickle.dumps(entry, protocol=2))
-    meta = {"label_names": list(catalog.info("cifar10").classes), "num_vis": 3072}
+    meta = {"label_names": list(definitions.info("cifar10").classes), "num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from app.analysis import AnalysisInputError, activations, cka, cka_matrix, record_layers, top_images
+from app.analysis.maths import AnalysisInputError, activations, cka, cka_matrix, record_layers, top_images
 
 FAST = settings(deadline=None, max_examples=25, database=None)
 seeds = st.integers(0, 2**32 - 1)

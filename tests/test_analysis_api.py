@@ -12,10 +12,10 @@ from PIL import Image
 from safetensors.torch import load as load_tensors
 
 import models
-from app.analysis import cka, record_layers
+from app.analysis.maths import cka, record_layers
+from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
-from app.plots import to_uint8_maps, viridis
-from app.storage import store_from_settings
+from app.storage.s3 import store_from_settings
 from tests.conftest import make_settings
 from tests.jobwait import train, wait_for
 from tests.rawdata import seed_raw, write_raw

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load
 
-from app import catalog
+from app.datasets import definitions
+from app.datasets.images import decode_image, grid_png
 from app.errors import InvalidInput
-from app.images import decode_image, grid_png
 from tests.fixtures_datasets import K_TEST, PER_CLASS_TEST
 from tests.rawdata import make_split
 
@@ -21,18 +21,18 @@ MANIFEST_FIELDS = {"name", "classes", "num_classes", "image_shape", "mean", "std
 
 def _expected_cka(name: str):
     images, labels = make_split(name, "test", per_class=PER_CLASS_TEST)
-    indices = np.concatenate([np.flatnonzero(labels == c)[:K_TEST] for c in range(catalog.info(name).num_classes)])
+    indices = np.concatenate([np.flatnonzero(labels == c)[:K_TEST] for c in range(definitions.info(name).num_classes)])
     return images[indices], labels[indices], indices
 
 
 def test_list_names_all_five_with_their_manifests(seeded_client):
     items = seeded_client.get("/datasets").json()
-    assert [item["name"] for item in items] == list(catalog.NAMES)
+    assert [item["name"] for item in items] == list(definitions.NAMES)
     assert all(item["seeded"] and MANIFEST_FIELDS <= item.keys() for item in items)
 
 
 def test_list_on_empty_storage_says_nothing_is_seeded(client):
-    assert client.get("/datasets").json() == [{"name": n, "seeded": False} for n in catalog.NAMES]
+    assert client.get("/datasets").json() == [{"name": n, "seeded": False} for n in definitions.NAMES]
 
 
 def test_manifest(seeded_client):
@@ -57,7 +57,7 @@ def test_unseeded_dataset_is_404_saying_how_to_seed_it(client, path):
     assert "scv datasets seed svhn" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("name", catalog.NAMES)
+@pytest.mark.parametrize("name", definitions.NAMES)
 def test_cka_as_safetensors_is_the_stored_object(seeded_client, name):
     r = seeded_client.get(f"/datasets/{name}/cka")
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
@@ -73,8 +73,8 @@ def test_cka_as_safetensors_is_the_stored_object(seeded_client, name):
 def test_cka_as_json(seeded_client, name):
     body = seeded_client.get(f"/datasets/{name}/cka", params={"format": "json"}).json()
     images, labels, indices = _expected_cka(name)
-    assert body["classes"] == list(catalog.info(name).classes)
-    assert body["image_shape"] == list(catalog.info(name).image_shape)
+    assert body["classes"] == list(definitions.info(name).classes)
+    assert body["image_shape"] == list(definitions.info(name).image_shape)
     assert body["labels"] == labels.tolist() and body["indices"] == indices.tolist()
     assert np.array_equal(np.array(body["images"], dtype=np.uint8), images)
 
@@ -86,7 +86,7 @@ def test_cka_as_png_is_one_row_per_class(seeded_client, name):
     grid = np.asarray(Image.open(io.BytesIO(r.content)))
     images = _expected_cka(name)[0]
     n, c, h, w = images.shape
-    scale, pad, rows = 2, 2, catalog.info(name).num_classes
+    scale, pad, rows = 2, 2, definitions.info(name).num_classes
     assert grid.shape[:2] == (rows * (h * scale + pad) + pad, K_TEST * (w * scale + pad) + pad)
     for i in range(n):
         top, left = pad + (i // K_TEST) * (h * scale + pad), pad + (i % K_TEST) * (w * scale + pad)

@@ -11,10 +11,10 @@ import pytest
 import scipy.io
 import torch
 
-from app import catalog
-from app.datasets import DatasetService
+from app.datasets import definitions
+from app.datasets.ingest import seed
+from app.datasets.service import DatasetService
 from app.errors import DatasetNotFound, DatasetNotSeeded, IntegrityError, InvalidInput
-from app.ingest import seed
 from tests.fixtures_datasets import K_TEST, PER_CLASS_TEST, PER_CLASS_TRAIN
 from tests.rawdata import make_split, seed_raw, write_raw
 
@@ -26,11 +26,11 @@ def _first_k(labels: np.ndarray, k: int, num_classes: int) -> np.ndarray:
     return np.concatenate([np.flatnonzero(labels == c)[:k] for c in range(num_classes)])
 
 
-@pytest.mark.parametrize("name", catalog.NAMES)
+@pytest.mark.parametrize("name", definitions.NAMES)
 def test_seeded_dataset_matches_the_raw_files(name, seeded_settings, store):
     datasets = DatasetService(store=store, settings=seeded_settings)
     manifest = datasets.manifest(name)
-    info = catalog.info(name)
+    info = definitions.info(name)
     assert manifest["classes"] == list(info.classes) and manifest["num_classes"] == info.num_classes
     assert manifest["image_shape"] == list(info.image_shape)
     assert manifest["cka_per_class"] == K_TEST
@@ -59,7 +59,7 @@ def test_emnist_letters_are_upright_and_named_a_to_z(raw_root, seeded_settings, 
     images, labels = DatasetService(store=store, settings=seeded_settings).load_split("emnist", "test")
     assert raw_labels.min() == 1 and int(labels[0]) == raw_labels[0] - 1
     assert np.array_equal(images[0, 0].numpy(), first_raw.T) and not np.array_equal(first_raw, first_raw.T)
-    assert catalog.info("emnist").classes[int(labels[0])] == "abcdefghijklmnopqrstuvwxyz"[raw_labels[0] - 1]
+    assert definitions.info("emnist").classes[int(labels[0])] == "abcdefghijklmnopqrstuvwxyz"[raw_labels[0] - 1]
 
 
 def test_svhn_digit_zero_is_label_zero(raw_root, seeded_settings, store):
@@ -69,13 +69,13 @@ def test_svhn_digit_zero_is_label_zero(raw_root, seeded_settings, store):
     assert labels.tolist() == [0 if y == 10 else int(y) for y in raw]
 
 
-@pytest.mark.parametrize("name", catalog.NAMES)
+@pytest.mark.parametrize("name", definitions.NAMES)
 def test_cka_set_is_the_first_k_test_images_of_each_class(name, seeded_settings, store):
     images, labels, indices = DatasetService(store=store, settings=seeded_settings).cka_set(name)
     test_images, test_labels = make_split(name, "test", per_class=PER_CLASS_TEST)
-    want = _first_k(test_labels, K_TEST, catalog.info(name).num_classes)
+    want = _first_k(test_labels, K_TEST, definitions.info(name).num_classes)
     assert indices.dtype == torch.int64 and indices.tolist() == want.tolist()
-    assert labels.tolist() == np.repeat(np.arange(catalog.info(name).num_classes), K_TEST).tolist()
+    assert labels.tolist() == np.repeat(np.arange(definitions.info(name).num_classes), K_TEST).tolist()
     assert np.array_equal(images.numpy(), test_images[want])
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image, ImageChops
 
-from app.plots import grid_png, heatmap_png, to_uint8_maps, viridis
+from app.analysis.plots import grid_png, heatmap_png, to_uint8_maps, viridis
 
 
 def decode(png: bytes) -> Image.Image:

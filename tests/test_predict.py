@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 import models
-from app.datasets import DatasetService
-from app.inference import MAX_IMAGES
-from app.storage import store_from_settings
+from app.datasets.service import DatasetService
+from app.registry.inference import MAX_IMAGES
+from app.storage.s3 import store_from_settings
 from tests.jobwait import train, wait_for
 from tests.test_registry import put_model
 

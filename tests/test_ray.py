@@ -11,12 +11,12 @@ from pydantic import SecretStr
 
 import models
 from app.api.train import TrainRequest
-from app.datasets import DatasetService
-from app.jobs import JobRecords, new_record, prepare
+from app.datasets.service import DatasetService
+from app.jobs.ray_cluster import POLL_S
+from app.jobs.service import JobRecords, new_record, prepare
 from app.main import create_app, make_executor
-from app.ray_executor import POLL_S
 from app.settings import SettingsError
-from app.storage import store_from_settings
+from app.storage.s3 import store_from_settings
 from tests.conftest import SECRET_KEY
 from tests.fixtures_ray import LocalRayHead
 from tests.jobwait import train, wait_for
@@ -79,7 +79,7 @@ def test_train_on_ray_stores_model_and_reproduces_accuracy(ray_client, ray_head,
     # Ray's own job list knows the job by the model version, and ran the worker entry point.
     ray_head.wait_status(version, {"SUCCEEDED"}, timeout=15)
     job = next(j for j in ray_head.jobs() if j.get("submission_id") == version)
-    assert job["entrypoint"] == f"python -m app.worker {version}"
+    assert job["entrypoint"] == f"python -m app.jobs.worker {version}"
     # The S3 secret and the Ray token travel to the job but never into a log line.
     assert SECRET_KEY not in caplog.text and ray_head.token not in caplog.text
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 import models
 from app.errors import StorageUnavailable
 from app.main import create_app
-from app.storage import Store
+from app.storage.s3 import Store
 from tests.conftest import make_settings
 from tests.jobwait import train, wait_for
 

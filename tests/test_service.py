@@ -12,9 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.embedded import EmbeddedS3, free_ports
 from app.main import create_app
-from app.storage import Store
+from app.storage.embedded import EmbeddedS3, free_ports
+from app.storage.s3 import Store
 from tests.conftest import ACCESS_KEY, SECRET_KEY, make_settings
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from app.errors import ObjectMissing, StorageUnavailable
-from app.storage import Store
+from app.storage.s3 import Store
 
 
 class UnknownLength(io.RawIOBase):

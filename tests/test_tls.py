@@ -3,9 +3,9 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from app.embedded import EmbeddedS3
 from app.main import create_app
-from app.storage import Store
+from app.storage.embedded import EmbeddedS3
+from app.storage.s3 import Store
 from tests.conftest import ACCESS_KEY, SECRET_KEY, make_settings
 from tests.tlscerts import write_ca_and_server_cert
 

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load as load_tensors
 
 import models
-from app.datasets import DatasetService
+from app.datasets.service import DatasetService
 from app.main import create_app
-from app.storage import store_from_settings
+from app.storage.s3 import store_from_settings
 from tests.jobwait import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},

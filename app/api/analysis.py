@@ -7,10 +7,10 @@ import torch
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from app.analyses import MAX_K
+from app.analysis.plots import grid_png, heatmap_png, to_uint8_maps
+from app.analysis.service import MAX_K
 from app.api.deps import AnalysesDep
 from app.api.problems import PROBLEM_RESPONSES
-from app.plots import grid_png, heatmap_png, to_uint8_maps
 
 router = APIRouter(prefix="/models", tags=["analysis"])
 TILE_PX = 64  # grid tiles are scaled up by a whole factor to about this many pixels

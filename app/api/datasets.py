@@ -7,9 +7,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save
 
-from app import catalog
 from app.api.deps import DatasetsDep
-from app.images import grid_png
+from app.datasets import definitions
+from app.datasets.images import grid_png
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 NOT_FOUND = {404: {"description": "unknown dataset, or not seeded yet (the detail says how to seed it)"}}
@@ -67,5 +67,5 @@ def get_cka(name: str, datasets: DatasetsDep,
     if format == "png":
         # One row per class: the set holds the same number of images for every class.
         return Response(grid_png(images, ncols=int((labels == 0).sum())), media_type="image/png")
-    return JSONResponse({"classes": list(catalog.info(name).classes), "image_shape": list(images.shape[1:]),
+    return JSONResponse({"classes": list(definitions.info(name).classes), "image_shape": list(images.shape[1:]),
                          "labels": labels.tolist(), "indices": indices.tolist(), "images": images.tolist()})

@@ -4,12 +4,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.analyses import Analyses
-from app.datasets import DatasetService
-from app.jobs import JobService
-from app.registry import ModelRegistry
+from app.analysis.service import Analyses
+from app.datasets.service import DatasetService
+from app.jobs.service import JobService
+from app.registry.service import ModelRegistry
 from app.settings import Settings
-from app.storage import Store
+from app.storage.s3 import Store
 
 
 def _state(name: str):

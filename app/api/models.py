@@ -14,11 +14,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from app import inference
 from app.api.deps import RegistryDep
 from app.api.problems import problem
 from app.errors import InvalidInput, ServiceError
-from app.registry import ModelRegistry, sort_key
+from app.registry import inference
+from app.registry.service import ModelRegistry, sort_key
 
 router = APIRouter(prefix="/models", tags=["models"])
 _RANGE = re.compile(r"bytes\s*=\s*(\d*)-(\d*)", re.ASCII | re.IGNORECASE)

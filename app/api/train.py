@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import DatasetsDep, JobsDep
 from app.errors import ServiceError
-from app.jobs import STATUSES, TERMINAL, new_record, prepare
-from app.layout import VERSION_PATTERN
+from app.jobs.service import STATUSES, TERMINAL, new_record, prepare
+from app.storage.layout import VERSION_PATTERN
 
 router = APIRouter(prefix="/train", tags=["training"])
 EVENT_POLL_S = 0.5

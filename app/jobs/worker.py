@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 import models
-from app import layout
-from app.datasets import DatasetService
+from app.datasets.service import DatasetService
 from app.errors import ServiceError
-from app.jobs import TERMINAL, JobRecords
+from app.jobs.service import TERMINAL, JobRecords
 from app.settings import Settings, load_settings
-from app.storage import Store, store_from_settings
+from app.storage import layout
+from app.storage.s3 import Store, store_from_settings
 
 log = logging.getLogger("scv.worker")
 PROGRESS_INTERVAL_S = 0.5
@@ -163,8 +163,8 @@ def run_in_child(version: str, env: dict[str, str], concurrency: int) -> None:
 
 
 def main() -> None:
-    """`python -m app.worker VERSION`: the entry point of a Ray job (settings from the environment)."""
-    parser = argparse.ArgumentParser(prog="python -m app.worker")
+    """`python -m app.jobs.worker VERSION`: the entry point of a Ray job (settings from the environment)."""
+    parser = argparse.ArgumentParser(prog="python -m app.jobs.worker")
     parser.add_argument("version")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)

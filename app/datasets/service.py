@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from app import catalog
+from app.datasets import definitions
 from app.errors import DatasetNotSeeded, IntegrityError, InvalidInput, ObjectMissing
-from app.storage import Store
+from app.storage.s3 import Store
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MEMORY_ENTRIES = 4  # a job needs train + test; the API needs the CKA sets of a few datasets
@@ -40,7 +40,7 @@ class DatasetService:
 
     def manifest(self, name: str) -> dict:
         """The stored manifest of `name`; DatasetNotFound / DatasetNotSeeded when there is none."""
-        catalog.info(name)
+        definitions.info(name)
         try:
             return self.store.get_json(bucket=self.bucket, key=f"{name}/manifest.json")
         except ObjectMissing:
@@ -51,7 +51,7 @@ class DatasetService:
     def list(self) -> list[dict]:
         """All five datasets, each with `seeded` and, when seeded, its manifest fields."""
         out = []
-        for name in catalog.NAMES:
+        for name in definitions.NAMES:
             try:
                 out.append({"name": name, "seeded": True, **self.manifest(name)})
             except DatasetNotSeeded:
@@ -60,8 +60,8 @@ class DatasetService:
 
     def load_split(self, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(images uint8 N×C×H×W, labels int64 N) of the `train` or `test` split."""
-        if split not in catalog.SPLITS:
-            raise InvalidInput(f"unknown split {split!r}; use one of {', '.join(catalog.SPLITS)}", field="split")
+        if split not in definitions.SPLITS:
+            raise InvalidInput(f"unknown split {split!r}; use one of {', '.join(definitions.SPLITS)}", field="split")
         tensors = self._tensors(name, f"{split}.safetensors")
         return tensors["images"], tensors["labels"]
 

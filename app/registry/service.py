@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
-from app import layout
 from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, ObjectMissing, ServiceError
-from app.jobs import TERMINAL, JobNotFound, JobRecords
+from app.jobs.service import TERMINAL, JobNotFound, JobRecords
 from app.settings import Settings
-from app.storage import ObjectInfo, Store
+from app.storage import layout
+from app.storage.s3 import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class ModelRegistry:
 
     def load(self, version: str):
         """The network (eval mode) and metadata of a served model, verified against its sha256; a small LRU."""
-        from app.inference import verified_model  # torch is heavy: only the paths that run networks import it
+        from app.registry.inference import verified_model  # torch is heavy: only the paths that run networks import it
 
         summary = self.get(version)  # exists now and has not expired, also for a cached network
         with self._lock:

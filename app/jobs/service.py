@@ -6,9 +6,9 @@ import logging
 import threading
 from typing import Protocol
 
-from app import layout
 from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, ObjectMissing, ServiceError
-from app.storage import Store
+from app.storage import layout
+from app.storage.s3 import Store
 
 log = logging.getLogger(__name__)
 

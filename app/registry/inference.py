@@ -7,8 +7,8 @@ import hashlib
 import torch
 
 import models
+from app.datasets.images import decode_image
 from app.errors import IntegrityError, InvalidInput, PayloadTooLarge
-from app.images import decode_image
 
 MAX_IMAGES = 256  # per request: a batch this size of the allowed input shapes stays a few MB
 

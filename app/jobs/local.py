@@ -9,7 +9,7 @@ import threading
 from collections import deque
 from multiprocessing import forkserver
 
-from app.jobs import TERMINAL, JobRecords, RecordingExecutor
+from app.jobs.service import TERMINAL, JobRecords, RecordingExecutor
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -41,7 +41,7 @@ class LocalExecutor(RecordingExecutor):
     def start(self, records: JobRecords) -> None:
         self.records = records
         # torch.optim imports torch._dynamo on a process's first optimizer (2-3 s): pay it once, here.
-        self._ctx.set_forkserver_preload(["app.worker", "torch._dynamo"])
+        self._ctx.set_forkserver_preload(["app.jobs.worker", "torch._dynamo"])
         # Warm the forkserver in the background so the first job does not pay torch's import.
         threading.Thread(target=forkserver.ensure_running, daemon=True).start()
         self._thread.start()
@@ -107,7 +107,7 @@ class LocalExecutor(RecordingExecutor):
                 self._cond.wait(POLL_S)
 
     def _launch_locked(self, version: str) -> None:
-        from app.worker import run_in_child
+        from app.jobs.worker import run_in_child
 
         process = self._ctx.Process(target=run_in_child, name=f"scv-train-{version}",
                                     args=(version, self.worker_env, self.max_concurrent), daemon=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from app.errors import ServiceError
-from app.storage import store_from_settings
+from app.storage.s3 import store_from_settings
 
 log = logging.getLogger(__name__)
 

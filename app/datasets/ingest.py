@@ -21,10 +21,10 @@ import torchvision
 from safetensors.torch import save
 from tqdm import tqdm
 
-from app import catalog
-from app.catalog import DatasetInfo
+from app.datasets import definitions
+from app.datasets.definitions import DatasetInfo
 from app.errors import InvalidInput, ObjectMissing, ServiceError
-from app.storage import PART_SIZE, Store
+from app.storage.s3 import PART_SIZE, Store
 
 FORMAT = "scv-dataset/1"
 
@@ -32,7 +32,7 @@ FORMAT = "scv-dataset/1"
 def seed(store: Store, settings, *, names: list[str] | None = None, from_dir: Path | None = None,
          force: bool = False, cka_per_class: int = 10, progress: bool = True) -> list[dict]:
     """Fetch, convert, verify and upload datasets; unchanged stored ones are skipped unless `force`."""
-    infos = [catalog.info(name) for name in (names or catalog.NAMES)]  # unknown names fail first
+    infos = [definitions.info(name) for name in (names or definitions.NAMES)]  # unknown names fail first
     if cka_per_class < 1:
         raise InvalidInput("--cka-per-class must be at least 1", field="cka_per_class")
     root = Path(from_dir) if from_dir is not None else Path(settings.data_dir) / "raw"
@@ -50,7 +50,7 @@ def build(info: DatasetInfo, *, root: Path, download: bool, cka_per_class: int,
           progress: bool = False) -> tuple[dict[str, bytes], dict]:
     """The dataset's object bytes (train, test, cka) and its manifest, from torchvision's files."""
     splits = {}
-    for split in tqdm(catalog.SPLITS, desc=f"fetch+convert {info.name}", unit="split", file=sys.stderr,
+    for split in tqdm(definitions.SPLITS, desc=f"fetch+convert {info.name}", unit="split", file=sys.stderr,
                       disable=not progress):
         splits[split] = read_split(info, split, root=root, download=download)
     mean, std = channel_stats(splits["train"][0])

@@ -10,7 +10,7 @@ from collections import deque
 import httpx
 
 from app.errors import ServiceError
-from app.jobs import TERMINAL, JobNotFound, JobRecords, RecordingExecutor
+from app.jobs.service import TERMINAL, JobNotFound, JobRecords, RecordingExecutor
 from app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,9 @@ class RayJobs:
         self._http = httpx.Client(base_url=address, headers=headers, timeout=httpx.Timeout(10.0, connect=3.0))
 
     def submit(self, version: str, *, env: dict[str, str], num_cpus: float, num_gpus: float) -> None:
-        """Start `python -m app.worker VERSION` as Ray job VERSION; a job Ray already has counts as submitted."""
-        # Versions match ^[A-Za-z0-9][A-Za-z0-9._-]*$ (app.layout), so they are safe in a shell command.
-        body = {"entrypoint": f"python -m app.worker {version}", "submission_id": version,
+        """Start `python -m app.jobs.worker VERSION` as Ray job VERSION; a job Ray already has counts as submitted."""
+        # Versions match ^[A-Za-z0-9][A-Za-z0-9._-]*$ (app.storage.layout), so they are safe in a shell command.
+        body = {"entrypoint": f"python -m app.jobs.worker {version}", "submission_id": version,
                 "runtime_env": {"env_vars": env}, "entrypoint_num_cpus": num_cpus,
                 "metadata": {"scv_version": version}}
         if num_gpus:
@@ -122,7 +122,7 @@ class RayExecutor(RecordingExecutor):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RayExecutor:
-        from app.worker import worker_env
+        from app.jobs.worker import worker_env
 
         token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
         return cls(address=settings.ray_address, worker_env=worker_env(settings), token=token,

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 
 import models
-from app import analysis, layout
-from app.datasets import DatasetService
+from app.analysis import maths
+from app.datasets.service import DatasetService
 from app.errors import InvalidInput
-from app.registry import ModelRegistry
+from app.registry.service import ModelRegistry
+from app.storage import layout
 
 CACHE_ENTRIES = 64  # small each: a matrix, one sample's maps, or a top-100 ranking with its images
 MAX_K = 100
@@ -45,12 +46,12 @@ class Analyses:
             net, meta = self.registry.load(version)
             images = self.datasets.cka_set(model["dataset"])[0]
             if other is None:
-                return analysis.cka_matrix(net, _normalised(images, meta), estimator=estimator)
+                return maths.cka_matrix(net, _normalised(images, meta), estimator=estimator)
             other_net, other_meta = self.registry.load(against)
             if other_meta["input_shape"] != meta["input_shape"]:
                 raise InvalidInput(f"model {against!r} takes inputs {other_meta['input_shape']} but {version!r} "
                                    f"takes {meta['input_shape']}; both must take the same images", field="against")
-            return analysis.cka_matrix(net, _normalised(images, meta), estimator=estimator, other=other_net,
+            return maths.cka_matrix(net, _normalised(images, meta), estimator=estimator, other=other_net,
                                        other_x=_normalised(images, other_meta))
 
         key = ("cka", *_identity(model), *(_identity(other) if other else ()), self._data(model, CKA_SET), estimator)
@@ -66,8 +67,8 @@ class Analyses:
             if not 0 <= sample < len(images):
                 raise InvalidInput(f"sample {sample} is out of range; the CKA set of {model['dataset']} has "
                                    f"{len(images)} samples (0..{len(images) - 1})", field="sample")
-            maps = analysis.activations(net, _normalised(images[sample : sample + 1], meta), layer=layer)
-            return {"layer": layer, "name": analysis.layer_names(net)[layer], "sample": sample,
+            maps = maths.activations(net, _normalised(images[sample : sample + 1], meta), layer=layer)
+            return {"layer": layer, "name": maths.layer_names(net)[layer], "sample": sample,
                     "label": int(labels[sample]), "index": int(indices[sample]), "maps": maps}
 
         return self._cached(("activations", *_identity(model), self._data(model, CKA_SET), layer, sample), compute)
@@ -80,9 +81,9 @@ class Analyses:
             net, meta = self.registry.load(version)
             images, labels = self.datasets.load_split(model["dataset"], "test")
             norm = meta["normalization"]
-            indices, values = analysis.top_images(net, images, mean=norm["mean"], std=norm["std"], layer=layer,
+            indices, values = maths.top_images(net, images, mean=norm["mean"], std=norm["std"], layer=layer,
                                                   channel=channel, k=MAX_K)
-            return {"layer": layer, "name": analysis.layer_names(net)[layer], "channel": channel,
+            return {"layer": layer, "name": maths.layer_names(net)[layer], "channel": channel,
                     "indices": indices, "labels": labels[indices].tolist(), "activations": values,
                     "images": images[indices]}
 
@@ -109,7 +110,7 @@ class Analyses:
                 return self._results[key]
         try:
             value = compute()
-        except analysis.AnalysisInputError as exc:
+        except maths.AnalysisInputError as exc:
             raise InvalidInput(str(exc), field=exc.field) from None
         with self._lock:
             self.misses += 1

@@ -1,0 +1,5 @@
+"""Representation analysis: CKA maths (float64), the cached per-model analyses, and their plots."""
+
+from app.analysis.maths import cka
+
+__all__ = ["cka"]
