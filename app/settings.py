@@ -27,15 +27,22 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".scv"), alias="SCV_DATA_DIR")
     api_token: SecretStr | None = Field(None, alias="SCV_API_TOKEN")
     executor: Literal["local", "ray"] = Field("local", alias="SCV_EXECUTOR")
-    max_concurrent_jobs: int = Field(1, alias="SCV_MAX_CONCURRENT_JOBS", ge=1, le=64)
+    max_concurrent_jobs: int = Field(1, alias="SCV_MAX_CONCURRENT_JOBS", ge=0, le=64)
     model_ttl_days: int = Field(0, alias="SCV_MODEL_TTL_DAYS", ge=0, le=36500)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", alias="SCV_DEVICE")
     max_body_bytes: int = Field(16 * 1024 * 1024, alias="SCV_MAX_BODY_BYTES", ge=1024)
     ray_address: str | None = Field(None, alias="RAY_ADDRESS")
     ray_auth_token: SecretStr | None = Field(None, alias="RAY_AUTH_TOKEN")
     storage_timeout_s: float = Field(5.0, alias="SCV_STORAGE_TIMEOUT", gt=0)
+    database_url: SecretStr | None = Field(None, alias="SCV_DATABASE_URL")
+    lease_seconds: float = Field(30.0, alias="SCV_LEASE_SECONDS", ge=1, le=3600)
+    max_attempts: int = Field(3, alias="SCV_MAX_ATTEMPTS", ge=1, le=100)
+    checkpoint_seconds: float = Field(60.0, alias="SCV_CHECKPOINT_SECONDS", gt=0, le=86400)
+    cache_max_bytes: int = Field(10 * 1024**3, alias="SCV_CACHE_MAX_BYTES", ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", alias="SCV_PRECISION")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="SCV_LOG_LEVEL")
 
-    @field_validator("minio_endpoint", "minio_access_key", "ray_address", mode="before")
+    @field_validator("minio_endpoint", "minio_access_key", "ray_address", "database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return value or None
@@ -46,6 +53,18 @@ class Settings(BaseSettings):
         if value is not None and ("/" in value or ":" not in value):
             raise ValueError("must be host:port, without a scheme or path (e.g. minio:9000)")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def catalog_url(self) -> str:
+        """The catalog's SQLAlchemy URL: SCV_DATABASE_URL, else SQLite in SCV_DATA_DIR (a secret: never log it)."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'catalog.db'}"
 
     @property
     def embedded(self) -> bool:
