@@ -1,0 +1,102 @@
+"""The catalog's tables, declared once; the migrations under `migrations/` create them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, Index, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Job(Base):
+    """A training job and its place in the queue; the version is the model's version."""
+
+    __tablename__ = "jobs"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed | cancelled
+    request: Mapped[dict[str, Any]]
+    labels: Mapped[dict[str, Any]]  # also in `labels`, for filtering; immutable after submit
+    layers: Mapped[list[Any]]
+    progress: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any] | None]
+    history: Mapped[list[Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)  # attempts started; fences every write of a worker
+    lost: Mapped[int] = mapped_column(default=0)  # attempts whose worker was lost (SCV_MAX_ATTEMPTS)
+    worker: Mapped[dict[str, Any] | None]
+    resumed_from: Mapped[dict[str, Any] | None]
+    checkpoint: Mapped[dict[str, Any] | None]  # the latest complete checkpoint of the running job
+    lease_until: Mapped[float | None] = mapped_column(Float)  # database clock, seconds since the epoch
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    revision: Mapped[int] = mapped_column(default=0)  # +1 on every change: the SSE event id
+    created_at: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[str | None] = mapped_column(String(32))
+    finished_at: Mapped[str | None] = mapped_column(String(32))
+
+    __table_args__ = (
+        Index("jobs_by_created", "created_at", "version"),
+        Index("jobs_by_status", "status", "created_at", "version"),  # pages by status, and the queue (FIFO)
+        Index("jobs_by_dataset", "dataset", "created_at", "version"),
+        Index("jobs_by_lease", "status", "lease_until"),
+    )
+
+
+class Label(Base):
+    """One `key: value` label of a version (its job and its model), for `label=key:value` filters."""
+
+    __tablename__ = "labels"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (Index("labels_by_pair", "key", "value", "version"),)
+
+
+class Model(Base):
+    """A stored model: listing fields and the whole metadata.json; present only once its bytes are stored."""
+
+    __tablename__ = "models"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(String(32))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    epochs: Mapped[int | None]
+    num_parameters: Mapped[int | None] = mapped_column(BigInteger)
+    labels: Mapped[dict[str, Any]]
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+
+    __table_args__ = (
+        Index("models_by_created", "created_at", "version"),
+        Index("models_by_dataset", "dataset", "created_at", "version"),
+        Index("models_by_accuracy", "test_accuracy", "version"),
+        Index("models_by_dataset_accuracy", "dataset", "test_accuracy", "version"),
+    )
+
+
+class Alias(Base):
+    """A name for a model (`production`, `mnist-best`); an aliased model never expires and cannot be deleted."""
+
+    __tablename__ = "aliases"
+
+    alias: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), index=True)
+    updated_at: Mapped[str] = mapped_column(String(32))
+
+
+class Deletion(Base):
+    """A delete in progress: its rows are gone, its objects are being removed; finished later if interrupted."""
+
+    __tablename__ = "deletions"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requested_at: Mapped[str] = mapped_column(String(32))
