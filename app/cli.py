@@ -15,13 +15,15 @@ from pathlib import Path
 from app.errors import ServiceError
 from app.settings import SettingsError, load_settings
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 def _serve(args) -> int:
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(load_settings()), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(create_app(load_settings()), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -174,26 +176,52 @@ def _models_rm(args) -> int:
     return 0
 
 
+def _logging(args) -> str:
+    """Configure logging once for every command and return the level (debug, info, warning or error).
+
+    --verbose means debug; else SCV_LOG_LEVEL, whose default is info for the service and warning for the clients of
+    one, so that their output is only what they report. Libraries' per-request lines need debug.
+    """
+    if args.verbose:
+        level = "debug"
+    elif args.run in (_train, _models_ls, _models_pull, _models_rm):
+        level = os.environ.get("SCV_LOG_LEVEL", "warning").lower()  # a client reads no storage settings
+        if level not in LOG_LEVELS:
+            raise SettingsError(f"invalid configuration: SCV_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}")
+    else:
+        level = load_settings().log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "httpcore", "urllib3", "minio"):
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    return level
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `scv`."""
     p = argparse.ArgumentParser(prog="scv", description="SCV Trainer")
+    verbose = {"action": "store_true", "help": "log at debug level, libraries' request lines included"}
+    p.add_argument("-v", "--verbose", **verbose)
+    # the option after a subcommand too; SUPPRESS keeps a subcommand from resetting one given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", default=argparse.SUPPRESS, **verbose)
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the API (and the embedded S3 server when MINIO_ENDPOINT is unset)")
+    serve = sub.add_parser("serve", parents=[common],
+                           help="run the API (and the embedded S3 server when MINIO_ENDPOINT is unset)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(run=_serve)
-    sub.add_parser("storage", help="run only the embedded S3 server").set_defaults(run=_storage)
+    sub.add_parser("storage", parents=[common], help="run only the embedded S3 server").set_defaults(run=_storage)
 
     datasets = sub.add_parser("datasets", help="seed and list datasets").add_subparsers(dest="action", required=True)
-    seed = datasets.add_parser("seed", help="fetch, convert, verify and upload datasets")
+    seed = datasets.add_parser("seed", parents=[common], help="fetch, convert, verify and upload datasets")
     seed.add_argument("names", nargs="*", help="mnist fashion_mnist cifar10 svhn emnist (default: all)")
     seed.add_argument("--from-dir", type=Path, help="torchvision root with the raw files already there")
     seed.add_argument("--force", action="store_true", help="convert and upload even if unchanged")
     seed.add_argument("--cka-per-class", type=int, default=10, metavar="K")
     seed.set_defaults(run=_datasets_seed)
-    datasets.add_parser("ls", help="list datasets").set_defaults(run=_datasets_ls)
+    datasets.add_parser("ls", parents=[common], help="list datasets").set_defaults(run=_datasets_ls)
 
-    train = sub.add_parser("train", help="submit a training job to a running service")
+    train = sub.add_parser("train", parents=[common], help="submit a training job to a running service")
     train.add_argument("dataset")
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--batch-size", type=int, default=64)
@@ -205,14 +233,14 @@ def parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list, download, delete models").add_subparsers(dest="action",
                                                                                             required=True)
-    ls = models.add_parser("ls")
+    ls = models.add_parser("ls", parents=[common])
     ls.add_argument("--dataset")
     ls.set_defaults(run=_models_ls)
-    pull = models.add_parser("pull")
+    pull = models.add_parser("pull", parents=[common])
     pull.add_argument("version")
     pull.add_argument("-o", "--output")
     pull.set_defaults(run=_models_pull)
-    rm = models.add_parser("rm")
+    rm = models.add_parser("rm", parents=[common])
     rm.add_argument("version")
     rm.set_defaults(run=_models_rm)
     return p
@@ -221,8 +249,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `scv` console script."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        args.log_level = _logging(args)
         return args.run(args)
     except SettingsError as exc:
         print(f"scv: {exc}", file=sys.stderr)

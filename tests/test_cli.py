@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -19,9 +20,12 @@ def served(seeded_settings):
         yield server
 
 
-def _scv(server, tmp_path, *args, timeout=300):
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")  # the CLI's log format
+
+
+def _scv(server, tmp_path, *args, timeout=300, **env_vars):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
-    env["SCV_URL"] = server.url
+    env.update(SCV_URL=server.url, **env_vars)
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -37,9 +41,11 @@ def test_train_wait_then_list_pull_and_remove(served, tmp_path):
     assert result["version"] == "cli-model" and result["status"] == "succeeded"
     assert "epoch 2/2" in trained.stderr  # the live progress bar
     assert f"cli-model: succeeded, test accuracy {result['metrics']['test_accuracy']}" in trained.stderr
+    assert not LOG_LINE.search(trained.stderr), trained.stderr[-2000:]  # only what the command reports
 
     listed = _scv(served, tmp_path, "models", "ls")
     assert listed.returncode == 0 and listed.stdout.split()[0] == "cli-model"
+    assert listed.stderr == ""
 
     pulled = _scv(served, tmp_path, "models", "pull", "cli-model", "-o", "m.safetensors")
     assert pulled.returncode == 0, pulled.stderr[-2000:]
@@ -57,3 +63,12 @@ def test_client_errors_are_one_line_not_a_traceback(served, tmp_path):
     r = _scv(served, tmp_path, "train", "imagenet")
     assert r.returncode != 0
     assert "error 404" in r.stderr and "imagenet" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flags,env", [(["--verbose"], {}), ([], {"SCV_LOG_LEVEL": "debug"})],
+                         ids=["--verbose", "SCV_LOG_LEVEL=debug"])
+def test_request_lines_only_when_verbose(served, tmp_path, flags, env):
+    listed = _scv(served, tmp_path, *flags, "models", "ls", **env)
+    assert listed.returncode == 0 and "HTTP Request: GET" in listed.stderr and "HTTP Request" not in listed.stdout
+    refused = _scv(served, tmp_path, "train", "imagenet", *flags, **env)  # after the subcommand too
+    assert "HTTP Request: POST" in refused.stderr and "error 404" in refused.stderr
