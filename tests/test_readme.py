@@ -13,8 +13,8 @@ def _commands() -> list[str]:
 
 def test_first_two_commands_run_the_service_and_the_tests():
     run, test = _commands()[:2]
-    assert run.endswith("scv serve") and "pip install -e ." in run
-    assert test.endswith("pytest")
+    assert run.endswith("scv serve") and "pip install -c requirements.lock -e . " in run
+    assert test.endswith("pytest") and "pip install -c requirements.lock -e '.[test,ray]' " in test
 
 
 def test_ci_runs_the_readme_test_command():
