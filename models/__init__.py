@@ -1,11 +1,13 @@
-"""Layer specs, the safetensors model file, and the training loop: torch only, no service code."""
+"""Layer specs, the safetensors model file, precision and the training loop: torch only, no service code."""
 
 from models.layers import LIMITS, LayerSpecError, build_sequential, default_layers, resolve_layers
 from models.modelfile import FORMAT, ModelFileError, load_model, load_model_with_header, read_header, save_model
-from models.training import TrainConfig, evaluate, normalize, pick_device, seeded_model, train
+from models.precision import PRECISIONS, autocast, cpu_has_bf16, memory_format, resolve_precision
+from models.training import TrainConfig, evaluate, logits, normalize, pick_device, seeded_model, train
 
 __all__ = [
-    "FORMAT", "LIMITS", "LayerSpecError", "ModelFileError", "TrainConfig", "build_sequential", "default_layers",
-    "evaluate", "load_model", "load_model_with_header", "normalize", "pick_device", "read_header",
-    "resolve_layers", "save_model", "seeded_model", "train",
+    "FORMAT", "LIMITS", "PRECISIONS", "LayerSpecError", "ModelFileError", "TrainConfig", "autocast",
+    "build_sequential", "cpu_has_bf16", "default_layers", "evaluate", "load_model", "load_model_with_header",
+    "logits", "memory_format", "normalize", "pick_device", "read_header", "resolve_layers", "resolve_precision",
+    "save_model", "seeded_model", "train",
 ]

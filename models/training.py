@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.layers import build_sequential
+from models.precision import autocast, memory_format
 
 Progress = Callable[[dict[str, Any]], None]
 _OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -29,7 +31,22 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
+    precision: str = "fp32"  # fp32 | bf16, as resolve_precision returns it
     eval_batch_size: int = 256  # on CPU, 1024-image activations (100 MB) cost 1.7x the time
+    progress_every_s: float = 0.5  # a report reads the running sums back: on a GPU, a sync not worth making per step
+
+
+@dataclass
+class RunState:
+    """Where one run is and what it has summed: with the model and optimizer, all the loop carries between steps."""
+
+    shuffler: torch.Generator  # its own, so every epoch's order is the same on any device
+    loss_sum: torch.Tensor  # this epoch's loss × images and correct answers, kept on the device
+    correct: torch.Tensor
+    seen: int = 0  # images trained on this epoch
+    epoch: int = 1
+    step: int = 0  # steps done in this epoch
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def pick_device(setting: str) -> str:
@@ -56,6 +73,31 @@ def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
     return (batch.float() / 255 - mean) / std
 
 
+def logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: torch.Tensor | Sequence[float],
+    std: torch.Tensor | Sequence[float],
+    device: str | torch.device,
+    precision: str = "fp32",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Float32 outputs, on `device`, of a model already there (in eval mode) for uint8 images, at `precision`.
+
+    The fast path of evaluation and prediction: batches go in `memory_format(model)`, so convert the model
+    once with `model.to(memory_format=memory_format(model))` for full speed (results are the same without).
+    """
+    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
+    layout = memory_format(model)
+    outputs = []
+    with torch.no_grad(), autocast(device, precision):
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size].to(device), mean_t, std_t)
+            outputs.append(model(x.contiguous(memory_format=layout)).float())
+    return torch.cat(outputs)
+
+
 def evaluate(
     model: nn.Module,
     images: torch.Tensor,
@@ -64,23 +106,17 @@ def evaluate(
     mean: torch.Tensor | Sequence[float],
     std: torch.Tensor | Sequence[float],
     device: str | torch.device,
+    precision: str = "fp32",
     batch_size: int = 256,
 ) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of the model (moved to `device`) on uint8 images."""
     if len(images) == 0:
         raise ValueError("no images to evaluate")
     model.to(device).eval()
-    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size].to(device), mean_t, std_t)
-            y = labels[start : start + batch_size].to(device)
-            output = model(x)
-            loss_sum += F.cross_entropy(output, y, reduction="sum")
-            correct += (output.argmax(1) == y).sum()
-    return loss_sum.item() / len(images), correct.item() / len(images)
+    output = logits(model, images, mean=mean, std=std, device=device, precision=precision, batch_size=batch_size)
+    labels = labels.to(output.device)
+    loss = F.cross_entropy(output, labels, reduction="sum")
+    return loss.item() / len(images), (output.argmax(1) == labels).sum().item() / len(images)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -108,62 +144,69 @@ def train(
 ) -> dict[str, Any]:
     """Train in place, evaluating after each epoch; returns the last epoch's metrics and the history.
 
-    Images are uint8 N×C×H×W, labels int64. `on_progress` gets a dict after every optimizer step and,
-    with an "epoch_done" entry, after each epoch's evaluation; an exception it raises stops training.
-    For bit-identical weights, build the model with `seeded_model(layers, seed=config.seed)` and keep
-    data, config, device and torch's thread count the same. A last batch of a single image is skipped:
-    BatchNorm cannot train on one sample. The model is left on the CPU, in eval mode.
+    Images are uint8 N×C×H×W, labels int64. `on_progress` gets a dict on the first step, on each epoch's
+    last step and otherwise once `config.progress_every_s` has passed (0: every step), and, with an
+    "epoch_done" entry, after each epoch's evaluation; an exception it raises stops training.
+    `config.precision` bf16 runs forward and loss under bfloat16 autocast; weights and optimizer state
+    stay float32. For bit-identical weights, build the model with `seeded_model(layers, seed=config.seed)`
+    and keep data, config, device and torch's thread count the same. A last batch of a single image is
+    skipped: BatchNorm cannot train on one sample. The model is left on the CPU, in eval mode.
     """
     device = torch.device(pick_device(config.device))
     if len(train_images) == 0 or config.epochs < 1 or config.batch_size < 1:
         raise ValueError("training needs images, epochs >= 1 and batch_size >= 1")
+    autocast(device, config.precision)  # refuses an unresolved precision before any work
     if device.type == "cuda":  # deterministic kernels cost little for these small networks
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     torch.manual_seed(config.seed)  # dropout draws from the global generators
-    shuffler = torch.Generator().manual_seed(config.seed)  # its own, so shuffling is the same on any device
     # the uint8 splits are small; keeping them on the device saves a host copy per batch
     train_images, train_labels = train_images.to(device), train_labels.to(device, torch.int64)
     mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
-    n, size = len(train_images), config.batch_size
+    n, size, layout = len(train_images), config.batch_size, memory_format(model)
     steps = math.ceil(n / size) - (1 if n > size and n % size == 1 else 0)
-    total = config.epochs * steps
-    history: list[dict[str, float]] = []
+    zero = torch.zeros((), device=device)
+    run = RunState(shuffler=torch.Generator().manual_seed(config.seed), loss_sum=zero, correct=zero.long())
+    next_report = 0.0
+
+    def report() -> dict[str, Any]:
+        return {"epoch": run.epoch, "epochs": config.epochs, "step": run.step, "steps": steps,
+                "fraction": ((run.epoch - 1) * steps + run.step) / (config.epochs * steps),
+                "train_loss": run.loss_sum.item() / run.seen, "train_accuracy": run.correct.item() / run.seen}
+
     try:
-        model.to(device)
+        model.to(device, memory_format=layout)
         optimizer = _optimizer(model, config)
-        for epoch in range(1, config.epochs + 1):
+        for run.epoch in range(1, config.epochs + 1):
             model.train()
-            order = torch.randperm(n, generator=shuffler).to(device)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            for step in range(1, steps + 1):
-                index = order[(step - 1) * size : step * size]
-                x = normalize(train_images[index], mean_t, std_t)
+            order = torch.randperm(n, generator=run.shuffler).to(device)
+            run.loss_sum, run.correct, run.seen = zero.clone(), zero.long(), 0
+            for run.step in range(1, steps + 1):
+                index = order[(run.step - 1) * size : run.step * size]
+                x = normalize(train_images[index], mean_t, std_t).contiguous(memory_format=layout)
                 y = train_labels[index]
                 optimizer.zero_grad(set_to_none=True)
-                output = model(x)
-                loss = F.cross_entropy(output, y)
+                with autocast(device, config.precision):
+                    output = model(x)
+                    loss = F.cross_entropy(output, y)
                 loss.backward()
                 optimizer.step()
-                loss_sum += loss.detach() * len(index)
-                correct += (output.detach().argmax(1) == y).sum()
-                seen += len(index)
-                if on_progress is not None:
-                    progress = {"epoch": epoch, "epochs": config.epochs, "step": step, "steps": steps,
-                                "fraction": ((epoch - 1) * steps + step) / total,
-                                "train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen}
-                    on_progress(progress)
+                run.loss_sum += loss.detach() * len(index)
+                run.correct += (output.detach().argmax(1) == y).sum()
+                run.seen += len(index)
+                if on_progress is not None and (run.step == steps or time.monotonic() >= next_report):
+                    on_progress(report())
+                    next_report = time.monotonic() + config.progress_every_s
             test_loss, test_accuracy = evaluate(model, test_images, test_labels, mean=mean_t, std=std_t,
-                                                device=device, batch_size=config.eval_batch_size)
-            record = {"epoch": epoch, "train_loss": loss_sum.item() / seen,
-                      "train_accuracy": correct.item() / seen, "test_loss": test_loss,
+                                                device=device, precision=config.precision,
+                                                batch_size=config.eval_batch_size)
+            record = {"epoch": run.epoch, "train_loss": run.loss_sum.item() / run.seen,
+                      "train_accuracy": run.correct.item() / run.seen, "test_loss": test_loss,
                       "test_accuracy": test_accuracy}
-            history.append(record)
+            run.history.append(record)
             if on_progress is not None:
-                on_progress({**progress, "epoch_done": record})
+                on_progress({**report(), "epoch_done": record})
     finally:
-        model.cpu()
-    metrics = {key: value for key, value in history[-1].items() if key != "epoch"}
-    return {"metrics": metrics, "history": history}
+        model.to("cpu", memory_format=torch.contiguous_format)
+    metrics = {key: value for key, value in run.history[-1].items() if key != "epoch"}
+    return {"metrics": metrics, "history": run.history}

@@ -41,13 +41,14 @@ def test_learns_the_quadrant_problem() -> None:
     assert result["metrics"] == {k: v for k, v in result["history"][-1].items() if k != "epoch"}
     assert [entry["epoch"] for entry in result["history"]] == [1, 2, 3]
     assert next(model.parameters()).device.type == "cpu"
+    assert all(p.is_contiguous() for p in model.parameters())  # trained channels_last, handed back plain
     loss, accuracy = evaluate(model, *TEST, mean=MEAN, std=STD, device="cpu", batch_size=7)
     assert (loss, accuracy) == pytest.approx((result["metrics"]["test_loss"], result["metrics"]["test_accuracy"]))
 
 
 def test_progress_reports_every_step_and_epoch() -> None:
     reports: list[dict] = []
-    _, result = run(on_progress=reports.append)
+    _, result = run(replace(CONFIG, progress_every_s=0), on_progress=reports.append)
     steps = reports[0]["steps"]
     assert steps == 7  # 200 images in batches of 32
     per_step = [r for r in reports if "epoch_done" not in r]
@@ -59,6 +60,17 @@ def test_progress_reports_every_step_and_epoch() -> None:
     assert all(r["epochs"] == 3 and 0 <= r["train_accuracy"] <= 1 and r["train_loss"] > 0 for r in per_step)
 
 
+def test_progress_is_read_back_on_the_first_and_each_last_step_between_intervals() -> None:
+    reports: list[dict] = []
+    _, result = run(replace(CONFIG, progress_every_s=1e9), on_progress=reports.append)
+    per_step = [r for r in reports if "epoch_done" not in r]
+    assert [(r["epoch"], r["step"]) for r in per_step] == [(1, 1), (1, 7), (2, 7), (3, 7)]
+    # the sums stay on the device between reports, so an epoch's last report is its whole epoch
+    assert [(r["train_loss"], r["train_accuracy"]) for r in per_step[1:]] == [
+        (entry["train_loss"], entry["train_accuracy"]) for entry in result["history"]]
+    assert [r["epoch_done"] for r in reports if "epoch_done" in r] == result["history"]
+
+
 def test_an_exception_from_on_progress_stops_training() -> None:
     calls: list[int] = []
 
@@ -68,7 +80,7 @@ def test_an_exception_from_on_progress_stops_training() -> None:
             raise KeyboardInterrupt("cancelled")
 
     with pytest.raises(KeyboardInterrupt):
-        model, _ = run(on_progress=stop)
+        model, _ = run(replace(CONFIG, progress_every_s=0), on_progress=stop)
     assert calls == [1, 2, 3]
 
 
