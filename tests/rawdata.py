@@ -14,9 +14,9 @@ import pickle
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
-import pytest
 import scipy.io
 import torchvision
 
@@ -113,12 +113,11 @@ def accept_checksums(root: Path):
     """
     cifar, svhn = torchvision.datasets.CIFAR10, torchvision.datasets.SVHN
     folder = Path(root) / cifar.base_folder
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cifar, "train_list", [[f, _md5(folder / f)] for f, _ in cifar.train_list])
-        mp.setattr(cifar, "test_list", [[f, _md5(folder / f)] for f, _ in cifar.test_list])
-        mp.setattr(cifar, "meta", {**cifar.meta, "md5": _md5(folder / cifar.meta["filename"])})
-        mp.setattr(svhn, "split_list", {split: [url, filename, _md5(Path(root) / filename)]
-                                        for split, (url, filename, _) in svhn.split_list.items()})
+    with (mock.patch.object(cifar, "train_list", [[f, _md5(folder / f)] for f, _ in cifar.train_list]),
+          mock.patch.object(cifar, "test_list", [[f, _md5(folder / f)] for f, _ in cifar.test_list]),
+          mock.patch.object(cifar, "meta", {**cifar.meta, "md5": _md5(folder / cifar.meta["filename"])}),
+          mock.patch.object(svhn, "split_list", {split: [url, filename, _md5(Path(root) / filename)]
+                                                 for split, (url, filename, _) in svhn.split_list.items()})):
         yield
 
 
