@@ -14,7 +14,7 @@ from torchvision import transforms
 
 from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
-from tests.rawdata import write_raw
+from bench.rawdata import write_raw
 
 REPEATS = 5
 

@@ -16,9 +16,9 @@ from app.analysis.maths import cka, record_layers
 from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
 from app.storage.s3 import store_from_settings
+from bench.rawdata import seed_raw, write_raw
 from tests.conftest import make_settings
 from tests.jobwait import train, wait_for
-from tests.rawdata import seed_raw, write_raw
 
 C = [{"type": "Conv2d", "out_channels": n, "kernel_size": 3, "padding": 1} for n in (8, 16, 32)]
 RELU, POOL = {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.liveserver import LiveServer
+from bench.liveserver import LiveServer
 
 
 @pytest.fixture(scope="module")
