@@ -45,6 +45,47 @@ def _storage(args) -> int:
     return 0
 
 
+def _worker(args) -> int:
+    from app.db.engine import Database
+    from app.jobs.queue import JobQueue
+    from app.jobs.service import JobService
+    from app.main import make_executor, migrate
+    from app.storage import embedded
+
+    settings = load_settings()
+    if settings.max_concurrent_jobs == 0:
+        raise SettingsError("SCV_MAX_CONCURRENT_JOBS is 0: a worker with no slots would train nothing")
+    with embedded.connect(settings) as (_, resolved):
+        db = Database(resolved.catalog_url)
+        migrate(db)
+        queue = JobQueue(db, lease_seconds=resolved.lease_seconds, max_attempts=resolved.max_attempts)
+        jobs = JobService(queue=queue, executor=make_executor(resolved, queue), housekeeping=[queue.reap])
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        jobs.start()
+        logging.getLogger("scv").info("worker ready: %d slot(s) on %s", resolved.max_concurrent_jobs, db.shown)
+        stop.wait()
+        jobs.stop()  # running jobs go back to the queue now, for any worker to resume
+        db.dispose()
+    return 0
+
+
+def _catalog_rebuild(args) -> int:
+    from app.db.engine import Database
+    from app.main import migrate
+    from app.registry.rebuild import rebuild_catalog
+    from app.storage import embedded
+
+    settings = load_settings()
+    with embedded.connect(settings) as (store, resolved):
+        db = Database(resolved.catalog_url)
+        migrate(db)
+        counts = rebuild_catalog(store=store, db=db, bucket=resolved.minio_model_bucket)
+    print(" ".join(f"{name}={count}" for name, count in counts.items()))
+    return 0
+
+
 def _datasets_seed(args) -> int:
     from app.datasets import ingest
     from app.storage import embedded
@@ -211,6 +252,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(run=_serve)
     sub.add_parser("storage", parents=[common], help="run only the embedded S3 server").set_defaults(run=_storage)
+    sub.add_parser("worker", parents=[common], help="run only the worker pool: claim queued jobs and train them"
+                   ).set_defaults(run=_worker)
+    catalog = sub.add_parser("catalog", help="maintain the catalog database").add_subparsers(dest="action",
+                                                                                               required=True)
+    catalog.add_parser("rebuild", parents=[common], help="re-create the model catalog from the model bucket "
+                       "(metadata.json, and job.json of earlier releases)").set_defaults(run=_catalog_rebuild)
 
     datasets = sub.add_parser("datasets", help="seed and list datasets").add_subparsers(dest="action", required=True)
     seed = datasets.add_parser("seed", parents=[common], help="fetch, convert, verify and upload datasets")

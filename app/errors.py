@@ -70,9 +70,19 @@ class IntegrityError(ServiceError):
     status, title, slug = 502, "Stored object failed verification", "integrity"
 
 
-class StorageUnavailable(ServiceError):
-    status, title, slug = 503, "Storage unavailable", "storage-unavailable"
+class Unavailable(ServiceError):
+    """A dependency (storage, the catalog database) did not answer; the client retries after `retry_after_s`."""
+
+    status, title, slug = 503, "Service unavailable", "unavailable"
     retry_after_s = 5
+
+
+class StorageUnavailable(Unavailable):
+    title, slug = "Storage unavailable", "storage-unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    title, slug = "Catalog database unavailable", "database-unavailable"
 
 
 class ObjectMissing(ServiceError):

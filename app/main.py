@@ -1,6 +1,7 @@
 """The app factory: assembles settings, storage, services, guards and routers; nothing else."""
 
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -11,9 +12,11 @@ from app.api import datasets as datasets_api
 from app.api import health, models, problems, train
 from app.api.guards import BearerAuth, BodyLimit
 from app.datasets.service import DatasetService
-from app.errors import ServiceError
-from app.jobs.local import LocalExecutor
-from app.jobs.service import Executor, JobRecords, JobService
+from app.db.engine import Database
+from app.errors import DatabaseUnavailable, ServiceError
+from app.jobs.local import LocalPool
+from app.jobs.queue import JobQueue
+from app.jobs.service import Executor, JobService
 from app.jobs.worker import worker_env
 from app.metrics import Metrics
 from app.registry.service import ModelRegistry
@@ -38,10 +41,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 store.ensure_buckets(resolved.minio_model_bucket, resolved.minio_dataset_bucket)
             except ServiceError as exc:
                 log.warning("storage not ready at start-up (%s); /readyz retries", exc.detail)
-            records = JobRecords(store=store, bucket=resolved.minio_model_bucket)
-            app.state.jobs = JobService(records=records, executor=make_executor(resolved))
+            app.state.db = db = Database(resolved.catalog_url)
+            migrate(db)
+            queue = JobQueue(db, lease_seconds=resolved.lease_seconds, max_attempts=resolved.max_attempts)
+            app.state.registry = ModelRegistry(store=store, settings=resolved, db=db)
+            app.state.jobs = JobService(queue=queue, executor=make_executor(resolved, queue),
+                                        housekeeping=[queue.reap, app.state.registry.finish_deletions])
             app.state.jobs.start()
-            app.state.registry = ModelRegistry(store=store, settings=resolved, records=records)
             app.state.datasets = DatasetService(store=store, settings=resolved)
             app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets)
             app.state.registry.apply_retention()
@@ -49,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
             finally:
                 app.state.jobs.stop()
+                db.dispose()
 
     app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan, responses=problems.PROBLEM_RESPONSES,
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
@@ -65,10 +72,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def make_executor(settings: Settings) -> Executor:
-    """The executor named by SCV_EXECUTOR."""
+def make_executor(settings: Settings, queue: JobQueue) -> Executor | None:
+    """The executor named by SCV_EXECUTOR; None when this process trains nothing (SCV_MAX_CONCURRENT_JOBS=0)."""
+    if settings.max_concurrent_jobs == 0:
+        return None
     if settings.executor == "ray":
-        from app.jobs.ray_cluster import RayExecutor  # plain HTTP: the API needs no `ray` package
+        from app.jobs.ray_cluster import RayDispatcher  # plain HTTP: the API needs no `ray` package
 
-        return RayExecutor.from_settings(settings)
-    return LocalExecutor(worker_env=worker_env(settings), max_concurrent=settings.max_concurrent_jobs)
+        return RayDispatcher.from_settings(settings, queue)
+    return LocalPool(queue=queue, worker_env=worker_env(settings), slots=settings.max_concurrent_jobs)
+
+
+def migrate(db: Database, *, patience_s: float = 60.0) -> None:
+    """Migrate the catalog, waiting for a database that is still starting (compose, Kubernetes)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return db.migrate()
+        except DatabaseUnavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s; retrying", exc.detail)
+            time.sleep(2.0)

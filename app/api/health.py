@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import SettingsDep, StoreDep
+from app.api.deps import DatabaseDep, SettingsDep, StoreDep
 from app.errors import ServiceError, StorageUnavailable
 
 router = APIRouter(tags=["health"])
@@ -15,9 +15,9 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "storage unreachable or buckets missing"}})
-def readyz(request: Request, store: StoreDep, settings: SettingsDep) -> dict:
-    """200 when storage answers and both buckets exist (they are created if missing), else 503."""
+@router.get("/readyz", responses={503: {"description": "storage or the catalog database unreachable"}})
+def readyz(request: Request, store: StoreDep, settings: SettingsDep, db: DatabaseDep) -> dict:
+    """200 when storage answers, both buckets exist (they are created if missing) and the catalog answers."""
     buckets = (settings.minio_model_bucket, settings.minio_dataset_bucket)
     try:
         store.ensure_buckets(*buckets)
@@ -25,7 +25,8 @@ def readyz(request: Request, store: StoreDep, settings: SettingsDep) -> dict:
         request.app.state.metrics.storage_ready.set(0)
         raise StorageUnavailable(exc.detail, endpoint=store.endpoint) from None
     request.app.state.metrics.storage_ready.set(1)
-    return {"status": "ready", "endpoint": store.endpoint, "buckets": list(buckets)}
+    db.ping()  # DatabaseUnavailable names the database, never its password
+    return {"status": "ready", "endpoint": store.endpoint, "buckets": list(buckets), "database": db.shown}
 
 
 @router.get("/metrics", response_class=Response)

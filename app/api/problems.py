@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
-from app.errors import ServiceError, StorageUnavailable
+from app.errors import ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -34,7 +34,7 @@ PROBLEM_RESPONSES = {
     401: _documented("Missing or wrong bearer token (when SCV_API_TOKEN is set)"),
     404: _documented("Not found"),
     422: _documented("Invalid input, naming the field"),
-    503: _documented("Storage unavailable; retry after `Retry-After` seconds"),
+    503: _documented("Storage or the catalog database unavailable; retry after `Retry-After` seconds"),
 }
 HTTP_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
                406: "Not acceptable", 413: "Payload too large", 416: "Range not satisfiable"}
@@ -56,7 +56,7 @@ def _field(loc) -> str:
 
 
 async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, StorageUnavailable) else None
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
     if exc.status >= 500:
         log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc.detail)
     return problem(exc.status, title=exc.title, detail=exc.detail, type_=exc.type, headers=headers,

@@ -14,16 +14,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from app.errors import ServiceError
+from app.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 _ADVISORY_KEY = 0x5C7_CA7A  # one PostgreSQL advisory lock for every process migrating this catalog
-
-
-class DatabaseUnavailable(ServiceError):
-    status, title, slug = 503, "Catalog database unavailable", "database-unavailable"
-    retry_after_s = 5
 
 
 class db_now(FunctionElement):  # noqa: N801 - reads as SQL

@@ -1,21 +1,22 @@
-"""The Ray executor: each training job is a Ray job, submitted, watched and stopped over Ray's job REST API."""
+"""The Ray dispatcher: each attempt of a training job is a Ray job, submitted, watched and stopped over Ray's job
+REST API."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-import time
-from collections import deque
 
 import httpx
 
 from app.errors import ServiceError
-from app.jobs.service import TERMINAL, JobNotFound, JobRecords, RecordingExecutor
+from app.jobs.queue import Claim, JobQueue, LeaseLost
 from app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
-CANCEL_WAIT_S = 15.0  # how long DELETE /train/{version} waits for Ray to stop a running job
+IN_FLIGHT = 32  # claims one dispatcher holds at once; Ray queues them by resources
 RAY_TERMINAL = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
 MESSAGE_CHARS = 600
 
@@ -45,12 +46,13 @@ class RayJobs:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=address, headers=headers, timeout=httpx.Timeout(10.0, connect=3.0))
 
-    def submit(self, version: str, *, env: dict[str, str], num_cpus: float, num_gpus: float) -> None:
-        """Start `python -m app.jobs.worker VERSION` as Ray job VERSION; a job Ray already has counts as submitted."""
+    def submit(self, sid: str, claim: Claim, *, env: dict[str, str], num_cpus: float, num_gpus: float) -> None:
+        """Start `python -m app.jobs.worker VERSION ATTEMPT` as Ray job `sid`; one Ray already has counts as
+        submitted."""
         # Versions match ^[A-Za-z0-9][A-Za-z0-9._-]*$ (app.storage.layout), so they are safe in a shell command.
-        body = {"entrypoint": f"python -m app.jobs.worker {version}", "submission_id": version,
+        body = {"entrypoint": f"python -m app.jobs.worker {claim.version} {claim.attempt}", "submission_id": sid,
                 "runtime_env": {"env_vars": env}, "entrypoint_num_cpus": num_cpus,
-                "metadata": {"scv_version": version}}
+                "metadata": {"scv_version": claim.version, "scv_attempt": str(claim.attempt)}}
         if num_gpus:
             body["entrypoint_num_gpus"] = num_gpus
         if self._call("POST", "/api/jobs/", json=body, refusable=True) is None:
@@ -98,71 +100,57 @@ class RayJobs:
         raise RayUnavailable(f"Ray at {self.address} answered {words}")
 
 
-class RayExecutor(RecordingExecutor):
-    """Submits jobs to Ray and reconciles Ray's view with the job records, which stay the truth.
+class RayDispatcher:
+    """Claims queued jobs and submits each attempt to Ray; the Ray-side worker renews the lease in the catalog.
 
-    Ray schedules by resources (`num_cpus` per job, a GPU when SCV_DEVICE=cuda): SCV_MAX_CONCURRENT_JOBS
-    does not apply. Workers write their own records; this writes what they cannot (cancelled; died)."""
+    Ray schedules by resources (`num_cpus` per job, a GPU when SCV_DEVICE=cuda); at most IN_FLIGHT claims are held
+    here at once. While Ray keeps a job PENDING, this renews its lease; once the job runs, its worker does. A Ray job
+    that ends without recording an end (its node was lost, it was stopped from outside) gives the job back as a
+    lost attempt. The first attempt's Ray submission id is the version; later ones add `.attempt-N`."""
 
-    def __init__(self, *, address: str | None, worker_env: dict[str, str], token: str | None = None,
+    def __init__(self, *, queue: JobQueue, address: str | None, worker_env: dict[str, str], token: str | None = None,
                  num_cpus: float = 1, num_gpus: float = 0):
-        super().__init__()
-        masked = [token or "", worker_env.get("MINIO_SECRET_KEY", ""), worker_env.get("MINIO_ACCESS_KEY", "")]
+        self.queue = queue
+        masked = [token or "", worker_env.get("MINIO_SECRET_KEY", ""), worker_env.get("MINIO_ACCESS_KEY", ""),
+                  worker_env.get("SCV_DATABASE_URL", "")]
         self.ray = RayJobs(address=dashboard_url(address), token=token, secrets=masked)
         # Torch would use every core of the node while Ray counted only num_cpus of them.
         self.env = {**worker_env, "OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
-        self._lock = threading.RLock()
-        self._pending: deque[str] = deque()  # versions to submit to Ray
-        self._watching: dict[str, str | None] = {}  # submitted versions -> Ray's last status (None: not asked)
-        self._cancelling: dict[str, bool] = {}  # versions we are stopping -> whether Ray took the stop
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Claim] = {}  # Ray submission id -> the claim it runs
         self._wake, self._stopped, self._ray_down = threading.Event(), False, False
-        self._thread = threading.Thread(target=self._supervise, name="scv-ray-executor", daemon=True)
-        self.records: JobRecords | None = None
+        self._thread = threading.Thread(target=self._supervise, name="scv-ray-dispatcher", daemon=True)
+        self.identity = {"host": socket.gethostname(), "pid": os.getpid(), "ray": self.ray.address}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RayExecutor:
+    def from_settings(cls, settings: Settings, queue: JobQueue) -> RayDispatcher:
         from app.jobs.worker import worker_env
 
         token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
-        return cls(address=settings.ray_address, worker_env=worker_env(settings), token=token,
+        return cls(queue=queue, address=settings.ray_address, worker_env=worker_env(settings), token=token,
                    num_gpus=1 if settings.device == "cuda" else 0)
 
-    def start(self, records: JobRecords) -> None:
-        self.records = records
+    def start(self) -> None:
         self._thread.start()
 
-    def submit(self, version: str) -> None:
-        with self._lock:
-            self._pending.append(version)
-        self._wake.set()
-
-    def recover(self, record: dict) -> None:
-        """A queued or running record from before a restart: ask Ray about it (the next poll decides)."""
-        with self._lock:
-            self._watching[record["version"]] = None
+    def wake(self) -> None:
         self._wake.set()
 
     def cancel(self, version: str) -> bool:
+        """Ask Ray to stop the job's attempt; its end is recorded when Ray reports it stopped."""
         with self._lock:
-            if version in self._pending:
-                self._pending.remove(version)
-                self._finish(version, "cancelled", None)
-                return True
-            if version not in self._watching:
-                return False
-            self._cancelling[version] = False
-            self._send_stop(version)
-        info = self._wait_stopped(version)
-        with self._lock:
-            if version in self._watching and (info is None or info["status"] in RAY_TERMINAL):
-                self._forget(version)
-            # A stopped PENDING job may still start for a moment; the poll rewrites `cancelled` if so.
-            self._finish(version, "cancelled", None, keep=TERMINAL)
-        return True
+            ids = [sid for sid, claim in self._inflight.items() if claim.version == version]
+        for sid in ids:
+            try:
+                self.ray.stop(sid)
+            except RayUnavailable as exc:
+                log.warning("could not stop Ray job %s yet (%s); its worker stops at its next renewal", sid, exc)
+        self._wake.set()
+        return bool(ids)
 
     def stop(self) -> None:
-        """Stop watching. Ray jobs keep running and write their own records; the next start watches them again."""
+        """Stop dispatching. Running Ray jobs keep their leases; jobs Ray never started return to the queue."""
         self._stopped = True
         self._wake.set()
         if self._thread.is_alive():
@@ -176,98 +164,59 @@ class RayExecutor(RecordingExecutor):
             if self._stopped:
                 return
             try:
-                self._submit_pending()
                 self._poll()
+                self._dispatch()
                 self._health(None)
             except RayUnavailable as exc:
                 self._health(str(exc))
-            with self._lock:
-                self._retry_unrecorded()
+            except ServiceError as exc:
+                log.warning("dispatcher: %s", exc.detail)
 
-    def _submit_pending(self) -> None:
-        with self._lock:  # held across the POST so that cancel() never sees a version half-submitted
-            while self._pending and not self._stopped:
-                version = self._pending[0]
-                try:  # RayUnavailable leaves the version pending, for the next poll
-                    self.ray.submit(version, env=self.env, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
-                    self._watching[version] = "PENDING"
-                    log.info("job %s submitted to Ray at %s", version, self.ray.address)
-                except RayRefused as exc:
-                    self._finish(version, "failed", f"Ray refused the job: {exc}")
-                self._pending.popleft()
+    def _dispatch(self) -> None:
+        while len(self._inflight) < IN_FLIGHT and not self._stopped and (claim := self.queue.claim(self.identity)):
+            sid = claim.version if claim.attempt == 1 else f"{claim.version}.attempt-{claim.attempt}"
+            try:
+                self.ray.submit(sid, claim, env=self.env, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+            except RayRefused as exc:
+                self.queue.finish(claim, "failed", error=f"Ray refused the job: {exc}")
+                continue
+            except RayUnavailable:
+                self.queue.release(claim)  # back to the queue, for the next poll or another process
+                raise
+            with self._lock:
+                self._inflight[sid] = claim
+            log.info("job %s attempt %d submitted to Ray at %s", claim.version, claim.attempt, self.ray.address)
 
     def _poll(self) -> None:
         with self._lock:
-            versions = list(self._watching)
-        for version in versions:
-            info = self.ray.status(version)  # outside the lock: cancel() must not wait on a slow poll
-            with self._lock:
-                if version in self._watching:
-                    self._observe(version, info)
+            inflight = dict(self._inflight)
+        for sid, claim in inflight.items():
+            info = self.ray.status(sid)
+            status = "UNKNOWN" if info is None else info["status"]
+            if status == "PENDING":
+                try:
+                    self.queue.renew(claim)
+                except LeaseLost:
+                    self._drop(sid)
+                continue
+            if status not in RAY_TERMINAL | {"UNKNOWN"}:
+                continue  # running: its worker renews the lease
+            self._drop(sid)
+            message = self.ray.words((info or {}).get("message") or "", first=True)
+            reason = {"STOPPED": f"the Ray job was stopped (Ray: {message})",
+                      "FAILED": f"the Ray job failed: {message}",
+                      "UNKNOWN": "the Ray cluster does not know this job any more (was it restarted?)"}.get(
+                status, "the Ray job ended without recording a result")
+            self.queue.release(claim, reason=reason)  # fenced: a worker that recorded its end keeps it
 
-    def _observe(self, version: str, info: dict | None) -> None:
-        """Reconcile one job's record with Ray's view of it."""
-        status = "UNKNOWN" if info is None else info["status"]  # UNKNOWN: never submitted, or Ray lost it
-        if status not in RAY_TERMINAL | {"UNKNOWN"}:
-            self._watching[version] = status
-            if self._cancelling.get(version) is False:
-                self._send_stop(version)
-            return
-        if self._forget(version):
-            self._finish(version, "cancelled", None, keep=TERMINAL)
-        elif status == "UNKNOWN":
-            self._lost(version)
-        else:
-            message = self.ray.words(info.get("message") or "", first=True)
-            reason = {"STOPPED": f"the Ray job was stopped from outside the service (Ray: {message})",
-                      "FAILED": f"the Ray job failed: {message}"}.get(status, "the Ray job ended without a result")
-            self._finish(version, "failed", reason, keep=TERMINAL)  # unless the worker recorded its own end
-
-    def _lost(self, version: str) -> None:
-        """Ray does not know a job we watch: submit it if still queued; a running one lost its worker."""
-        try:
-            status = self.records.get(version)["status"]
-        except JobNotFound:
-            return
-        except ServiceError:
-            self._watching[version] = None  # storage is down: ask Ray and storage again on the next poll
-            return
-        if status == "queued":
-            self._pending.append(version)
-        elif status == "running":
-            self._finish(version, "failed", "the Ray cluster does not know this job any more (was it restarted?); "
-                                            "its worker is lost; resubmit the job", keep=TERMINAL)
-
-    def _send_stop(self, version: str) -> None:
-        try:
-            self.ray.stop(version)
-            self._cancelling[version] = True
-        except RayUnavailable as exc:
-            log.warning("could not stop Ray job %s yet (%s); retrying", version, exc)
-
-    def _wait_stopped(self, version: str) -> dict | None:
-        """Ray's view once the job stopped, is still PENDING (never started), or CANCEL_WAIT_S passed."""
-        deadline, info = time.monotonic() + CANCEL_WAIT_S, {"status": "UNKNOWN"}
-        while time.monotonic() < deadline:
-            try:
-                info = self.ray.status(version)
-            except RayUnavailable:
-                break
-            if info is None or info["status"] in RAY_TERMINAL | {"PENDING"}:
-                break
-            time.sleep(0.2)
-        return info
-
-    def _forget(self, version: str) -> bool:
-        """Stop watching a job; True when we were cancelling it."""
-        self._watching.pop(version, None)
-        return self._cancelling.pop(version, None) is not None
+    def _drop(self, sid: str) -> None:
+        with self._lock:
+            self._inflight.pop(sid, None)
 
     def _health(self, problem: str | None) -> None:
         """Log Ray going away (with why) and coming back, once each, not on every poll."""
         if problem and not self._ray_down:
-            log.warning("%s; jobs wait and the executor retries every %.0f s", problem, POLL_S)
+            log.warning("%s; jobs wait and the dispatcher retries every %.0f s", problem, POLL_S)
         elif not problem and self._ray_down:
             log.info("Ray at %s answers again", self.ray.address)
         self._ray_down = bool(problem)
-

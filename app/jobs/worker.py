@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -19,120 +20,193 @@ import torch
 
 import models
 from app.datasets.service import DatasetService
+from app.db.engine import Database
 from app.errors import ServiceError
-from app.jobs.service import TERMINAL, JobRecords
+from app.jobs.queue import Claim, JobQueue, LeaseLost
 from app.settings import Settings, load_settings
 from app.storage import layout
 from app.storage.s3 import Store, store_from_settings
 
 log = logging.getLogger("scv.worker")
-PROGRESS_INTERVAL_S = 0.5
+RENEW_S = 0.5  # progress reaches the catalog this often; a cancel is seen as fast
+EXIT_LEASE_LOST = 75
+METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
-class ProgressWriter:
-    """Throttles progress updates of a running job's record to about two writes a second."""
+class Lease:
+    """Keeps a claimed job's lease alive from a background thread, writing the latest progress with each renewal.
 
-    def __init__(self, *, records: JobRecords, record: dict):
-        self.records, self.record, self._last = records, record, 0.0
+    The training thread only hands over state (`update`) and asks `check()`: no database round trip per step.
+    """
 
-    def __call__(self, progress: dict) -> None:
+    def __init__(self, *, queue: JobQueue, claim: Claim, record: dict):
+        self.queue, self.claim = queue, claim
+        self.interval = min(RENEW_S, queue.lease_seconds / 3)
+        self.state = {k: record[k] for k in ("progress", "metrics", "history")}
+        self._dirty, self._cancelled, self._lost = False, threading.Event(), threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scv-lease", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def update(self, progress: dict) -> None:
+        """Record a progress report of the training loop (and an epoch's result when it carries one)."""
         done = progress.pop("epoch_done", None)
-        self.record["progress"] = {k: progress[k] for k in ("epoch", "epochs", "step", "steps", "fraction")}
-        self.record["metrics"] = {"train_loss": progress["train_loss"],
-                                  "train_accuracy": progress["train_accuracy"],
-                                  **({"test_loss": done["test_loss"], "test_accuracy": done["test_accuracy"]}
-                                     if done else {k: (self.record["metrics"] or {}).get(k)
-                                                   for k in ("test_loss", "test_accuracy")})}
+        metrics = dict(self.state["metrics"] or {})
+        metrics.update(train_loss=progress["train_loss"], train_accuracy=progress["train_accuracy"])
         if done:
-            self.record["history"] = [*self.record["history"], done]
-        now = time.monotonic()
-        if done or now - self._last >= PROGRESS_INTERVAL_S:
-            self._last = now
-            self.records.put(self.record)
+            metrics.update(test_loss=done["test_loss"], test_accuracy=done["test_accuracy"])
+        self.state = {"progress": {k: progress[k] for k in ("epoch", "epochs", "step", "steps", "fraction")},
+                      "metrics": {k: metrics.get(k) for k in METRICS},
+                      "history": [*self.state["history"], done] if done else self.state["history"]}
+        self._dirty = True
+        self.check()
+
+    def check(self) -> None:
+        """Raise LeaseLost or JobCancelled as soon as the renewing thread has learnt of either."""
+        if self._lost.is_set():
+            raise LeaseLost(self.claim.version)
+        if self._cancelled.is_set():
+            raise JobCancelled(self.claim.version)
+
+    def renew_now(self) -> None:
+        """A synchronous renewal (before irreversible steps such as the model upload)."""
+        self._renew()
+        self.check()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._renew()
+            except LeaseLost:
+                return
+            except ServiceError as exc:  # the database is briefly away: the lease outlives a few misses
+                log.warning("job %s: could not renew the lease: %s", self.claim.version, exc.detail)
+
+    def _renew(self) -> None:
+        state, self._dirty = (self.state, False) if self._dirty else (None, False)
+        try:
+            if self.queue.renew(self.claim, **(state or {})):
+                self._cancelled.set()
+        except LeaseLost:
+            self._lost.set()
+            raise
 
 
-def train_job(*, version: str, settings: Settings, store: Store) -> dict:
+class JobCancelled(Exception):
+    """A cancel was asked for while this worker held the job."""
+
+
+def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue) -> dict:
     """Train the job's network on its dataset, store the model, and return the final record."""
-    records = JobRecords(store=store, bucket=settings.minio_model_bucket)
-    record = records.get(version)
-    if record["status"] in TERMINAL:
-        return record  # cancelled (or ended) before this worker started: nothing to do
+    version = claim.version
+    record = queue.start(claim, worker={"host": socket.gethostname(), "pid": os.getpid()})
     request = record["request"]
-    record.update(status="running", started_at=layout.utcnow(), error=None,
-                  worker={"host": socket.gethostname(), "pid": os.getpid()})
-    records.put(record)
+    with Lease(queue=queue, claim=claim, record=record) as lease:
+        datasets = DatasetService(store=store, settings=settings)
+        manifest = datasets.manifest(record["dataset"])
+        train_x, train_y = datasets.load_split(record["dataset"], "train")
+        test_x, test_y = datasets.load_split(record["dataset"], "test")
+        if request.get("train_subset"):
+            # A seeded random subset: the first N samples of a sorted split would miss classes.
+            pick = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(request["seed"]))
+            pick = pick[: request["train_subset"]]
+            train_x, train_y = train_x[pick], train_y[pick]
+        lease.check()
+        config = models.TrainConfig(
+            epochs=request["epochs"], batch_size=request["batch_size"], optimizer=request["optimizer"],
+            learning_rate=request["learning_rate"], momentum=request["momentum"],
+            weight_decay=request["weight_decay"], seed=request["seed"], device=models.pick_device(settings.device))
+        model = models.seeded_model(record["layers"], seed=request["seed"])
+        result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
+                              test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
+                              on_progress=lease.update)
 
-    datasets = DatasetService(store=store, settings=settings)
-    manifest = datasets.manifest(record["dataset"])
-    train_x, train_y = datasets.load_split(record["dataset"], "train")
-    test_x, test_y = datasets.load_split(record["dataset"], "test")
-    if request.get("train_subset"):
-        # A seeded random subset: the first N samples of a sorted split would miss classes.
-        pick = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(request["seed"]))
-        pick = pick[: request["train_subset"]]
-        train_x, train_y = train_x[pick], train_y[pick]
-
-    config = models.TrainConfig(
-        epochs=request["epochs"], batch_size=request["batch_size"], optimizer=request["optimizer"],
-        learning_rate=request["learning_rate"], momentum=request["momentum"],
-        weight_decay=request["weight_decay"], seed=request["seed"], device=models.pick_device(settings.device))
-    model = models.seeded_model(record["layers"], seed=request["seed"])
-    result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
-                          test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
-                          on_progress=ProgressWriter(records=records, record=record))
-
-    normalization = {"mean": manifest["mean"], "std": manifest["std"]}
-    blob = models.save_model(model, layers=record["layers"], input_shape=manifest["image_shape"],
-                             classes=manifest["classes"], normalization=normalization,
-                             dataset=record["dataset"], version=version)
-    finished = layout.utcnow()
-    metadata = {
-        "version": version, "dataset": record["dataset"], "created_at": finished,
-        "request": request, "layers": record["layers"], "metrics": result["metrics"],
-        "history": result["history"], "classes": manifest["classes"], "normalization": normalization,
-        "input_shape": manifest["image_shape"], "epochs": request["epochs"],
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob),
-        "dataset_sha256": manifest["sha256"], "device": config.device,
-        "libraries": {name: package_version(name) for name in ("torch", "safetensors", "scv-trainer")},
-    }
-    # Metadata first, model last: a listed model always has its metadata, and a model object
-    # exists only once it is complete.
-    store.put_json(bucket=settings.minio_model_bucket, key=layout.key(version, layout.METADATA_FILE),
-                   value=metadata)
-    store.put(bucket=settings.minio_model_bucket, key=layout.key(version, layout.MODEL_FILE), data=blob)
-    record.update(status="succeeded", finished_at=finished, metrics=result["metrics"],
-                  history=result["history"], progress={**record["progress"], "fraction": 1.0})
-    return records.put(record)
+        normalization = {"mean": manifest["mean"], "std": manifest["std"]}
+        blob = models.save_model(model, layers=record["layers"], input_shape=manifest["image_shape"],
+                                 classes=manifest["classes"], normalization=normalization,
+                                 dataset=record["dataset"], version=version)
+        finished = layout.utcnow()
+        metadata = {
+            "version": version, "dataset": record["dataset"], "created_at": finished,
+            "request": request, "labels": record["labels"], "layers": record["layers"],
+            "metrics": result["metrics"], "history": result["history"], "classes": manifest["classes"],
+            "normalization": normalization, "input_shape": manifest["image_shape"], "epochs": request["epochs"],
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob),
+            "dataset_sha256": manifest["sha256"], "device": config.device,
+            "libraries": {name: package_version(name) for name in ("torch", "safetensors", "scv-trainer")},
+        }
+        lease.renew_now()  # a worker that lost its job must not overwrite the objects of the one that holds it
+        # Metadata first, model last: a model object exists only once it is complete.
+        store.put_json(bucket=settings.minio_model_bucket, key=layout.key(version, layout.METADATA_FILE),
+                       value=metadata)
+        store.put(bucket=settings.minio_model_bucket, key=layout.key(version, layout.MODEL_FILE), data=blob)
+    progress = {**lease.state["progress"], "fraction": 1.0}
+    if not queue.finish(claim, "succeeded", metrics=result["metrics"], history=result["history"],
+                        progress=progress, model=model_row(metadata)):
+        raise LeaseLost(version)
+    return queue.get(version)
 
 
-def run(version: str, settings: Settings, *, threads: int | None = None) -> int:
-    """Run one job; on failure record the reason. Returns a process exit code."""
+def model_row(metadata: dict) -> dict:
+    """The `models` row of a stored model, from its metadata.json."""
+    return {"version": metadata["version"], "dataset": metadata["dataset"], "created_at": metadata["created_at"],
+            "size_bytes": metadata["size_bytes"], "sha256": metadata["sha256"],
+            "test_accuracy": (metadata.get("metrics") or {}).get("test_accuracy"), "epochs": metadata.get("epochs"),
+            "num_parameters": metadata.get("num_parameters"), "labels": metadata.get("labels") or {},
+            "meta": metadata}
+
+
+def run(claim: Claim, settings: Settings, *, threads: int | None = None) -> int:
+    """Run one attempt of a claimed job; record how it ended. Returns a process exit code."""
     if threads:
         torch.set_num_threads(threads)
-    store = store_from_settings(settings)
+    store, queue = store_from_settings(settings), job_queue(settings)
     try:
-        train_job(version=version, settings=settings, store=store)
+        train_job(claim=claim, settings=settings, store=store, queue=queue)
+        return 0
+    except LeaseLost:
+        log.warning("job %s: attempt %d lost its lease to another worker; stopping without changes",
+                    claim.version, claim.attempt)
+        return EXIT_LEASE_LOST
+    except JobCancelled:
+        _end(queue, claim, "cancelled", None, store=store, bucket=settings.minio_model_bucket)
         return 0
     except Exception as exc:  # every failure becomes the job's recorded reason
         reason = exc.detail if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
-        log.error("job %s failed: %s", version, reason)
-        record_failure(version, reason, store=store, bucket=settings.minio_model_bucket)
+        log.error("job %s failed: %s", claim.version, reason)
+        _end(queue, claim, "failed", reason, store=store, bucket=settings.minio_model_bucket)
         return 1
 
 
-def record_failure(version: str, reason: str, *, store: Store, bucket: str, patience_s: float = 30.0) -> None:
-    """Mark the job failed and remove partial objects, retrying while storage is briefly away."""
+def _end(queue: JobQueue, claim: Claim, status: str, reason: str | None, *, store: Store, bucket: str,
+         patience_s: float = 30.0) -> None:
+    """Record a final status and remove partial objects, retrying while storage or the database is away."""
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            JobRecords(store=store, bucket=bucket).finish(version, "failed", reason)
+            if queue.finish(claim, status, error=reason):
+                for name in (layout.MODEL_FILE, layout.METADATA_FILE):
+                    store.delete(bucket=bucket, key=layout.key(claim.version, name))
             return
         except ServiceError as exc:
-            log.warning("job %s: could not record the failure yet: %s", version, exc.detail)
+            log.warning("job %s: could not record %s yet: %s", claim.version, status, exc.detail)
             if time.monotonic() > deadline:
-                return  # the executor records a generic failure once storage is back
+                return  # the lease lapses and the job is taken back
             time.sleep(1.0)
+
+
+def job_queue(settings: Settings) -> JobQueue:
+    """The job queue on the catalog named by the settings."""
+    return JobQueue(Database(settings.catalog_url), lease_seconds=settings.lease_seconds,
+                    max_attempts=settings.max_attempts)
 
 
 def _die_with_parent() -> None:
@@ -153,22 +227,24 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def run_in_child(version: str, env: dict[str, str], concurrency: int) -> None:
-    """Entry point of a local executor child process."""
+def run_in_child(claim: Claim, env: dict[str, str], concurrency: int) -> None:
+    """Entry point of a local pool's child process."""
     _die_with_parent()
     _keep_freed_memory()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    threads = max(1, (os.cpu_count() or 1) // concurrency)
-    sys.exit(run(version, Settings(_env_file=None, **env), threads=threads))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the pool decides
+    threads = max(1, (os.cpu_count() or 1) // max(1, concurrency))
+    sys.exit(run(claim, Settings(_env_file=None, **env), threads=threads))
 
 
 def main() -> None:
-    """`python -m app.jobs.worker VERSION`: the entry point of a Ray job (settings from the environment)."""
+    """`python -m app.jobs.worker VERSION ATTEMPT`: the entry point of a Ray job (settings from the environment)."""
     parser = argparse.ArgumentParser(prog="python -m app.jobs.worker")
     parser.add_argument("version")
+    parser.add_argument("attempt", type=int)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    sys.exit(run(layout.validate_version(args.version), load_settings()))
+    sys.exit(run(Claim(layout.validate_version(args.version), args.attempt), load_settings()))
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -180,7 +256,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "MINIO_CA_CERT": str(settings.minio_ca_cert) if settings.minio_ca_cert else None,
         "MINIO_MODEL_BUCKET": settings.minio_model_bucket, "MINIO_DATASET_BUCKET": settings.minio_dataset_bucket,
         "SCV_DATA_DIR": str(Path(settings.data_dir).resolve()), "SCV_DEVICE": settings.device,
-        "SCV_STORAGE_TIMEOUT": str(settings.storage_timeout_s),
+        "SCV_STORAGE_TIMEOUT": str(settings.storage_timeout_s), "SCV_DATABASE_URL": settings.catalog_url,
+        "SCV_LEASE_SECONDS": str(settings.lease_seconds), "SCV_MAX_ATTEMPTS": str(settings.max_attempts),
+        "SCV_CHECKPOINT_SECONDS": str(settings.checkpoint_seconds), "SCV_PRECISION": settings.precision,
     }
     return {k: v for k, v in values.items() if v is not None}
 

@@ -1,0 +1,219 @@
+"""The job queue: job records are catalog rows, claimed under leases on the database clock, fenced by attempt.
+
+Every write of a worker says what it expects (`WHERE version = :v AND attempts = :attempt AND status =
+'running'`): a worker whose lease lapsed, and whose job another worker took over, changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError as RowExists
+
+from app.db.cursors import decode_cursor, encode_cursor
+from app.db.engine import Database, db_now
+from app.db.tables import Job, Label, Model
+from app.errors import Conflict, NotFound
+from app.storage import layout
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+STATUSES = ("queued", "running", *sorted(TERMINAL))
+PUBLIC = ("version", "dataset", "status", "request", "labels", "layers", "progress", "metrics", "history", "error",
+          "attempts", "worker", "resumed_from", "created_at", "started_at", "finished_at")
+
+
+class JobNotFound(NotFound):
+    def __init__(self, version: str):
+        super().__init__(f"no training job with version {version!r}; list jobs with GET /train", version=version)
+
+
+class LeaseLost(Exception):
+    """This attempt no longer holds its job (the lease lapsed and the job was taken back); stop, change nothing."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker holds: every write it makes is fenced by `attempt`."""
+
+    version: str
+    attempt: int
+
+
+def record_of(row) -> dict[str, Any]:
+    """The public job record (SPEC §5) of a `jobs` row."""
+    return {name: getattr(row, name) for name in PUBLIC}
+
+
+def new_record(*, version: str, dataset: str, request: dict, layers: list[dict], labels: dict[str, str]) -> dict:
+    """The record of a freshly queued job."""
+    return {
+        "version": version, "dataset": dataset, "status": "queued", "request": request, "labels": labels,
+        "layers": layers,
+        "progress": {"epoch": 0, "epochs": request["epochs"], "step": 0, "steps": 0, "fraction": 0.0},
+        "metrics": None, "history": [], "error": None, "attempts": 0, "worker": None, "resumed_from": None,
+        "created_at": layout.utcnow(), "started_at": None, "finished_at": None,
+    }
+
+
+class JobQueue:
+    """Submit, read, page, claim, renew, finish and take back jobs; the catalog is the source of truth."""
+
+    def __init__(self, db: Database, *, lease_seconds: float, max_attempts: int):
+        self.db, self.lease_seconds, self.max_attempts = db, lease_seconds, max_attempts
+
+    # -- the API's side ------------------------------------------------------------------------------
+
+    def add(self, record: dict) -> dict:
+        """Insert a queued job and its labels; 409 when the version is taken."""
+        try:
+            with self.db.write() as conn:
+                conn.execute(insert(Job).values(**record, lost=0, cancel_requested=False, revision=1))
+                if record["labels"]:
+                    conn.execute(insert(Label), [{"version": record["version"], "key": k, "value": v}
+                                                 for k, v in record["labels"].items()])
+        except RowExists:
+            raise Conflict(f"version {record['version']!r} is already used; choose another or omit it",
+                           version=record["version"], job=f"/train/{record['version']}") from None
+        return record
+
+    def get(self, version: str) -> dict:
+        """One job record; 404 when unknown."""
+        return self.get_with_revision(version)[0]
+
+    def get_with_revision(self, version: str) -> tuple[dict, int]:
+        """One job record and its revision (a number that grows with every change)."""
+        with self.db.read() as conn:
+            row = conn.execute(select(Job).where(Job.version == layout.validate_version(version))).first()
+        if row is None:
+            raise JobNotFound(version)
+        return record_of(row), row.revision
+
+    def page(self, *, status: str | None = None, dataset: str | None = None, labels: dict[str, str] | None = None,
+             limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Newest first; the cursor continues after the last item, whatever was added or removed since."""
+        query = select(Job).order_by(Job.created_at.desc(), Job.version.desc()).limit(limit + 1)
+        if status:
+            query = query.where(Job.status == status)
+        if dataset:
+            query = query.where(Job.dataset == dataset)
+        for key, value in (labels or {}).items():
+            query = query.where(Job.version.in_(select(Label.version).where(Label.key == key, Label.value == value)))
+        if cursor:
+            created_at, version = decode_cursor(cursor, sort="jobs")
+            query = query.where(or_(Job.created_at < created_at,
+                                    and_(Job.created_at == created_at, Job.version < version)))
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        items = [record_of(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return items, encode_cursor("jobs", items[-1]["created_at"], items[-1]["version"]) if more else None
+
+    def cancel(self, version: str) -> dict:
+        """A queued job ends `cancelled` now; a running one is flagged, and its lease holder stops within a second."""
+        record = self.get(version)
+        if record["status"] in TERMINAL:
+            raise Conflict(f"job {version!r} already ended ({record['status']}); nothing to cancel",
+                           version=version, job_status=record["status"])
+        with self.db.write() as conn:
+            conn.execute(update(Job).where(Job.version == version, Job.status == "queued")
+                         .values(status="cancelled", finished_at=layout.utcnow(), revision=Job.revision + 1))
+            conn.execute(update(Job).where(Job.version == version, Job.status == "running")
+                         .values(cancel_requested=True, revision=Job.revision + 1))
+        return self.get(version)
+
+    # -- the workers' side ---------------------------------------------------------------------------
+
+    def claim(self, worker: dict) -> Claim | None:
+        """Take the oldest queued job under a new attempt and lease, atomically; None when the queue is empty."""
+        oldest = (select(Job.version).where(Job.status == "queued").order_by(Job.created_at, Job.version)
+                  .limit(1).with_for_update(skip_locked=True).scalar_subquery())
+        with self.db.write() as conn:
+            row = conn.execute(
+                update(Job).where(Job.version == oldest, Job.status == "queued")
+                .values(status="running", attempts=Job.attempts + 1, lease_until=db_now() + self.lease_seconds,
+                        worker=worker, error=None, revision=Job.revision + 1)
+                .returning(Job.version, Job.attempts)).first()
+        return Claim(row.version, row.attempts) if row else None
+
+    def _fenced(self, claim: Claim):
+        return update(Job).where(Job.version == claim.version, Job.attempts == claim.attempt,
+                                 Job.status == "running")
+
+    def start(self, claim: Claim, *, worker: dict, resumed_from: dict | None = None) -> dict:
+        """The attempt's worker process begins: record who runs it; LeaseLost when it no longer holds the job."""
+        with self.db.write() as conn:
+            row = conn.execute(self._fenced(claim).values(
+                worker=worker, resumed_from=resumed_from, started_at=layout.utcnow(),
+                lease_until=db_now() + self.lease_seconds, revision=Job.revision + 1).returning(Job)).first()
+        if row is None:
+            raise LeaseLost(claim.version)
+        return record_of(row)
+
+    def renew(self, claim: Claim, **state) -> bool:
+        """Extend the lease, writing `state` (progress, metrics, history); True when a cancel was asked for.
+        LeaseLost when this attempt no longer holds the job."""
+        values = {"lease_until": db_now() + self.lease_seconds}
+        if state:
+            values.update(state, revision=Job.revision + 1)
+        with self.db.write() as conn:
+            row = conn.execute(self._fenced(claim).values(**values).returning(Job.cancel_requested)).first()
+        if row is None:
+            raise LeaseLost(claim.version)
+        return bool(row.cancel_requested)
+
+    def finish(self, claim: Claim, status: str, *, error: str | None = None, model: dict | None = None,
+               **state) -> bool:
+        """End the attempt's job with a terminal status (and, on success, list its model in the same
+        transaction); False when the attempt no longer held it, in which case nothing changed."""
+        with self.db.write() as conn:
+            done = conn.execute(self._fenced(claim).values(
+                status=status, error=error, finished_at=layout.utcnow(), lease_until=None, cancel_requested=False,
+                revision=Job.revision + 1, **state)).rowcount == 1
+            if done and model is not None:
+                conn.execute(insert(Model).values(**model))
+        if done:
+            log.info("job %s %s%s", claim.version, status, f": {error}" if error else "")
+        return done
+
+    def release(self, claim: Claim, *, reason: str | None = None) -> str | None:
+        """Give the job back: to the queue after a graceful stop (`reason` None), or, for a lost worker
+        (`reason` says how), to the queue again while attempts remain, else `failed`. Returns the new status."""
+        with self.db.write() as conn:
+            row = conn.execute(select(Job.lost, Job.cancel_requested).where(
+                Job.version == claim.version, Job.attempts == claim.attempt, Job.status == "running")).first()
+            if row is None:
+                return None
+            lost = row.lost + (reason is not None)
+            if row.cancel_requested:
+                status, error = "cancelled", None
+            elif lost >= self.max_attempts:
+                status, error = "failed", f"{reason}; gave up after {lost} lost attempts (SCV_MAX_ATTEMPTS)"
+            else:
+                status, error = "queued", None
+            conn.execute(self._fenced(claim).values(
+                status=status, error=error, lost=lost, lease_until=None, cancel_requested=False,
+                finished_at=layout.utcnow() if status in TERMINAL else None, revision=Job.revision + 1))
+        log.info("job %s (attempt %d) %s%s", claim.version, claim.attempt,
+                 "handed back" if reason is None else f"lost: {reason}", f"; now {status}")
+        return status
+
+    def reap(self) -> list[str]:
+        """Take back every job whose lease lapsed (its worker died, hung or lost its machine)."""
+        with self.db.read() as conn:
+            lapsed = conn.execute(select(Job.version, Job.attempts).where(
+                Job.status == "running", Job.lease_until < db_now())).all()
+        for row in lapsed:
+            self.release(Claim(row.version, row.attempts),
+                         reason=f"the worker stopped renewing its lease for {self.lease_seconds:g} s")
+        return [row.version for row in lapsed]
+
+    def forget(self, version: str) -> None:
+        """Remove a job's row and labels (its model is deleted)."""
+        with self.db.write() as conn:
+            conn.execute(delete(Label).where(Label.version == version))
+            conn.execute(delete(Job).where(Job.version == version))
