@@ -1,5 +1,6 @@
 """The training loop on a tiny learnable problem: accuracy, progress reports, stopping, determinism."""
 
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -69,6 +70,25 @@ def test_progress_is_read_back_on_the_first_and_each_last_step_between_intervals
     assert [(r["train_loss"], r["train_accuracy"]) for r in per_step[1:]] == [
         (entry["train_loss"], entry["train_accuracy"]) for entry in result["history"]]
     assert [r["epoch_done"] for r in reports if "epoch_done" in r] == result["history"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_on_a_gpu_more_steps_cost_no_more_host_synchronisations() -> None:
+    def syncs(images: int) -> int:
+        config = replace(CONFIG, device="cuda", epochs=1, batch_size=8, progress_every_s=1e9)
+        model = seeded_model(resolve_layers(LAYERS, input_shape=(1, 8, 8), num_classes=4), seed=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train(model, train_images=TRAIN[0][:images], train_labels=TRAIN[1][:images], test_images=TEST[0],
+                      test_labels=TEST[1], mean=MEAN, std=STD, config=config, on_progress=lambda report: None)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(warning.message) for warning in caught)
+
+    syncs(100)  # first use: CUDA and cuDNN set themselves up, which may synchronise
+    assert syncs(200) == syncs(100) > 0  # 25 steps or 13: the same reports, evaluation and copy back
 
 
 def test_an_exception_from_on_progress_stops_training() -> None:
