@@ -77,7 +77,7 @@ def test_a_lapsed_lease_is_taken_back_and_the_old_attempt_changes_nothing(url):
     queue = make_queue(url, lease_seconds=1)
     add(queue, "slow")
     first = queue.claim({"pid": 1})
-    queue.start(first, worker={"host": "a", "pid": 1})
+    queue.start(first, worker={"host": "a", "pid": 1}, request=REQUEST)
     time.sleep(1.3)
     assert queue.reap() == ["slow"]
     assert queue.get("slow")["status"] == "queued"

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -48,6 +49,7 @@ def test_train_store_reload_and_reproduce_accuracy(seeded_client, layers):
     assert record["status"] == "succeeded", record["error"]
     assert len(record["history"]) == 2 and record["progress"]["fraction"] == 1.0
     assert record["started_at"] <= record["finished_at"]
+    assert record["request"]["precision"] in ("fp32", "bf16") and record["attempts"] == 1  # auto, resolved
     assert record["layers"][-1] == {**record["layers"][-1], "type": "Linear", "out_features": 10}
     reproduced = _offline_accuracy(seeded_client.app.state.settings, version)
     assert reproduced == pytest.approx(record["metrics"]["test_accuracy"])
@@ -79,8 +81,7 @@ def test_bad_layers_are_422_naming_index_and_reason(seeded_client, layers, index
     body = r.json()
     assert body["field"] == (f"layers[{index}]" if index is not None else "layers")
     assert words in body["detail"]
-    assert seeded_client.get("/train").json() == [] or all(
-        j["request"]["layers"] != layers for j in seeded_client.get("/train").json())
+    assert all(j["request"]["layers"] != layers for j in seeded_client.get("/train").json()["items"])
 
 
 def test_bad_fields_name_the_field(seeded_client):
@@ -134,41 +135,84 @@ def test_cancel_running_job_stops_worker_and_keeps_no_model(seeded_client):
             os.kill(pid, 0)
     settings = seeded_client.app.state.settings
     keys = [o.key for o in store_from_settings(settings).list(bucket=settings.minio_model_bucket, prefix=f"{version}/")]
-    assert keys == [f"{version}/job.json"]
+    assert keys == []
     assert seeded_client.delete(f"/train/{version}").status_code == 409
 
 
-def test_killed_worker_marks_job_failed(seeded_client):
+def _running_attempt(client, version: str, attempt: int, *, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = wait_for(client, version, {"running"}, timeout=timeout)
+        if record["attempts"] == attempt and record["worker"] and record["worker"]["pid"] != os.getpid():
+            return record
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
+
+
+def test_a_killed_worker_s_job_runs_again_as_a_new_attempt(seeded_client):
     version = _long_job(seeded_client)
-    pid = wait_for(seeded_client, version, {"running"})["worker"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    record = wait_for(seeded_client, version, timeout=15)
-    assert record["status"] == "failed"
-    assert "SIGKILL" in record["error"]
+    first = _running_attempt(seeded_client, version, 1)
+    os.kill(first["worker"]["pid"], signal.SIGKILL)
+    second = _running_attempt(seeded_client, version, 2)
+    assert second["worker"]["pid"] != first["worker"]["pid"] and second["error"] is None
+    assert seeded_client.delete(f"/train/{version}").json()["status"] == "cancelled"
 
 
-def test_queued_job_survives_api_restart(seeded_settings):
-    settings = seeded_settings.model_copy(update={"minio_model_bucket": "models-restart"})
+def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(seeded_settings, tmp_path):
+    settings = seeded_settings.model_copy(update={"max_attempts": 1, "data_dir": tmp_path})
+    with TestClient(create_app(settings)) as client:
+        version = _long_job(client)
+        os.kill(_running_attempt(client, version, 1)["worker"]["pid"], signal.SIGKILL)
+        record = wait_for(client, version, timeout=15)
+    assert record["status"] == "failed" and "SIGKILL" in record["error"] and "1 lost attempts" in record["error"]
+
+
+def test_jobs_survive_an_api_restart(seeded_settings, tmp_path):
+    # Its own catalog (in its data dir) and model bucket: the running job is handed back at shutdown.
+    settings = seeded_settings.model_copy(update={"minio_model_bucket": "models-restart", "data_dir": tmp_path})
     with TestClient(create_app(settings)) as first:
         blocker = _long_job(first)
         queued = train(first, dataset="mnist", layers=SMALL_NET, batch_size=16)["version"]
-        wait_for(first, blocker, {"running"})
+        _running_attempt(first, blocker, 1)
         assert first.get(f"/train/{queued}").json()["status"] == "queued"
     with TestClient(create_app(settings)) as second:
-        assert second.get(f"/train/{blocker}").json()["status"] == "failed"
+        assert second.get(f"/train/{blocker}").json()["error"] is None  # handed back, not failed
+        _running_attempt(second, blocker, 2)
+        second.delete(f"/train/{blocker}")
         assert wait_for(second, queued)["status"] == "succeeded"
+
+
+def _events(client, version: str, **headers) -> list[tuple[int, dict]]:
+    events, event_id = [], None
+    with client.stream("GET", f"/train/{version}/events", headers=headers) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("data: "):
+                events.append((event_id, json.loads(line[6:])))
+    return events
 
 
 def test_sse_streams_changes_until_terminal(seeded_client):
     version = train(seeded_client, dataset="mnist", layers=SMALL_NET, epochs=2, batch_size=8)["version"]
-    statuses = []
-    with seeded_client.stream("GET", f"/train/{version}/events") as events:
-        assert events.headers["content-type"].startswith("text/event-stream")
-        for line in events.iter_lines():
-            if line.startswith("data: "):
-                statuses.append(json.loads(line[6:])["status"])
+    events = _events(seeded_client, version)
+    statuses = [record["status"] for _, record in events]
     assert statuses[-1] == "succeeded"
     assert statuses[0] in ("queued", "running")
+    ids = [event_id for event_id, _ in events]
+    assert all(i is not None for i in ids) and ids == sorted(set(ids))  # every event has a new, growing id
+
+
+def test_sse_reconnecting_with_last_event_id_gets_only_newer_events(seeded_client):
+    version = train(seeded_client, dataset="mnist", layers=SMALL_NET, epochs=3, batch_size=4)["version"]
+    everything = _events(seeded_client, version)
+    assert len(everything) >= 3
+    middle = everything[len(everything) // 2][0]
+    replay = _events(seeded_client, version, **{"Last-Event-ID": str(middle)})
+    assert replay and all(event_id > middle for event_id, _ in replay)
+    assert replay[-1][1]["status"] == "succeeded"
+    assert _events(seeded_client, version, **{"Last-Event-ID": str(everything[-1][0])}) == []
 
 
 def test_list_jobs_newest_first_with_status_filter(seeded_client):
@@ -176,8 +220,34 @@ def test_list_jobs_newest_first_with_status_filter(seeded_client):
     b = train(seeded_client, dataset="mnist", layers=SMALL_NET)["version"]
     wait_for(seeded_client, a)
     wait_for(seeded_client, b)
-    versions = [j["version"] for j in seeded_client.get("/train").json()]
+    versions = [j["version"] for j in seeded_client.get("/train").json()["items"]]
     assert versions.index(b) < versions.index(a)
-    succeeded = seeded_client.get("/train", params={"status": "succeeded"}).json()
+    succeeded = seeded_client.get("/train", params={"status": "succeeded"}).json()["items"]
     assert {a, b} <= {j["version"] for j in succeeded}
     assert all(j["status"] == "succeeded" for j in succeeded)
+
+
+def test_labels_are_kept_and_filter_the_job_pages(seeded_client):
+    alice = train(seeded_client, dataset="mnist", layers=SMALL_NET, labels={"owner": "alice", "exp": "lr-1"})
+    bob = train(seeded_client, dataset="mnist", layers=SMALL_NET, labels={"owner": "bob", "exp": "lr-1"})
+    assert alice["labels"] == {"owner": "alice", "exp": "lr-1"}
+    page = seeded_client.get("/train", params=[("label", "owner:alice"), ("label", "exp:lr-1")]).json()
+    assert [job["version"] for job in page["items"]] == [alice["version"]]
+    both = seeded_client.get("/train", params={"label": "exp:lr-1"}).json()["items"]
+    assert [job["version"] for job in both] == [bob["version"], alice["version"]]
+    r = seeded_client.post("/train", json={"dataset": "mnist", "labels": {"Not A Key": "x"}})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"].startswith("labels")
+    r = seeded_client.get("/train", params={"label": "no-colon"})
+    assert r.status_code == 422 and r.json()["field"] == "label"
+    for job in (alice, bob):
+        assert wait_for(seeded_client, job["version"])["status"] == "succeeded"
+
+
+def test_job_pages_follow_their_cursor_and_refuse_a_tampered_one(seeded_client):
+    first = seeded_client.get("/train", params={"limit": 1}).json()
+    assert len(first["items"]) == 1 and first["next"]
+    second = seeded_client.get("/train", params={"limit": 1, "cursor": first["next"]}).json()
+    assert second["items"][0]["created_at"] <= first["items"][0]["created_at"]
+    assert second["items"][0]["version"] != first["items"][0]["version"]
+    r = seeded_client.get("/train", params={"cursor": first["next"][:-2] + "zz"})
+    assert r.status_code == 422 and r.json()["field"] == "cursor"

@@ -144,11 +144,12 @@ class JobQueue:
         return update(Job).where(Job.version == claim.version, Job.attempts == claim.attempt,
                                  Job.status == "running")
 
-    def start(self, claim: Claim, *, worker: dict, resumed_from: dict | None = None) -> dict:
-        """The attempt's worker process begins: record who runs it; LeaseLost when it no longer holds the job."""
+    def start(self, claim: Claim, *, worker: dict, request: dict, resumed_from: dict | None = None) -> dict:
+        """The attempt's worker process begins: record who runs it and the request as it resolved it (precision);
+        LeaseLost when it no longer holds the job."""
         with self.db.write() as conn:
             row = conn.execute(self._fenced(claim).values(
-                worker=worker, resumed_from=resumed_from, started_at=layout.utcnow(),
+                worker=worker, request=request, resumed_from=resumed_from, started_at=layout.utcnow(),
                 lease_until=db_now() + self.lease_seconds, revision=Job.revision + 1).returning(Job)).first()
         if row is None:
             raise LeaseLost(claim.version)

@@ -106,8 +106,12 @@ class JobCancelled(Exception):
 def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue) -> dict:
     """Train the job's network on its dataset, store the model, and return the final record."""
     version = claim.version
-    record = queue.start(claim, worker={"host": socket.gethostname(), "pid": os.getpid()})
-    request = record["request"]
+    request = queue.get(version)["request"]
+    device = models.pick_device(settings.device)
+    # The request records the precision this attempt trains in, `auto` resolved on this device.
+    request = {**request, "precision": models.resolve_precision(request.get("precision") or settings.precision,
+                                                                device)}
+    record = queue.start(claim, worker={"host": socket.gethostname(), "pid": os.getpid()}, request=request)
     with Lease(queue=queue, claim=claim, record=record) as lease:
         datasets = DatasetService(store=store, settings=settings)
         manifest = datasets.manifest(record["dataset"])
@@ -122,7 +126,8 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
         config = models.TrainConfig(
             epochs=request["epochs"], batch_size=request["batch_size"], optimizer=request["optimizer"],
             learning_rate=request["learning_rate"], momentum=request["momentum"],
-            weight_decay=request["weight_decay"], seed=request["seed"], device=models.pick_device(settings.device))
+            weight_decay=request["weight_decay"], seed=request["seed"], device=device,
+            precision=request["precision"])
         model = models.seeded_model(record["layers"], seed=request["seed"])
         result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
                               test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
@@ -140,7 +145,7 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
             "normalization": normalization, "input_shape": manifest["image_shape"], "epochs": request["epochs"],
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob),
-            "dataset_sha256": manifest["sha256"], "device": config.device,
+            "dataset_sha256": manifest["sha256"], "device": config.device, "precision": config.precision,
             "libraries": {name: package_version(name) for name in ("torch", "safetensors", "scv-trainer")},
         }
         lease.renew_now()  # a worker that lost its job must not overwrite the objects of the one that holds it
