@@ -4,15 +4,15 @@ import math
 from typing import Annotated, Literal
 
 import torch
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from app.analysis.plots import grid_png, heatmap_png, to_uint8_maps
 from app.analysis.service import MAX_K
-from app.api.deps import AnalysesDep
+from app.api.deps import AnalysesDep, ModelRoute, ModelVersion, RegistryDep
 from app.api.problems import PROBLEM_RESPONSES
 
-router = APIRouter(prefix="/models", tags=["analysis"])
+router = APIRouter(prefix="/models", tags=["analysis"], route_class=ModelRoute)
 TILE_PX = 64  # grid tiles are scaled up by a whole factor to about this many pixels
 STRIP_ROWS = 8  # a flat layer's one-row map is drawn this tall, so it can be seen
 _PROBLEM = PROBLEM_RESPONSES[422]
@@ -26,10 +26,14 @@ Format = Literal["json", "png"]
 Layer = Annotated[int, Query(ge=0, description="module index in the Sequential, 0-based")]
 
 
+def _against(registry: RegistryDep, against: Annotated[str | None, Query(
+        max_length=129, description="a second model's version, or `@alias`")] = None) -> str | None:
+    return registry.resolve(against, field="against") if against is not None else None
+
+
 @router.get("/{version}/cka", responses=RESPONSES)
-def layer_cka(version: str, analyses: AnalysesDep, estimator: Literal["linear", "debiased"] = "linear",
-              against: Annotated[str | None, Query(max_length=128, description="a second model's version")] = None,
-              format: Format = "json") -> Response:
+def layer_cka(version: ModelVersion, analyses: AnalysesDep, against: Annotated[str | None, Depends(_against)],
+              estimator: Literal["linear", "debiased"] = "linear", format: Format = "json") -> Response:
     """CKA between every pair of layers on the dataset's CKA sample set (`against=`: a second model's layers)."""
     result = analyses.cka(version, estimator=estimator, against=against)
     if format == "json":
@@ -43,7 +47,7 @@ def layer_cka(version: str, analyses: AnalysesDep, estimator: Literal["linear", 
 
 
 @router.get("/{version}/activations", responses=RESPONSES)
-def layer_activations(version: str, analyses: AnalysesDep, layer: Layer,
+def layer_activations(version: ModelVersion, analyses: AnalysesDep, layer: Layer,
                       sample: Annotated[int, Query(ge=0, description="index into the CKA sample set")],
                       format: Format = "png") -> Response:
     """One CKA sample's feature maps at one layer: a grid of per-channel maps (`png`) or the values (`json`)."""
@@ -59,7 +63,7 @@ def layer_activations(version: str, analyses: AnalysesDep, layer: Layer,
 
 
 @router.get("/{version}/top-images", responses=RESPONSES)
-def top_images(version: str, analyses: AnalysesDep, layer: Layer,
+def top_images(version: ModelVersion, analyses: AnalysesDep, layer: Layer,
                channel: Annotated[int, Query(ge=0, description="channel (or feature of a flat layer)")],
                k: Annotated[int, Query(ge=1, le=MAX_K)] = 9, format: Format = "json") -> Response:
     """The k test-split images with the highest mean activation of one channel, highest first."""

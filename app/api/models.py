@@ -1,11 +1,8 @@
-"""Model routes: list, download (ETag, Range, HEAD), metadata, delete and predict."""
+"""Model routes: pages, download (ETag, Range, HEAD), metadata, delete and predict; `@alias` for any version."""
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -14,13 +11,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.deps import RegistryDep
+from app.api.deps import ModelRoute, ModelVersion, RegistryDep
+from app.api.labels import LabelFilter
 from app.api.problems import problem
 from app.errors import InvalidInput, ServiceError
 from app.registry import inference
-from app.registry.service import ModelRegistry, sort_key
+from app.registry.service import ModelRegistry
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=ModelRoute)
 _RANGE = re.compile(r"bytes\s*=\s*(\d*)-(\d*)", re.ASCII | re.IGNORECASE)
 
 
@@ -37,11 +35,13 @@ class ModelItem(BaseModel):
     test_accuracy: float | None
     epochs: int | None
     num_parameters: int | None
-    expires_at: str | None
+    expires_at: str | None = Field(description="null when models are kept (SCV_MODEL_TTL_DAYS=0) or aliased")
+    labels: dict[str, str]
+    aliases: list[str] = Field(description="the aliases naming this model")
 
 
 class ModelPage(BaseModel):
-    """One page of models, newest first; pass `next` as `cursor` for the following page."""
+    """One page of models, highest `sort` first; pass `next` as `cursor` for the following page."""
 
     items: list[ModelItem]
     next: str | None
@@ -79,18 +79,21 @@ DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "descri
 @router.get("", response_model=ModelPage)
 def list_models(
     registry: RegistryDep,
+    labels: LabelFilter,
     dataset: Annotated[str | None, Query(max_length=64)] = None,
+    sort: Annotated[Literal["created_at", "test_accuracy"], Query(description="descending")] = "created_at",
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> dict:
-    """Stored, unexpired models, newest first; `dataset=` filters, `cursor=` pages."""
-    items, more = registry.list(dataset=dataset, limit=limit, after=_decode_cursor(cursor) if cursor else None)
-    return {"items": items, "next": _encode_cursor(sort_key(items[-1])) if more else None}
+    """Stored, unexpired models, newest (or most accurate) first, a page at a time; filters `dataset`,
+    `label=key:value` (repeatable)."""
+    items, after = registry.page(dataset=dataset, labels=labels, sort=sort, limit=limit, cursor=cursor)
+    return {"items": items, "next": after}
 
 
 @router.get("/{version}", response_class=StreamingResponse, responses=DOWNLOAD_RESPONSES)
 @router.head("/{version}", response_class=StreamingResponse, responses=DOWNLOAD_RESPONSES)
-def download(version: str, request: Request, registry: RegistryDep) -> Response:
+def download(version: ModelVersion, request: Request, registry: RegistryDep) -> Response:
     """The model file streamed from storage; ETag = sha256, `Range` → 206, `If-None-Match` → 304."""
     model = registry.get(version)
     size, etag = model["size_bytes"], f'"{model["sha256"]}"'
@@ -115,20 +118,21 @@ def download(version: str, request: Request, registry: RegistryDep) -> Response:
 
 
 @router.get("/{version}/metadata")
-def metadata(version: str, registry: RegistryDep) -> dict[str, Any]:
+def metadata(version: ModelVersion, registry: RegistryDep) -> dict[str, Any]:
     """The model's request, resolved layers, metrics, history, classes, normalization, libraries, sha256."""
     return registry.metadata(version)
 
 
 @router.delete("/{version}", status_code=204, response_class=Response)
-def delete(version: str, registry: RegistryDep) -> Response:
-    """Delete the model and every record under its version; 409 while its job is queued or running."""
+def delete(version: ModelVersion, registry: RegistryDep) -> Response:
+    """Delete the model, its job record and every object under its version; 409 while its job is queued or
+    running or while an alias names it."""
     registry.delete(version)
     return Response(status_code=204)
 
 
 @router.post("/{version}/predict", response_model=Predictions, openapi_extra=PREDICT_BODY)
-async def predict(version: str, request: Request, registry: RegistryDep) -> dict:
+async def predict(version: ModelVersion, request: Request, registry: RegistryDep) -> dict:
     """Classify images: multipart PNG/JPEG `files`, or JSON `{"images": [...]}` of uint8 arrays."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -195,16 +199,3 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
         return None
     return (first, min(size - 1, last if last is not None else size)) if first < size else "unsatisfiable"
 
-
-def _encode_cursor(key: tuple[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        created_at, version = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(created_at, str) and isinstance(version, str):
-            return created_at, version
-    except (ValueError, TypeError, binascii.Error):
-        pass
-    raise InvalidInput("invalid cursor: pass the `next` value of the previous page unchanged", field="cursor")

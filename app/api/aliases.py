@@ -1,0 +1,47 @@
+"""Alias routes: names for models (`production`, `mnist-best`) that `/models/@{alias}…` resolves."""
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import RegistryDep
+
+router = APIRouter(prefix="/aliases", tags=["aliases"])
+
+
+class AliasTarget(BaseModel):
+    """The model an alias is to name."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(..., max_length=128, examples=["mnist-baseline-1"])
+
+
+class AliasRecord(BaseModel):
+    alias: str
+    version: str
+    updated_at: str
+
+
+@router.get("", response_model=list[AliasRecord])
+def list_aliases(registry: RegistryDep) -> list[dict]:
+    """Every alias, by name."""
+    return registry.list_aliases()
+
+
+@router.put("/{alias}", response_model=AliasRecord)
+def put_alias(alias: str, body: AliasTarget, registry: RegistryDep) -> dict:
+    """Create the alias or move it to another model; 404 naming the version when no such model is served.
+    An aliased model never expires and cannot be deleted."""
+    return registry.put_alias(alias, body.version)
+
+
+@router.get("/{alias}", response_model=AliasRecord)
+def get_alias(alias: str, registry: RegistryDep) -> dict:
+    """One alias."""
+    return registry.get_alias(alias)
+
+
+@router.delete("/{alias}", status_code=204, response_class=Response)
+def delete_alias(alias: str, registry: RegistryDep) -> Response:
+    """Remove the alias; the model stays."""
+    registry.delete_alias(alias)
+    return Response(status_code=204)

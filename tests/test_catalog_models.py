@@ -1,0 +1,212 @@
+"""The model catalog's pages on real SQLite and PostgreSQL: order, filters, cursors, retention, index use."""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import insert, text
+
+from app.db.cursors import encode_cursor
+from app.db.engine import Database
+from app.db.tables import Alias, Job, Label, Model
+from app.errors import InvalidInput
+from app.registry import catalog
+from app.registry.service import ModelRegistry
+from tests.conftest import make_settings
+
+pytest_plugins = ["tests.postgres"]  # until conftest registers it
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def open_catalog(request, tmp_path, kind: str) -> Database:
+    """A migrated, empty catalog: SQLite in tmp_path, or a fresh PostgreSQL database."""
+    url = f"sqlite:///{tmp_path}/c.db" if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    db = Database(url)
+    db.migrate()
+    return db
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    database = open_catalog(request, tmp_path, request.param)
+    yield database
+    database.dispose()
+
+
+def model_values(version: str, *, created_at: str, dataset: str = "mnist", accuracy: float | None = 0.5,
+                 labels: dict | None = None, size: int = 100, sha256: str = "0" * 64) -> dict:
+    """A `models` row as the queue inserts it (its metadata reduced to what the catalog reads)."""
+    return catalog.model_values({"version": version, "dataset": dataset, "created_at": created_at,
+                                 "size_bytes": size, "sha256": sha256, "metrics": {"test_accuracy": accuracy},
+                                 "epochs": 1, "num_parameters": 10, "labels": labels or {}})
+
+
+def job_values(version: str, *, status: str = "succeeded", dataset: str = "mnist", created_at: str | None = None,
+               labels: dict | None = None) -> dict:
+    """A `jobs` row with the given status."""
+    return {"version": version, "dataset": dataset, "status": status, "request": {"epochs": 1},
+            "labels": labels or {}, "layers": [], "metrics": None, "history": [], "error": None, "attempts": 1,
+            "lost": 0, "worker": None, "resumed_from": None, "checkpoint": None, "lease_until": None,
+            "cancel_requested": False, "revision": 1, "created_at": created_at or catalog.iso(START),
+            "progress": {"epoch": 0, "epochs": 1, "step": 0, "steps": 0, "fraction": 0.0},
+            "started_at": None, "finished_at": None}
+
+
+def add_models(db: Database, rows: list[dict]) -> None:
+    """Insert model rows with their succeeded jobs and labels, as a finished job leaves them."""
+    with db.write() as conn:
+        conn.execute(insert(Model.__table__), [{**r, "metadata": r["meta"]} for r in rows])  # column names
+        conn.execute(insert(Job), [job_values(r["version"], dataset=r["dataset"], created_at=r["created_at"],
+                                              labels=r["labels"]) for r in rows])
+        pairs = [{"version": r["version"], "key": k, "value": v} for r in rows for k, v in r["labels"].items()]
+        if pairs:
+            conn.execute(insert(Label), pairs)
+
+
+def stamp(seconds: float) -> str:
+    return catalog.iso(START + timedelta(seconds=seconds))
+
+
+def walk(db: Database, *, limit: int, sort: str = "created_at", between=None, **filters) -> list[str]:
+    """Every page from the first, following cursors; `between(page_number)` runs between pages."""
+    seen, after, number = [], None, 0
+    while True:
+        with db.read() as conn:
+            rows, more = catalog.page_models(conn, sort=sort, limit=limit, after=after, **filters)
+        assert len(rows) <= limit and (more or len(rows) < limit or rows)
+        seen += [row.version for row in rows]
+        if not more:
+            return seen
+        after, number = catalog.sort_key(rows[-1], sort), number + 1
+        if between:
+            between(number)
+
+
+@pytest.fixture
+def mixed(db):
+    """23 models: ties on created_at and on accuracy, some without an accuracy, two datasets, labels."""
+    rng = random.Random(7)
+    rows = [model_values(f"m{i:02d}", created_at=stamp(i // 3), dataset="mnist" if i % 4 else "cifar10",
+                         accuracy=None if i % 5 == 0 else round(rng.choice([0.5, 0.75, 0.9, rng.random()]), 3),
+                         labels={"owner": "alice" if i % 2 else "bob", **({"exp": "sweep"} if i % 3 else {})})
+            for i in range(23)]
+    add_models(db, rows)
+    return rows
+
+
+def _by_created(rows):
+    return [r["version"] for r in sorted(rows, key=lambda r: (r["created_at"], r["version"]), reverse=True)]
+
+
+def _by_accuracy(rows):
+    scored = sorted((r for r in rows if r["test_accuracy"] is not None),
+                    key=lambda r: (r["test_accuracy"], r["version"]), reverse=True)
+    unscored = sorted((r for r in rows if r["test_accuracy"] is None), key=lambda r: r["version"], reverse=True)
+    return [r["version"] for r in scored + unscored]
+
+
+@pytest.mark.parametrize("limit", [1, 4, 7, 23, 50])
+def test_walking_the_pages_returns_every_model_once_in_order(db, mixed, limit):
+    assert walk(db, limit=limit) == _by_created(mixed)
+    assert walk(db, limit=limit, sort="test_accuracy") == _by_accuracy(mixed)
+
+
+def test_filters_by_dataset_and_every_label(db, mixed):
+    def expect(rows, order=_by_created):
+        return order(rows)
+
+    cifar = [r for r in mixed if r["dataset"] == "cifar10"]
+    assert walk(db, limit=2, dataset="cifar10") == expect(cifar)
+    assert walk(db, limit=3, dataset="cifar10", sort="test_accuracy") == expect(cifar, _by_accuracy)
+    both = [r for r in mixed if r["labels"] == {"owner": "alice", "exp": "sweep"}]
+    assert walk(db, limit=2, labels=[("owner", "alice"), ("exp", "sweep")]) == expect(both) != []
+    mnist_bob = [r for r in mixed if r["dataset"] == "mnist" and r["labels"]["owner"] == "bob"]
+    assert walk(db, limit=5, dataset="mnist", labels=[("owner", "bob")], sort="test_accuracy") == (
+        expect(mnist_bob, _by_accuracy))
+    assert walk(db, limit=5, labels=[("owner", "carol")]) == []
+    assert walk(db, limit=5, labels=[("owner", "alice"), ("owner", "bob")]) == []  # all must match
+
+
+@pytest.mark.parametrize("sort", ["created_at", "test_accuracy"])
+def test_pages_stay_exact_while_models_are_added(db, mixed, sort):
+    added = []
+
+    def add(number: int) -> None:  # one model newer than everything, one older, one tying the boundary
+        rows = [model_values(f"new{number}a", created_at=stamp(1000 + number), accuracy=0.99),
+                model_values(f"new{number}b", created_at=stamp(-100 - number), accuracy=0.01),
+                model_values(f"new{number}c", created_at=stamp(3), accuracy=0.5)]
+        add_models(db, rows)
+        added.extend(rows)
+
+    seen = walk(db, limit=4, sort=sort, between=add)
+    assert len(seen) == len(set(seen))  # never one twice
+    assert {r["version"] for r in mixed} <= set(seen)  # every model present from the start
+    order = _by_created if sort == "created_at" else _by_accuracy
+    assert seen == [v for v in order(mixed + added) if v in seen]  # in order, whatever arrived
+
+
+def test_retention_hides_old_models_unless_aliased(db, mixed):
+    with db.write() as conn:
+        conn.execute(insert(Alias).values(alias="keep", version="m00", updated_at=stamp(0)))
+    fresh = [r for r in mixed if r["created_at"] >= stamp(4)]
+    kept = [r for r in mixed if r["version"] == "m00"]
+    assert walk(db, limit=3, fresh_since=stamp(4)) == _by_created(fresh + kept)
+    assert walk(db, limit=3, fresh_since=stamp(4), sort="test_accuracy") == _by_accuracy(fresh + kept)
+    with db.read() as conn:
+        expired = catalog.expired_versions(conn, created_before=stamp(4))
+    assert expired == [r["version"] for r in mixed if r["created_at"] < stamp(4) and r["version"] != "m00"]
+
+
+def test_a_page_reads_the_index_in_order_without_sorting(tmp_path, request):
+    """The page queries walk an index from the cursor: no sort of all rows, no scan of the table (SQLite)."""
+    db = open_catalog(request, tmp_path, "sqlite")
+    add_models(db, [model_values(f"v{i}", created_at=stamp(i), accuracy=i / 10) for i in range(10)])
+    captured = []
+    with db.read() as conn:
+        conn.connection.set_trace_callback(captured.append)
+        for sort in catalog.SORTS:
+            for filters in ({}, {"dataset": "mnist"}):
+                catalog.page_models(conn, sort=sort, limit=3, after=(stamp(5) if sort == "created_at" else 0.5,
+                                                                       "v5"), **filters)
+        conn.connection.set_trace_callback(None)
+        for statement in [s for s in captured if s.lstrip().startswith("SELECT")]:
+            plan = " | ".join(row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {statement}")))
+            assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, (statement, plan)
+    db.dispose()
+
+
+def registry_on(db, s3, tmp_path, **env) -> ModelRegistry:
+    settings = make_settings(s3, tmp_path, **env)
+    from app.storage.s3 import Store  # noqa: PLC0415 - a client of the session's server
+
+    return ModelRegistry(store=Store(endpoint=s3.endpoint, access_key=settings.minio_access_key,
+                                     secret_key=settings.minio_secret_key.get_secret_value()),
+                         settings=settings, db=db)
+
+
+def test_registry_pages_carry_labels_aliases_and_opaque_cursors(db, mixed, s3, tmp_path):
+    registry = registry_on(db, s3, tmp_path)
+    with db.write() as conn:
+        catalog.put_alias(conn, "best", "m01", updated_at=stamp(0))
+        catalog.put_alias(conn, "prod", "m01", updated_at=stamp(0))
+    seen, cursor = [], None
+    while True:
+        items, cursor = registry.page(sort="test_accuracy", limit=5, cursor=cursor)
+        seen += items
+        if cursor is None:
+            break
+    assert [i["version"] for i in seen] == _by_accuracy(mixed)
+    by_version = {i["version"]: i for i in seen}
+    assert by_version["m01"]["aliases"] == ["best", "prod"] and by_version["m02"]["aliases"] == []
+    assert by_version["m01"]["labels"] == {"owner": "alice", "exp": "sweep"}
+    assert set(by_version["m01"]) == {"version", "dataset", "created_at", "size_bytes", "sha256", "test_accuracy",
+                                      "epochs", "num_parameters", "expires_at", "labels", "aliases"}
+
+    _, cursor = registry.page(limit=5)
+    tampered = cursor[:-3] + ("A" if cursor[-3] != "A" else "B") + cursor[-2:]
+    handmade = encode_cursor("models/created_at", 5, "m01")  # a valid checksum around a wrong type
+    for bad, sort in ((tampered, "created_at"), (cursor, "test_accuracy"), ("bm90LWEtY3Vyc29y", "created_at"),
+                      (handmade, "created_at"), (encode_cursor("jobs", stamp(1), "m01"), "created_at")):
+        with pytest.raises(InvalidInput) as caught:
+            registry.page(limit=5, sort=sort, cursor=bad)
+        assert caught.value.extra["field"] == "cursor"
