@@ -1,9 +1,13 @@
-"""The deployment files (docker-compose.yml, docker/Dockerfile, .env.example), checked without a Docker engine.
+"""The deployment files (docker-compose.yml, docker/Dockerfile, .env.example, k8s/), checked without a Docker engine
+or a cluster.
 
 tests/data/compose-spec.json is the Compose Specification schema exactly as Docker Compose v2.40.3 embeds it
 (compose-go's copy of compose-spec/compose-spec `schema/compose-spec.json`), vendored because tests run offline.
+The Kubernetes manifests are checked against the OpenAPI-derived schemas kubernetes-validate ships, in strict mode
+(an unknown field is an error, as `kubectl apply --validate=strict` makes it).
 """
 
+import copy
 import fnmatch
 import json
 import os
@@ -15,9 +19,11 @@ import tomllib
 from pathlib import Path
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from pydantic import AliasChoices
+from sqlalchemy.engine import make_url
 
 from app.settings import Settings
 
@@ -26,12 +32,21 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+K8S_DIR = ROOT / "k8s"
+KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
+SECRET_EXAMPLE = K8S_DIR / "secret.example.yaml"
 
 # Variables .env.example documents that Settings does not read: build-time ones of docker-compose.yml
 # (checked below to be used there) and the `scv` client's base URL (SPEC §7).
 CLIENT_VARIABLES = {"SCV_URL"}
 RAY_SERVICES = {"ray-head", "ray-worker"}
+CORE_SERVICES = {"minio", "postgres", "init", "api", "worker"}
 ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+HEALTHY = {"condition": "service_healthy"}
+# The oldest Kubernetes release the manifests target, and the newest whose schemas kubernetes-validate ships.
+K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
+LEASE_SECONDS = Settings.model_fields["lease_seconds"].default
 
 
 def settings_variables() -> set[str]:
@@ -84,6 +99,35 @@ def service_env(service: dict) -> dict:
     return env if isinstance(env, dict) else dict(item.partition("=")[::2] for item in env)
 
 
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` against `env`; a missing required one fails."""
+    def one(match: re.Match) -> str:
+        name, operator, argument = match.groups()
+        current = env.get(name)
+        if operator in (":-", ":?") and current == "":
+            current = None
+        if current is None and operator in (":?", "?"):
+            pytest.fail(f"{name}: {argument}")
+        if current is None and operator in (":-", "-"):
+            return argument
+        return current or ""
+    return INTERPOLATION.sub(one, value)
+
+
+def seconds(duration: str | int) -> float:
+    """A Compose duration such as `45s` or `1m30s`, in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration))
+    assert parts, f"not a duration: {duration!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+@pytest.fixture(scope="module")
+def example_env(env_example) -> dict[str, str]:
+    """The variables a `.env` copied from .env.example sets."""
+    return {name: value for name, (value, active) in env_example.items() if active}
+
+
 # --- docker-compose.yml ------------------------------------------------------------------------------
 
 
@@ -109,52 +153,102 @@ def test_minio_exposes_api_on_9002_and_console_on_9003_with_a_volume_and_healthc
 
 def test_credentials_come_from_env_and_are_required(compose):
     services = compose["services"]
-    for name in ("minio", "api", "init"):
+    required = {"minio": ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"), "postgres": ("POSTGRES_USER", "POSTGRES_PASSWORD")}
+    for name in ("init", "api", "worker"):
+        required[name] = required["minio"]
+    for name, variables in required.items():
         env = service_env(services[name])
-        for var in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        for var in variables:
             assert env[var].startswith("${" + var + ":?"), f"{name}.{var} must be interpolated and required"
 
 
-def test_init_seeds_the_datasets_once_after_minio_is_healthy(compose):
+def test_postgres_keeps_the_catalog_on_a_volume_and_reports_health_with_pg_isready(compose):
+    postgres = compose["services"]["postgres"]
+    image, _, tag = postgres["image"].partition(":")
+    assert image == "postgres" and re.match(r"1[56](\b|\.)", tag), "the official image, major version pinned"
+    volume, target = postgres["volumes"][0].split(":")[:2]
+    assert volume in compose["volumes"] and target == "/var/lib/postgresql/data"
+    check = postgres["healthcheck"]["test"]
+    assert check[0] in {"CMD", "CMD-SHELL"} and "pg_isready" in " ".join(check[1:])
+    assert "disable" not in postgres["healthcheck"]
+    assert "ports" not in postgres, "the catalog needs no host port: the services reach it on the project network"
+
+
+@pytest.mark.parametrize("postgres_db", ["scv-catalog", None], ids=["POSTGRES_DB-set", "POSTGRES_DB-unset"])
+def test_every_scv_service_reaches_the_compose_postgres_with_its_credentials(compose, example_env, postgres_db):
+    env = {name: value for name, value in example_env.items() if name != "POSTGRES_DB"}
+    if postgres_db:
+        env["POSTGRES_DB"] = postgres_db
+    postgres = {name: interpolate(value, env) for name, value in service_env(compose["services"]["postgres"]).items()}
+    for name in ("init", "api", "worker", *sorted(RAY_SERVICES)):
+        url = make_url(interpolate(service_env(compose["services"][name])["SCV_DATABASE_URL"], env))
+        assert url.drivername == "postgresql+psycopg" and (url.host, url.port) == ("postgres", 5432), name
+        assert (url.username, url.password, url.database) == (
+            postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]), name
+
+
+def test_init_seeds_the_datasets_once_after_minio_and_postgres_are_healthy(compose):
     init, api = compose["services"]["init"], compose["services"]["api"]
     assert init["command"][:3] == ["scv", "datasets", "seed"]
     assert init["restart"] == "no"
-    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert init["depends_on"] == {"minio": HEALTHY, "postgres": HEALTHY}
     assert init["image"] == api["image"] and init["build"] == api["build"], "init runs the api's image"
 
 
-def test_api_builds_from_the_dockerfile_and_starts_after_minio_and_init(compose):
+def test_api_builds_from_the_dockerfile_serves_only_and_starts_after_minio_postgres_and_init(compose):
     api = compose["services"]["api"]
     assert (ROOT / api["build"]["context"] / api["build"]["dockerfile"]).resolve() == DOCKERFILE
     assert api["command"] == ["scv", "serve", "--host", "0.0.0.0", "--port", "8000"]
     assert "8000:8000" in api["ports"]
-    assert api["depends_on"] == {"minio": {"condition": "service_healthy"},
+    assert api["depends_on"] == {"minio": HEALTHY, "postgres": HEALTHY,
                                  "init": {"condition": "service_completed_successfully"}}
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
-    assert service_env(api)["MINIO_ENDPOINT"] == "minio:9000"
+    env = service_env(api)
+    assert env["MINIO_ENDPOINT"] == "minio:9000"
+    assert env["SCV_MAX_CONCURRENT_JOBS"] == "0", "the api only queues jobs; the workers train them"
+    assert Settings(_env_file=None, SCV_MAX_CONCURRENT_JOBS=env["SCV_MAX_CONCURRENT_JOBS"]).max_concurrent_jobs == 0
 
 
-def test_api_and_init_share_the_data_volume_at_scv_data_dir(compose):
-    for name in ("api", "init"):
+def test_worker_runs_the_pool_alone_and_scales(compose):
+    worker, api = compose["services"]["worker"], compose["services"]["api"]
+    assert worker["command"] == ["scv", "worker"]
+    assert worker["image"] == api["image"] and worker["build"] == api["build"], "the worker runs the api's image"
+    # `docker compose up --scale worker=N` refuses a fixed container name and collides on a host port.
+    assert "container_name" not in worker and "ports" not in worker
+    assert worker["depends_on"] == {"minio": HEALTHY, "postgres": HEALTHY}
+    # The image's check probes /healthz, which a worker does not serve: left on, it marks workers unhealthy.
+    assert worker["healthcheck"] == {"disable": True}
+    # The same settings as the api, except that the worker trains.
+    worker_env, api_env = service_env(worker), service_env(api)
+    assert worker_env.get("SCV_MAX_CONCURRENT_JOBS") != "0"
+    assert {k: v for k, v in worker_env.items() if k != "SCV_MAX_CONCURRENT_JOBS"} == \
+        {k: v for k, v in api_env.items() if k != "SCV_MAX_CONCURRENT_JOBS"}
+    # SIGTERM hands the jobs back within the lease; Compose's 10 s default would kill it mid-hand-back.
+    assert LEASE_SECONDS < seconds(worker["stop_grace_period"]) <= 2 * LEASE_SECONDS
+    assert worker["restart"] == "unless-stopped"
+
+
+def test_api_init_and_workers_share_the_data_volume_at_scv_data_dir(compose):
+    for name in ("api", "init", "worker"):
         service = compose["services"][name]
         data_dir = service_env(service)["SCV_DATA_DIR"]
         volume, target = service["volumes"][0].split(":")[:2]
         assert target == data_dir and volume in compose["volumes"], name
-    assert compose["services"]["api"]["volumes"] == compose["services"]["init"]["volumes"]
+        assert service["volumes"] == compose["services"]["api"]["volumes"], name
 
 
-def test_service_environment_uses_only_variables_the_settings_know(compose):
-    known = settings_variables()
-    for name in ("api", "init"):
-        unknown = set(service_env(compose["services"][name])) - known
-        assert not unknown, f"{name} passes variables app.settings.Settings ignores: {sorted(unknown)}"
+@pytest.mark.parametrize("name", ["api", "init", "worker"])
+def test_service_environment_uses_only_variables_the_settings_know(compose, name):
+    unknown = set(service_env(compose["services"][name])) - settings_variables()
+    assert not unknown, f"{name} passes variables app.settings.Settings ignores: {sorted(unknown)}"
 
 
-def test_every_setting_reaches_the_api(compose):
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_every_setting_reaches_the_api_and_the_workers(compose, name):
     # MINIO_CA_CERT alone is left out: the compose MinIO speaks plain HTTP (MINIO_SECURE is pinned false).
-    missing = settings_variables() - set(service_env(compose["services"]["api"])) - {"MINIO_CA_CERT"}
-    assert not missing, f"add to the api's environment in docker-compose.yml: {sorted(missing)}"
-    assert service_env(compose["services"]["api"])["MINIO_SECURE"] == "false"
+    missing = settings_variables() - set(service_env(compose["services"][name])) - {"MINIO_CA_CERT"}
+    assert not missing, f"add to the {name}'s environment in docker-compose.yml: {sorted(missing)}"
+    assert service_env(compose["services"][name])["MINIO_SECURE"] == "false"
 
 
 def test_ray_services_are_only_in_the_ray_profile_and_built_with_the_ray_extra(compose):
@@ -170,6 +264,9 @@ def test_ray_services_are_only_in_the_ray_profile_and_built_with_the_ray_extra(c
             assert "profiles" not in service, f"{name} must start with a plain `docker compose up`"
     assert "--head" in services["ray-head"]["command"]
     assert "--address=ray-head:6379" in services["ray-worker"]["command"]
+    for name in RAY_SERVICES:
+        # A job on a Ray node renews its lease in the catalog the api and the workers use.
+        assert service_env(services[name])["SCV_DATABASE_URL"] == service_env(services["api"])["SCV_DATABASE_URL"]
 
 
 # --- docker/Dockerfile -------------------------------------------------------------------------------
@@ -247,6 +344,8 @@ def test_env_example_holds_placeholders_not_secrets(env_example):
     for name, (value, _) in env_example.items():
         if re.search(r"PASSWORD|SECRET|TOKEN", name) or name == "MINIO_ROOT_USER":
             assert value.startswith("change-me"), f"{name} must be a change-me placeholder"
+        if "://" in value and make_url(value).password is not None:
+            assert make_url(value).password.startswith("change-me"), f"{name}: the URL's password must be a placeholder"
 
 
 @pytest.mark.parametrize("uncomment", [False, True], ids=["as-shipped", "all-set"])
@@ -291,23 +390,276 @@ def test_docker_compose_accepts_the_file_with_the_example_env(example_env_file):
 def test_docker_compose_starts_only_the_core_services_without_the_ray_profile(example_env_file):
     plain = _docker_compose("config", "--services", env_file=example_env_file)
     with_ray = _docker_compose("--profile", "ray", "config", "--services", env_file=example_env_file)
-    assert set(plain.stdout.split()) == {"minio", "init", "api"}
-    assert set(with_ray.stdout.split()) == {"minio", "init", "api"} | RAY_SERVICES
+    assert set(plain.stdout.split()) == CORE_SERVICES
+    assert set(with_ray.stdout.split()) == CORE_SERVICES | RAY_SERVICES
 
 
 def test_docker_compose_resolves_api_environment_from_the_env_file(example_env_file, env_example):
     result = _docker_compose("config", "--format", "json", env_file=example_env_file)
     assert result.returncode == 0, result.stderr
-    env = json.loads(result.stdout)["services"]["api"]["environment"]
+    services = json.loads(result.stdout)["services"]
+    env = services["api"]["environment"]
     assert env["MINIO_ENDPOINT"] == "minio:9000" and env["SCV_DATA_DIR"] == "/data"
     assert env["MINIO_ROOT_USER"] == env_example["MINIO_ROOT_USER"][0]
     assert env["SCV_API_TOKEN"] is None, "a variable unset in .env stays unset in the container"
+    assert env["SCV_MAX_CONCURRENT_JOBS"] == "0"
+    url = make_url(env["SCV_DATABASE_URL"])
+    assert (url.host, url.password) == ("postgres", env_example["POSTGRES_PASSWORD"][0])
+    assert services["worker"]["environment"]["SCV_DATABASE_URL"] == env["SCV_DATABASE_URL"]
 
 
 def test_docker_compose_refuses_to_start_without_minio_credentials(tmp_path):
     empty = tmp_path / "empty.env"
     empty.write_text("")
     result = _docker_compose("config", "-q", env_file=empty)
-    # Compose names whichever of the two it meets first.
+    # Compose names whichever of the required variables it meets first.
     assert result.returncode != 0
-    assert re.search(r"MINIO_ROOT_(USER|PASSWORD) in \.env", result.stderr), result.stderr
+    assert re.search(r"(MINIO_ROOT|POSTGRES)_(USER|PASSWORD) in \.env", result.stderr), result.stderr
+
+
+def test_docker_compose_refuses_to_start_without_a_postgres_password(example_env_file, tmp_path):
+    env_file = tmp_path / "no-postgres-password.env"
+    env_file.write_text("".join(line + "\n" for line in example_env_file.read_text().splitlines()
+                                if not line.startswith("POSTGRES_PASSWORD=")))
+    result = _docker_compose("config", "-q", env_file=env_file)
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD in .env" in result.stderr, result.stderr
+
+
+# --- k8s/ --------------------------------------------------------------------------------------------
+
+
+def k8s_manifests() -> list[Path]:
+    """Every file of Kubernetes objects under k8s/ (kustomization.yaml configures kustomize; it is no object)."""
+    return sorted(path for path in K8S_DIR.glob("*.yaml") if path != KUSTOMIZATION)
+
+
+@pytest.fixture(scope="module")
+def k8s() -> dict[tuple[str, str], dict]:
+    """Every object under k8s/, by (kind, name)."""
+    objects = {}
+    for path in k8s_manifests():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                key = (doc["kind"], doc["metadata"]["name"])
+                assert key not in objects, f"{key} defined twice"
+                objects[key] = doc
+    return objects
+
+
+def ray_pod_templates(raycluster: dict) -> list[dict]:
+    spec = raycluster["spec"]
+    return [spec["headGroupSpec"]["template"], *(group["template"] for group in spec["workerGroupSpecs"])]
+
+
+def validate_k8s_object(doc: dict, version: str) -> None:
+    """Strict schema validation; a RayCluster (a KubeRay CRD, unknown to the package) through its pod templates."""
+    if doc["kind"] != "RayCluster":
+        kubernetes_validate.validate(doc, version, strict=True)
+        return
+    assert doc["apiVersion"] == "ray.io/v1"
+    spec = doc["spec"]
+    for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+        params = group.get("rayStartParams", {})
+        assert all(isinstance(value, str) for value in params.values()), "KubeRay's rayStartParams maps to strings"
+    for group in spec["workerGroupSpecs"]:
+        assert group["groupName"] and group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    # Each template is a core/v1 PodTemplateSpec: checked as the `template` of a PodTemplate object.
+    for template in ray_pod_templates(doc):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "ray"},
+                                      "template": template}, version, strict=True)
+
+
+def pod_templates(k8s: dict) -> dict[str, dict]:
+    """The pod templates of every workload, by `kind/name` (`RayCluster/name[i]` for its groups)."""
+    templates = {f"{kind}/{name}": doc["spec"]["template"] for (kind, name), doc in k8s.items()
+                 if kind in {"Deployment", "StatefulSet"}}
+    for (kind, name), doc in k8s.items():
+        if kind == "RayCluster":
+            templates.update({f"{kind}/{name}[{i}]": t for i, t in enumerate(ray_pod_templates(doc))})
+    return templates
+
+
+def container_env(k8s: dict, container: dict) -> dict[str, str]:
+    """A container's environment as Kubernetes assembles it: envFrom sources in order, then env over them."""
+    def source(kind: str, name: str) -> dict[str, str]:
+        obj = k8s[kind, name]
+        return obj.get("data") or obj.get("stringData") or {}
+
+    env = {}
+    for item in container.get("envFrom", []):
+        kind, ref = ("ConfigMap", item["configMapRef"]) if "configMapRef" in item else ("Secret", item["secretRef"])
+        env.update(source(kind, ref["name"]))
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            [(ref_kind, ref)] = var["valueFrom"].items()
+            kind = {"secretKeyRef": "Secret", "configMapKeyRef": "ConfigMap"}[ref_kind]
+            env[var["name"]] = source(kind, ref["name"])[ref["key"]]
+    return env
+
+
+def only_container(template: dict) -> dict:
+    [container] = template["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", k8s_manifests(), ids=lambda path: path.name)
+def test_k8s_manifests_are_valid_against_the_kubernetes_schemas(path, version):
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert docs
+    for doc in docs:
+        try:
+            validate_k8s_object(doc, version)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']} (Kubernetes {version}): "
+                        f"{'.'.join(map(str, error.path))}: {error.message}")
+
+
+# Breakages the validation above must catch: a misspelt field, a wrong type, an unknown kind, a KubeRay slip.
+def _misspell_probe(k8s):
+    doc = copy.deepcopy(k8s["Deployment", "scv-api"])
+    container = only_container(doc["spec"]["template"])
+    container["readynessProbe"] = container.pop("readinessProbe")
+    return doc
+
+
+def _string_replicas(k8s):
+    doc = copy.deepcopy(k8s["StatefulSet", "scv-postgres"])
+    doc["spec"]["replicas"] = "one"
+    return doc
+
+
+def _misspelt_kind(k8s):
+    return {**copy.deepcopy(k8s["Deployment", "scv-worker"]), "kind": "Deploymnet"}
+
+
+def _ray_template_typo(k8s):
+    doc = copy.deepcopy(k8s["RayCluster", "scv-ray"])
+    only_container(doc["spec"]["workerGroupSpecs"][0]["template"])["envFrm"] = []
+    return doc
+
+
+def _ray_numeric_start_param(k8s):
+    doc = copy.deepcopy(k8s["RayCluster", "scv-ray"])
+    doc["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
+    return doc
+
+
+@pytest.mark.parametrize("break_it, error", [
+    (_misspell_probe, kubernetes_validate.ValidationError),
+    (_string_replicas, kubernetes_validate.ValidationError),
+    (_misspelt_kind, kubernetes_validate.SchemaNotFoundError),
+    (_ray_template_typo, kubernetes_validate.ValidationError),
+    (_ray_numeric_start_param, AssertionError),
+], ids=lambda value: getattr(value, "__name__", "").strip("_"))
+def test_k8s_validation_rejects_a_broken_manifest(k8s, break_it, error):
+    with pytest.raises(error):
+        validate_k8s_object(break_it(k8s), K8S_VERSIONS[-1])
+
+
+def test_kustomization_applies_every_manifest_but_the_secret_example(k8s):
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    manifests = {path.name for path in k8s_manifests()} - {SECRET_EXAMPLE.name}
+    assert sorted(kustomization["resources"]) == sorted(manifests), "list every manifest but the placeholders"
+    if shutil.which("kubectl") is None:
+        return
+    result = subprocess.run(["kubectl", "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rendered = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(result.stdout) if doc}
+    assert rendered == {key for key in k8s if key[0] != "Secret"}
+
+
+def test_k8s_api_serves_only_from_two_replicas_with_rolling_updates_and_probes(k8s):
+    spec = k8s["Deployment", "scv-api"]["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "a rollout must never lower serving replicas"
+    container = only_container(spec["template"])
+    assert container["command"][:2] == ["scv", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    ports = {port["name"] for port in container["ports"]}
+    assert {container[probe]["httpGet"]["port"] for probe in ("readinessProbe", "livenessProbe")} <= ports
+    assert container_env(k8s, container)["SCV_MAX_CONCURRENT_JOBS"] == "0", "the API only queues jobs"
+
+
+def test_k8s_workers_run_the_pool_and_get_time_to_hand_jobs_back(k8s):
+    template = k8s["Deployment", "scv-worker"]["spec"]["template"]
+    spec, container = template["spec"], only_container(template)
+    assert container["command"] == ["scv", "worker"]
+    env = container_env(k8s, container)
+    assert env.get("SCV_MAX_CONCURRENT_JOBS") != "0"
+    lease = float(env.get("SCV_LEASE_SECONDS", LEASE_SECONDS))
+    # Killed before the hand-back ends, its jobs wait a whole lease to be resumed.
+    assert lease < spec["terminationGracePeriodSeconds"] <= 2 * lease
+    assert "ports" not in container and "livenessProbe" not in container
+
+
+def test_k8s_postgres_keeps_its_data_on_a_claim_behind_a_service(k8s):
+    statefulset = k8s["StatefulSet", "scv-postgres"]
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 1
+    [claim] = spec["volumeClaimTemplates"]
+    container = only_container(spec["template"])
+    assert container["image"].split(":")[0] == "postgres"
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
+    env = container_env(k8s, container)
+    assert env["PGDATA"].startswith(mount["mountPath"] + "/"), "the database must live on the claim"
+    assert "pg_isready" in " ".join(container["readinessProbe"]["exec"]["command"])
+    assert ("Service", spec["serviceName"]) in k8s
+
+
+def test_k8s_services_select_a_workload_and_name_its_ports(k8s):
+    templates = pod_templates(k8s)
+    for (kind, name), service in k8s.items():
+        if kind != "Service":
+            continue
+        selector = service["spec"]["selector"]
+        matches = [key for key, template in templates.items()
+                   if selector.items() <= template["metadata"]["labels"].items()]
+        assert len(matches) == 1, f"Service {name} selects {matches}"
+        ports = {port["name"] for container in templates[matches[0]]["spec"]["containers"]
+                 for port in container.get("ports", [])}
+        assert {port["targetPort"] for port in service["spec"]["ports"]} <= ports, name
+
+
+def test_k8s_config_and_secret_keys_are_settings(k8s):
+    keys = set(k8s["ConfigMap", "scv-config"]["data"]) | set(k8s["Secret", "scv-secrets"]["stringData"])
+    assert not keys - settings_variables(), f"keys app.settings.Settings ignores: {sorted(keys - settings_variables())}"
+
+
+def test_k8s_every_scv_pod_reaches_the_catalog_through_the_secret(k8s):
+    postgres = container_env(k8s, only_container(k8s["StatefulSet", "scv-postgres"]["spec"]["template"]))
+    service = k8s["Service", "scv-postgres"]
+    scv_pods = {key: template for key, template in pod_templates(k8s).items() if "postgres" not in key}
+    assert {"Deployment/scv-api", "Deployment/scv-worker"} <= set(scv_pods) and len(scv_pods) >= 4
+    for key, template in scv_pods.items():
+        for container in template["spec"]["containers"]:
+            url = make_url(container_env(k8s, container)["SCV_DATABASE_URL"])
+            assert url.drivername == "postgresql+psycopg", key
+            assert (url.host, url.port) == ("scv-postgres", service["spec"]["ports"][0]["port"]), key
+            assert (url.username, url.password, url.database) == (
+                postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]), key
+
+
+@pytest.mark.parametrize("workload", ["scv-api", "scv-worker"])
+def test_k8s_pods_environment_is_valid_settings(k8s, workload, tmp_path, monkeypatch):
+    for name in settings_variables():
+        monkeypatch.delenv(name, raising=False)
+    env = container_env(k8s, only_container(k8s["Deployment", workload]["spec"]["template"]))
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
+    settings = Settings(_env_file=env_file)
+    assert settings.catalog_url == env["SCV_DATABASE_URL"] and settings.minio_endpoint == env["MINIO_ENDPOINT"]
+
+
+def test_k8s_secret_example_holds_placeholders(k8s):
+    for (kind, name), secret in k8s.items():
+        if kind == "Secret":
+            for key, value in secret["stringData"].items():
+                secret_part = make_url(value).password if "://" in value else value
+                if re.search(r"PASSWORD|SECRET|TOKEN|KEY|URL", key):
+                    assert secret_part.startswith("change-me"), f"{name}.{key} must be a change-me placeholder"
