@@ -15,10 +15,12 @@ import models
 from app.analysis.maths import cka, record_layers
 from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
+from app.registry import catalog
 from app.storage.s3 import store_from_settings
 from bench.rawdata import seed_raw, write_raw
 from tests.conftest import make_settings
 from tests.jobwait import train, wait_for
+from tests.test_catalog_models import add_models
 
 C = [{"type": "Conv2d", "out_channels": n, "kernel_size": 3, "padding": 1} for n in (8, 16, 32)]
 RELU, POOL = {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}
@@ -58,11 +60,13 @@ def store_model(client, version: str, *, dataset: str, layers: list | None, seed
                              classes=classes, normalization=norm, dataset=dataset, version=version)
     settings = client.app.state.settings
     store, bucket = store_from_settings(settings), settings.minio_model_bucket
-    store.put_json(bucket=bucket, key=f"{version}/metadata.json", value={
+    metadata = {
         "version": version, "dataset": dataset, "created_at": datetime.now(UTC).isoformat(), "layers": resolved,
         "classes": classes, "normalization": norm, "input_shape": shape, "sha256": hashlib.sha256(blob).hexdigest(),
-        "size_bytes": len(blob), "metrics": {}, "history": [], "request": {}})
+        "size_bytes": len(blob), "metrics": {}, "history": [], "request": {}}
+    store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=metadata)
     store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
+    add_models(client.app.state.db, [catalog.model_values(metadata)])
 
 
 def offline(client, version: str, split: str = "cka") -> tuple[torch.nn.Sequential, dict, dict]:
@@ -258,6 +262,26 @@ def test_unknown_models_are_404_and_training_ones_409(lab):
     finally:
         lab.delete(f"/train/{version}")
         wait_for(lab, version)
+
+
+def test_aliases_stand_for_versions_in_both_places(lab):
+    registry = lab.app.state.registry
+    registry.put_alias("left", "twin-0")
+    registry.put_alias("right", "twin-1")
+    try:
+        direct = get_json(lab, "/models/twin-0/cka", against="twin-1")
+        response = lab.get("/models/@left/cka", params={"against": "@right"})
+        assert response.status_code == 200 and response.headers["x-scv-version"] == "twin-0"
+        assert response.json() == direct
+        for path in ("activations", "top-images"):
+            r = lab.get(f"/models/@right/{path}", params={"layer": 0, "sample": 0, "channel": 0, "format": "json"})
+            assert r.status_code == 200 and r.headers["x-scv-version"] == "twin-1", path
+        missing = lab.get("/models/twin-0/cka", params={"against": "@nope"})
+        assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+        assert lab.get("/models/twin-0/cka", params={"against": "@a..b"}).json()["field"] == "against"
+    finally:
+        registry.delete_alias("left")
+        registry.delete_alias("right")
 
 
 def test_results_are_cached_per_model_file_and_parameters(lab):

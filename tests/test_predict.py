@@ -14,6 +14,7 @@ from PIL import Image
 import models
 from app.datasets.service import DatasetService
 from app.registry.inference import MAX_IMAGES
+from app.registry.service import ModelRegistry
 from app.storage.s3 import store_from_settings
 from tests.jobwait import train, wait_for
 from tests.test_registry import put_model
@@ -141,7 +142,7 @@ def test_non_safetensors_models_are_refused_and_never_unpickled(client, settings
     payload = {"pickle": lambda: pickle.dumps(Marker(str(marker))),
                "torch.save": lambda: _torch_save(Marker(str(marker))),
                "garbage": lambda: b"\x00" * 64}[kind]()
-    put_model(store, settings.minio_model_bucket, "evil", blob=payload)
+    put_model(store, settings.minio_model_bucket, "evil", db=client.app.state.db, blob=payload)
     r = client.post("/models/evil/predict", json={"images": [[[0] * 4] * 4]})
     assert r.status_code == 502 and r.headers["content-type"] == "application/problem+json"
     assert "refused" in r.json()["detail"] and "not an SCV model file" in r.json()["detail"]
@@ -158,18 +159,16 @@ def _torch_save(obj) -> bytes:
 
 
 def test_a_model_whose_bytes_do_not_match_its_sha256_is_refused(client, settings, store):
-    bucket = settings.minio_model_bucket
-    blob = put_model(store, bucket, "tampered")
-    meta = store.get_json(bucket=bucket, key="tampered/metadata.json")
-    store.put_json(bucket=bucket, key="tampered/metadata.json",
-                   value={**meta, "sha256": hashlib.sha256(blob + b"x").hexdigest()})
+    put_model(store, settings.minio_model_bucket, "tampered", db=client.app.state.db,
+              sha256=hashlib.sha256(b"other bytes").hexdigest())
     r = client.post("/models/tampered/predict", json={"images": [[[0] * 4] * 4]})
     assert r.status_code == 502 and "sha256" in r.json()["detail"]
 
 
 def test_a_deleted_model_is_not_served_from_the_model_cache(client, settings, store):
-    put_model(store, settings.minio_model_bucket, "cached")
+    put_model(store, settings.minio_model_bucket, "cached", db=client.app.state.db)
     body = {"images": [[[0] * 4] * 4]}
     assert client.post("/models/cached/predict", json=body).status_code == 200
-    store.delete_prefix(bucket=settings.minio_model_bucket, prefix="cached/")  # deleted by another replica
+    replica = ModelRegistry(store=store, settings=settings, db=client.app.state.db)  # another API process
+    replica.delete("cached")
     assert client.post("/models/cached/predict", json=body).status_code == 404

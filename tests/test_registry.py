@@ -1,19 +1,24 @@
-"""The model registry through real HTTP: listing, downloads (ETag, Range, 304, HEAD), metadata, delete, expiry."""
+"""The model registry through real HTTP: pages, downloads (ETag, Range, 304, HEAD), metadata, delete, expiry."""
 
 import hashlib
-import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from sqlalchemy import insert
 
 import models
+from app.db.engine import Database
+from app.db.tables import Job
 from app.errors import StorageUnavailable
 from app.main import create_app
+from app.registry import catalog
+from app.registry.service import ModelRegistry
 from app.storage.s3 import Store
 from tests.conftest import make_settings
 from tests.jobwait import train, wait_for
+from tests.test_catalog_models import add_models, job_values
 
 TINY = [{"type": "Flatten"}, {"type": "Linear", "out_features": 5}]
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
@@ -24,9 +29,11 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def put_model(store: Store, bucket: str, version: str, *, dataset: str = "mnist",
-              created_at: str | None = None, blob: bytes | None = None, job: str | None = None) -> bytes:
-    """Write a small valid model as the worker does: metadata.json first, model.safetensors last."""
+def put_model(store: Store, bucket: str, version: str, *, db: Database | None = None, dataset: str = "mnist",
+              created_at: str | None = None, blob: bytes | None = None, labels: dict | None = None,
+              accuracy: float | None = 0.5, sha256: str | None = None) -> bytes:
+    """Store a small valid model as a finished job does: metadata.json, model.safetensors, then (given `db`) its
+    catalog rows: the model, its succeeded job, its labels."""
     layers = models.resolve_layers(TINY, input_shape=(1, 4, 4), num_classes=3)
     norm = {"mean": [0.5], "std": [0.25]}
     if blob is None:
@@ -35,17 +42,21 @@ def put_model(store: Store, bucket: str, version: str, *, dataset: str = "mnist"
                                  dataset=dataset, version=version)
     created_at = created_at or iso(datetime.now(UTC))
     metadata = {"version": version, "dataset": dataset, "created_at": created_at, "request": {"epochs": 1},
-                "layers": layers, "metrics": {"test_accuracy": 0.5}, "history": [], "classes": ["a", "b", "c"],
-                "normalization": norm, "input_shape": [1, 4, 4], "epochs": 1, "num_parameters": 88,
-                "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob), "libraries": {}}
-    if job:
-        store.put_json(bucket=bucket, key=f"{version}/job.json", value={
-            "version": version, "dataset": dataset, "status": job, "request": {"epochs": 1}, "layers": layers,
-            "progress": {"epoch": 1, "epochs": 1, "step": 1, "steps": 1, "fraction": 1.0}, "metrics": None,
-            "history": [], "error": None, "created_at": created_at, "started_at": None, "finished_at": None})
+                "labels": labels or {}, "layers": layers, "metrics": {"test_accuracy": accuracy}, "history": [],
+                "classes": ["a", "b", "c"], "normalization": norm, "input_shape": [1, 4, 4], "epochs": 1,
+                "num_parameters": 88, "sha256": sha256 or hashlib.sha256(blob).hexdigest(),
+                "size_bytes": len(blob), "libraries": {}}
     store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=metadata)
     store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
+    if db is not None:
+        add_models(db, [catalog.model_values(metadata)])
     return blob
+
+
+def add_job(db: Database, version: str, status: str) -> None:
+    """A job row without a model (queued, running, or ended without one)."""
+    with db.write() as conn:
+        conn.execute(insert(Job).values(**job_values(version, status=status)))
 
 
 def keys(store: Store, bucket: str, prefix: str = "") -> list[str]:
@@ -135,14 +146,15 @@ def test_models_in_training_are_409_and_deleting_a_cancelled_job_leaves_nothing(
 
 
 def test_delete_removes_every_object_and_the_model_is_gone(client, settings, store):
-    bucket = settings.minio_model_bucket
-    put_model(store, bucket, "doomed", job="succeeded")
-    put_model(store, bucket, "doomed-2")  # shares the name's start: must survive
-    assert client.get("/train/doomed").status_code == 200  # now in the job cache too
+    bucket, db = settings.minio_model_bucket, client.app.state.db
+    put_model(store, bucket, "doomed", db=db, labels={"owner": "alice"})
+    put_model(store, bucket, "doomed-2", db=db)  # shares the name's start: must survive
+    assert client.get("/train/doomed").status_code == 200
     assert client.get("/models/doomed").status_code == 200
     assert client.delete("/models/doomed").status_code == 204
     assert keys(store, bucket, "doomed/") == []
     assert [i["version"] for i in client.get("/models").json()["items"]] == ["doomed-2"]
+    assert client.get("/models", params={"label": "owner:alice"}).json()["items"] == []
     for path in ("/models/doomed", "/models/doomed/metadata", "/train/doomed"):
         assert client.get(path).status_code == 404, path
     assert client.post("/models/doomed/predict", json={"images": [[[0] * 4] * 4]}).status_code == 404
@@ -150,32 +162,85 @@ def test_delete_removes_every_object_and_the_model_is_gone(client, settings, sto
     assert len(keys(store, bucket, "doomed-2/")) == 2
 
 
-def test_listing_filters_and_pages_newest_first(client, settings, store):
-    bucket, start = settings.minio_model_bucket, datetime(2026, 1, 1, tzinfo=UTC)
-    made = {f"m{i:02d}": ("mnist" if i % 3 else "cifar10", iso(start + timedelta(minutes=i % 7, seconds=i)))
-            for i in range(11)}
-    for version, (dataset, created) in made.items():
-        put_model(store, bucket, version, dataset=dataset, created_at=created)
-    store.put_json(bucket=bucket, key="queued-1/job.json", value={"status": "queued"})  # no model: not listed
+def test_objects_without_catalog_rows_can_still_be_deleted(client, settings, store):
+    bucket = settings.minio_model_bucket
+    put_model(store, bucket, "leftover")  # objects only: never listed, never served
+    assert client.get("/models/leftover").status_code == 404
+    assert client.delete("/models/leftover").status_code == 204
+    assert keys(store, bucket, "leftover/") == []
+
+
+class FailingOnce(Store):
+    """The session's S3 server, except that the first prefix delete fails as if storage went away."""
+
+    failures = 1
+
+    def delete_prefix(self, *, bucket: str, prefix: str) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("S3 server is unreachable (injected)")
+        return super().delete_prefix(bucket=bucket, prefix=prefix)
+
+
+def test_an_interrupted_delete_is_finished_later_and_never_listed_meanwhile(client, settings, store, s3):
+    bucket, db = settings.minio_model_bucket, client.app.state.db
+    put_model(store, bucket, "halfway", db=db)
+    put_model(store, bucket, "other", db=db)
+    failing = FailingOnce(endpoint=s3.endpoint, access_key=settings.minio_access_key,
+                          secret_key=settings.minio_secret_key.get_secret_value())
+    replica = ModelRegistry(store=failing, settings=settings, db=db)  # another process, whose storage fails
+    with pytest.raises(StorageUnavailable):
+        replica.delete("halfway")
+    assert len(keys(store, bucket, "halfway/")) == 2  # the objects are still there ...
+    assert listed(client) == ["other"]  # ... but the model is neither listed
+    for path in ("/models/halfway", "/models/halfway/metadata", "/train/halfway"):
+        assert client.get(path).status_code == 404, path  # ... nor served
+    assert client.put("/aliases/late", json={"version": "halfway"}).status_code == 404
+    assert replica.finish_deletions() == 1  # the housekeeping of any process finishes it
+    assert keys(store, bucket, "halfway/") == []
+    assert replica.finish_deletions() == 0
+    assert listed(client) == ["other"] and len(keys(store, bucket, "other/")) == 2
+
+
+def test_listing_pages_filters_and_sorts(client, settings, store):
+    bucket, db, start = settings.minio_model_bucket, client.app.state.db, datetime(2026, 1, 1, tzinfo=UTC)
+    made = {f"m{i:02d}": ("mnist" if i % 3 else "cifar10", iso(start + timedelta(minutes=i % 7, seconds=i)),
+                          round(0.1 + (i * 7 % 11) / 20, 3)) for i in range(11)}
+    for version, (dataset, created, accuracy) in made.items():
+        put_model(store, bucket, version, db=db, dataset=dataset, created_at=created, accuracy=accuracy,
+                  labels={"owner": "alice" if int(version[1:]) % 2 else "bob"})
+    add_job(db, "queued-1", "queued")  # no model yet: not listed
     newest_first = sorted(made, key=lambda v: (made[v][1], v), reverse=True)
 
-    seen, cursor, pages = [], None, 0
-    while True:
-        body = client.get("/models", params={"limit": 4, **({"cursor": cursor} if cursor else {})}).json()
-        seen += [i["version"] for i in body["items"]]
-        pages, cursor = pages + 1, body["next"]
-        if cursor is None:
-            break
-    assert seen == newest_first and pages == 3
+    def pages(**params) -> tuple[list[str], int]:
+        seen, cursor, count = [], None, 0
+        while True:
+            body = client.get("/models", params={**params, **({"cursor": cursor} if cursor else {})}).json()
+            seen += [i["version"] for i in body["items"]]
+            count, cursor = count + 1, body["next"]
+            if cursor is None:
+                return seen, count
+
+    assert pages(limit=4) == (newest_first, 3)
+    assert pages(limit=4, sort="test_accuracy")[0] == sorted(made, key=lambda v: (made[v][2], v), reverse=True)
     item = client.get("/models", params={"limit": 1}).json()["items"][0]
     assert set(item) == {"version", "dataset", "created_at", "size_bytes", "sha256", "test_accuracy", "epochs",
-                         "num_parameters", "expires_at"}
+                         "num_parameters", "expires_at", "labels", "aliases"}
+    assert item["labels"] == {"owner": "bob" if int(item["version"][1:]) % 2 == 0 else "alice"}
     cifar = client.get("/models", params={"dataset": "cifar10"}).json()
     assert [i["version"] for i in cifar["items"]] == [v for v in newest_first if made[v][0] == "cifar10"]
     assert cifar["next"] is None
-    for bad in ({"limit": 0}, {"limit": 1001}, {"cursor": "not-a-cursor"}):
+    alice_cifar = pages(limit=1, dataset="cifar10", label="owner:alice")[0]
+    assert alice_cifar == [v for v in newest_first if made[v][0] == "cifar10" and int(v[1:]) % 2]
+    first = client.get("/models", params={"limit": 2}).json()["next"]
+    for bad, field in (({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"cursor": "not-a-cursor"}, "cursor"),
+                       ({"cursor": first[:-2] + "xx"}, "cursor"), ({"cursor": first, "sort": "test_accuracy"},
+                                                                   "cursor"),
+                       ({"label": "owner"}, "label"), ({"label": "Owner:x"}, "label"),
+                       ({"label": "owner:" + "x" * 129}, "label"), ({"sort": "size"}, "sort")):
         r = client.get("/models", params=bad)
         assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", bad
+        assert field in r.text, bad
     assert len(client.get("/models", params={"limit": 1000}).json()["items"]) == 11
 
 
@@ -183,35 +248,30 @@ def listed(client) -> list[str]:
     return [i["version"] for i in client.get("/models", params={"limit": 1000}).json()["items"]]
 
 
-def test_listing_follows_storage_not_the_process(client, settings, store):
-    bucket, now = settings.minio_model_bucket, datetime.now(UTC)
-    put_model(store, bucket, "first", created_at=iso(now - timedelta(minutes=2)))
+def test_every_process_on_the_catalog_sees_the_same_models_at_once(client, settings, store):
+    bucket, db, now = settings.minio_model_bucket, client.app.state.db, datetime.now(UTC)
+    put_model(store, bucket, "first", db=db, created_at=iso(now - timedelta(minutes=2)))
     assert listed(client) == ["first"]
-    store.put_json(bucket=bucket, key="second/job.json", value={"version": "second", "status": "running"})
-    assert listed(client) == ["first"]  # still training: not listed
-    put_model(store, bucket, "second", created_at=iso(now - timedelta(minutes=1)))  # a worker finished it
-    assert listed(client) == ["second", "first"]  # at once
-    store.delete_prefix(bucket=bucket, prefix="first/")  # another replica deleted it
-    assert client.get("/models/first").status_code == 404  # downloads always ask storage
-    assert listed(client) == ["second"]
-    store.delete_prefix(bucket=bucket, prefix="second/")
-    client.app.state.registry.refresh_s = 0  # the next full LIST (at most REFRESH_S away) notices it
-    assert listed(client) == []
-    put_model(store, bucket, "third")
+    with TestClient(create_app(settings)) as replica:  # another API process on the same catalog and bucket
+        put_model(store, bucket, "second", db=replica.app.state.db, created_at=iso(now - timedelta(minutes=1)))
+        assert listed(client) == listed(replica) == ["second", "first"]
+        assert replica.delete("/models/first").status_code == 204
+        assert client.get("/models/first").status_code == 404
+        assert listed(client) == ["second"]
     with TestClient(create_app(settings)) as restarted:
-        assert listed(restarted) == ["third"]
+        assert listed(restarted) == ["second"]
 
 
 @pytest.mark.parametrize("path", ["..%2Fvictim", "a%2Fb", "x" * 129, "..", ".hidden", "%2E%2E%2Fvictim",
-                                  "victim%2F..%2Fvictim", "..%2Fmetadata"])
+                                  "victim%2F..%2Fvictim", "..%2Fmetadata", "@..", "@", "@x%2F..%2Fvictim"])
 def test_hostile_versions_are_refused_without_touching_other_models(client, settings, store, path):
     bucket = settings.minio_model_bucket
-    put_model(store, bucket, "victim")
+    put_model(store, bucket, "victim", db=client.app.state.db)
     for method, suffix in (("GET", ""), ("GET", "/metadata"), ("DELETE", ""), ("POST", "/predict")):
         r = client.request(method, f"/models/{path}{suffix}", json={"images": [[[0] * 4] * 4]})
         assert r.status_code in (404, 405, 422), (method, suffix, r.status_code)
         assert r.headers["content-type"] == "application/problem+json"
-    assert len(keys(store, bucket, "victim/")) == 2
+    assert len(keys(store, bucket, "victim/")) == 2 and listed(client) == ["victim"]
 
 
 def test_unknown_model_is_404(client):
@@ -221,12 +281,23 @@ def test_unknown_model_is_404(client):
     assert "never-trained" in client.get("/models/never-trained").json()["detail"]
 
 
-def test_expired_models_are_neither_listed_nor_served(s3, store, tmp_path):
+def test_jobs_without_a_model_are_409_while_active_and_404_once_ended(client):
+    db = client.app.state.db
+    for status, code in (("queued", 409), ("running", 409), ("failed", 404), ("cancelled", 404)):
+        add_job(db, f"job-{status}", status)
+        for method, suffix in (("GET", ""), ("HEAD", ""), ("GET", "/metadata"), ("DELETE", "")):
+            r = client.request(method, f"/models/job-{status}{suffix}")
+            assert r.status_code == (204 if method == "DELETE" and code == 404 else code), (status, method, suffix)
+            if method != "HEAD" and r.status_code != 204:
+                assert status in r.json()["detail"]
+
+
+def test_expired_models_are_neither_listed_nor_served_and_are_removed(s3, store, tmp_path):
     settings = make_settings(s3, tmp_path, SCV_MODEL_TTL_DAYS="1")
     with TestClient(create_app(settings)) as client:
-        bucket, now = settings.minio_model_bucket, datetime.now(UTC)
-        put_model(store, bucket, "old", created_at=iso(now - timedelta(days=2)))
-        put_model(store, bucket, "fresh", created_at=iso(now - timedelta(hours=1)))
+        bucket, now, db = settings.minio_model_bucket, datetime.now(UTC), client.app.state.db
+        put_model(store, bucket, "old", db=db, created_at=iso(now - timedelta(days=2)))
+        put_model(store, bucket, "fresh", db=db, created_at=iso(now - timedelta(hours=1)))
         items = client.get("/models").json()["items"]
         assert [i["version"] for i in items] == ["fresh"]
         assert items[0]["expires_at"] == iso(now - timedelta(hours=1) + timedelta(days=1))
@@ -234,26 +305,26 @@ def test_expired_models_are_neither_listed_nor_served(s3, store, tmp_path):
             r = client.get(f"/models/old{suffix}")
             assert r.status_code == 404 and "expired" in r.json()["detail"]
         assert client.get("/models/fresh/metadata").json()["expires_at"] == items[0]["expires_at"]
-        rules = store._client.get_bucket_lifecycle(bucket_name=bucket).rules  # the lifecycle rule is in place
-        assert [r.expiration.days for r in rules] == [1]
-        assert client.delete("/models/old").status_code == 204  # expired leftovers can still be removed
+        assert client.put("/aliases/rescue", json={"version": "old"}).status_code == 404  # hidden means gone
+        client.app.state.registry.finish_deletions()  # what each process's housekeeping does every few seconds
+        assert keys(store, bucket, "old/") == [] and client.get("/train/old").status_code == 404
+        assert len(keys(store, bucket, "fresh/")) == 2
 
 
-def test_a_refused_lifecycle_rule_is_a_warning_not_a_failed_start(s3, store, tmp_path, monkeypatch, caplog):
-    # SeaweedFS accepts lifecycle rules; a server that refuses them is simulated here.
+def test_a_refused_lifecycle_call_is_not_a_failed_start(s3, store, tmp_path, monkeypatch):
+    # SeaweedFS accepts lifecycle calls; a server that refuses them is simulated here.
     def refuse(self, *, bucket, days):
         raise StorageUnavailable("lifecycle is not implemented")
 
     monkeypatch.setattr(Store, "set_expiry", refuse)
     settings = make_settings(s3, tmp_path, SCV_MODEL_TTL_DAYS="3")
-    with caplog.at_level(logging.WARNING), TestClient(create_app(settings)) as client:
-        put_model(store, settings.minio_model_bucket, "kept", created_at=iso(datetime.now(UTC)))
-        assert [i["version"] for i in client.get("/models").json()["items"]] == ["kept"]
-    assert any("lifecycle" in r.getMessage() for r in caplog.records)
+    with TestClient(create_app(settings)) as client:
+        put_model(store, settings.minio_model_bucket, "kept", db=client.app.state.db, created_at=iso(datetime.now(UTC)))
+        assert listed(client) == ["kept"]
 
 
 def test_registry_load_returns_the_network_and_its_metadata(client, settings, store):
-    put_model(store, settings.minio_model_bucket, "loadable")
+    put_model(store, settings.minio_model_bucket, "loadable", db=client.app.state.db)
     net, meta = client.app.state.registry.load("loadable")
     assert isinstance(net, torch.nn.Sequential) and not net.training
     assert meta["classes"] == ["a", "b", "c"] and meta["input_shape"] == [1, 4, 4]
