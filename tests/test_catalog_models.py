@@ -112,17 +112,14 @@ def test_walking_the_pages_returns_every_model_once_in_order(db, mixed, limit):
 
 
 def test_filters_by_dataset_and_every_label(db, mixed):
-    def expect(rows, order=_by_created):
-        return order(rows)
-
     cifar = [r for r in mixed if r["dataset"] == "cifar10"]
-    assert walk(db, limit=2, dataset="cifar10") == expect(cifar)
-    assert walk(db, limit=3, dataset="cifar10", sort="test_accuracy") == expect(cifar, _by_accuracy)
+    assert walk(db, limit=2, dataset="cifar10") == _by_created(cifar)
+    assert walk(db, limit=3, dataset="cifar10", sort="test_accuracy") == _by_accuracy(cifar)
     both = [r for r in mixed if r["labels"] == {"owner": "alice", "exp": "sweep"}]
-    assert walk(db, limit=2, labels=[("owner", "alice"), ("exp", "sweep")]) == expect(both) != []
+    assert walk(db, limit=2, labels=[("owner", "alice"), ("exp", "sweep")]) == _by_created(both) != []
     mnist_bob = [r for r in mixed if r["dataset"] == "mnist" and r["labels"]["owner"] == "bob"]
     assert walk(db, limit=5, dataset="mnist", labels=[("owner", "bob")], sort="test_accuracy") == (
-        expect(mnist_bob, _by_accuracy))
+        _by_accuracy(mnist_bob))
     assert walk(db, limit=5, labels=[("owner", "carol")]) == []
     assert walk(db, limit=5, labels=[("owner", "alice"), ("owner", "bob")]) == []  # all must match
 
@@ -210,3 +207,31 @@ def test_registry_pages_carry_labels_aliases_and_opaque_cursors(db, mixed, s3, t
         with pytest.raises(InvalidInput) as caught:
             registry.page(limit=5, sort=sort, cursor=bad)
         assert caught.value.extra["field"] == "cursor"
+
+
+def test_alias_and_deletion_bookkeeping(db, mixed):
+    with db.write() as conn:
+        assert catalog.put_alias(conn, "prod", "m01", updated_at=stamp(1))["version"] == "m01"
+        catalog.put_alias(conn, "prod", "m02", updated_at=stamp(2))  # moved
+        catalog.put_alias(conn, "best", "m02", updated_at=stamp(3))
+    with db.read() as conn:
+        assert catalog.get_alias(conn, "prod") == {"alias": "prod", "version": "m02", "updated_at": stamp(2)}
+        assert catalog.get_alias(conn, "nope") is None
+        assert [a["alias"] for a in catalog.list_aliases(conn)] == ["best", "prod"]
+        assert catalog.aliases_of(conn, "m02") == ["best", "prod"] and catalog.aliases_of(conn, "m01") == []
+        assert catalog.aliases_by_version(conn, ["m01", "m02"]) == {"m02": ["best", "prod"]}
+    with db.write() as conn:
+        assert catalog.delete_alias(conn, "best") and not catalog.delete_alias(conn, "best")
+        assert catalog.remove_version(conn, "m03") and not catalog.remove_version(conn, "m03")
+        for _ in range(2):  # asking twice records one deletion
+            catalog.begin_deletion(conn, "m03", requested_at=stamp(9))
+    with db.read() as conn:
+        assert catalog.model_row(conn, "m03") is None and catalog.job_status(conn, "m03") is None
+        assert catalog.pending_deletions(conn) == ["m03"] and catalog.deletion_pending(conn, "m03")
+        assert walk(db, limit=50, labels=[("owner", "alice")]).count("m03") == 0
+    with db.write() as conn:
+        catalog.end_deletion(conn, "m03")
+    with db.read() as conn:
+        assert catalog.pending_deletions(conn) == []
+        row = catalog.model_row(conn, "m04")
+        assert row.meta["version"] == "m04" and row.labels == {"owner": "bob", "exp": "sweep"}

@@ -176,4 +176,5 @@ def _import_job(conn: Connection, values: dict[str, Any]) -> int:
 def _insert_new(conn: Connection, table, values: dict[str, Any]) -> int:
     """Insert a row unless its primary key exists (another process may be writing too); 1 when inserted."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing()).rowcount
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(table.version)
+    return len(conn.execute(statement).all())  # rowcount is not reliable for this statement on every driver
