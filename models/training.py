@@ -151,7 +151,7 @@ def train(
     `config.precision` bf16 runs forward and loss under bfloat16 autocast; weights and optimizer state
     stay float32. For bit-identical weights, build the model with `seeded_model(layers, seed=config.seed)`
     and keep data, config, device and torch's thread count the same. A last batch of a single image is
-    skipped: BatchNorm cannot train on one sample. The model is left on the CPU, in eval mode.
+    skipped: BatchNorm cannot train on one sample. The model is left on the CPU, in eval mode, contiguous.
     """
     device = torch.device(pick_device(config.device))
     if len(train_images) == 0 or config.epochs < 1 or config.batch_size < 1:
@@ -178,7 +178,7 @@ def train(
     try:
         model.to(device, memory_format=layout)
         optimizer = _optimizer(model, config)
-        for run.epoch in range(1, config.epochs + 1):
+        for run.epoch in range(1, config.epochs + 1):  # the loop's position lives in `run`, with the rest
             model.train()
             order = torch.randperm(n, generator=run.shuffler).to(device)
             run.loss_sum, run.correct, run.seen = zero.clone(), zero.long(), 0
