@@ -19,7 +19,7 @@ from torchvision import transforms
 import models
 from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
-from app.jobs.service import TERMINAL
+from app.jobs.queue import TERMINAL
 from app.main import create_app
 from bench.rawdata import write_raw
 
