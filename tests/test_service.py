@@ -29,12 +29,11 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def _serve(tmp_path: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
+def _serve(tmp_path: Path, port: int, *, output=subprocess.DEVNULL, **env) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}, **env}
     env["SCV_DATA_DIR"] = str(tmp_path / "data")
     return subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_ready(port: int, process: subprocess.Popen) -> dict:
@@ -69,6 +68,21 @@ def test_scv_serve_on_embedded_storage_leaves_nothing_behind(tmp_path, stop):
     while _processes_mentioning(str(tmp_path / "data" / "s3")) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _processes_mentioning(str(tmp_path / "data" / "s3")) == []
+
+
+def test_scv_serve_starts_the_embedded_server_without_warnings(tmp_path):
+    (port,) = free_ports(1)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as output:
+        process = _serve(tmp_path, port, output=output, SCV_API_TOKEN="t0ken-" + os.urandom(8).hex())
+    try:
+        _wait_ready(port, process)
+        started = log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert "embedded S3 server (SeaweedFS) listening on" in started and "Application startup complete" in started
+    assert [line for line in started.splitlines() if "WARNING" in line] == []
 
 
 def _readyz_within(client, seconds: float):

