@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from minio import Minio
+from minio.deleteobjects import DeleteObject
 
 from app.main import create_app
 from app.settings import Settings
@@ -35,8 +37,40 @@ def store(s3) -> Store:
     return _store(s3.endpoint)
 
 
+@pytest.fixture(scope="session")
+def s3_admin(s3) -> Minio:
+    """A plain S3 client for what the service never does: listing and deleting buckets."""
+    return Minio(s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
+
+
+def drop_bucket(client: Minio, bucket: str) -> None:
+    """Delete `bucket` with every object in it."""
+    keys = [DeleteObject(o.object_name) for o in client.list_objects(bucket_name=bucket, recursive=True)]
+    errors = list(client.remove_objects(bucket_name=bucket, delete_object_list=keys))
+    assert not errors, f"could not empty bucket {bucket}: {errors[:3]}"
+    client.remove_bucket(bucket_name=bucket)
+
+
+@pytest.fixture(autouse=True)
+def _drop_new_buckets(request):
+    """Delete the buckets a test made on the session's server, when the test ends.
+
+    SeaweedFS gives every bucket volumes of its own, so a suite that kept them would run out of volumes. Buckets
+    of session- and module-scoped fixtures exist before this fixture looks (pytest sets up wider scopes first), so
+    they stay for the tests that share them.
+    """
+    if "s3" not in request.fixturenames:
+        yield
+        return
+    client = request.getfixturevalue("s3_admin")
+    before = {b.name for b in client.list_buckets()}
+    yield
+    for bucket in {b.name for b in client.list_buckets()} - before:
+        drop_bucket(client, bucket)
+
+
 def make_settings(s3: EmbeddedS3, tmp: Path, **overrides) -> Settings:
-    """Settings for the session's S3 server with fresh buckets, so tests do not see each other."""
+    """Settings for `s3` with fresh buckets, so tests do not see each other (`_drop_new_buckets` deletes them)."""
     tag = secrets.token_hex(4)
     values = {"MINIO_ENDPOINT": s3.endpoint, "MINIO_ACCESS_KEY": ACCESS_KEY, "MINIO_SECRET_KEY": SECRET_KEY,
               "MINIO_MODEL_BUCKET": f"models-{tag}", "MINIO_DATASET_BUCKET": f"datasets-{tag}",

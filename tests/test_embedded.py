@@ -1,14 +1,49 @@
-"""The embedded S3 server's start-up failures, on real `weed mini` processes."""
+"""The embedded S3 server's capacity and its start-up failures, on real `weed mini` processes."""
 
+import hashlib
+import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from app.errors import StorageUnavailable
 from app.storage import embedded
-from app.storage.embedded import EmbeddedS3
+from app.storage.embedded import VOLUME_SIZE_MB, EmbeddedS3
 from app.storage.s3 import Store
-from tests.conftest import ACCESS_KEY, SECRET_KEY
+from tests.conftest import ACCESS_KEY, SECRET_KEY, drop_bucket
+
+BUCKETS = 200
+
+
+def test_two_hundred_buckets_with_an_object_each_fit(store, s3_admin):
+    names = [f"many-{os.urandom(3).hex()}-{i}" for i in range(BUCKETS)]
+
+    def fill(index: int) -> None:
+        store.ensure_buckets(names[index])
+        store.put(bucket=names[index], key="object.bin", data=f"object {index}".encode())
+
+    try:
+        with ThreadPoolExecutor(8) as pool:  # one by one, each first write (a new volume) costs ~0.2 s
+            list(pool.map(fill, range(BUCKETS)))
+        for index, name in enumerate(names):
+            assert store.get_bytes(bucket=name, key="object.bin") == f"object {index}".encode()
+    finally:
+        existing = {b.name for b in s3_admin.list_buckets()}
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda name: drop_bucket(s3_admin, name), [n for n in names if n in existing]))
+    assert not {b.name for b in s3_admin.list_buckets()} & set(names)
+
+
+def test_an_object_larger_than_a_volume_round_trips_intact(store):
+    # The volume size limit is a soft target (the master learns sizes from heartbeats), not a cap on objects:
+    # S3 uploads are stored in chunks, which spread over further volumes once one is reported full.
+    bucket = "large-" + os.urandom(4).hex()
+    data = os.urandom((VOLUME_SIZE_MB + 16) * 1024 * 1024)  # a model file of ~80 MB
+    store.ensure_buckets(bucket)
+    store.put(bucket=bucket, key="model.safetensors", data=data, length=len(data))
+    stored = store.get_bytes(bucket=bucket, key="model.safetensors", parallel=2)
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
 
 
 def _store_check(server: EmbeddedS3):

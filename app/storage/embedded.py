@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
               "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+# Every bucket is a SeaweedFS collection with volumes of its own, so the volume count runs out before the bytes.
+# Left at 0, `weed mini` derives the count from free disk (free space ÷ volume size: few volumes, so few buckets,
+# on a fuller disk); fixed here: at most 1000 volumes of 64 MB, 64 GB in all. A volume file grows with its
+# content (an empty one takes about 10 kB); an object larger than a volume is stored in chunks over several.
+VOLUME_MAX, VOLUME_SIZE_MB = 1000, 64
 GLOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+ \S+ ")  # "E1202 14:12:40.020618 mini.go:1244 "
 
 
@@ -116,7 +121,8 @@ class EmbeddedS3:
             ports["s3.port"] = self.port
         args = [weed_binary(), "mini", f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 *(f"-{flag}={port}" for flag, port in ports.items()),
-                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false"]
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+                "-master.telemetry=false", f"-volume.max={VOLUME_MAX}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}"]
         if self.tls:
             args += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}", f"-s3.port.https={self.port}"]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
