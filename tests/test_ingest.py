@@ -1,5 +1,6 @@
 """Seeding from torchvision-format raw files into real S3, and verified loading back through the cache."""
 
+import gzip
 import hashlib
 import os
 import subprocess
@@ -100,6 +101,42 @@ def test_unknown_names_and_missing_files_fail_before_any_upload(tmp_path, settin
         seed(store, settings, names=["mnist", "imagenet"], from_dir=tmp_path, progress=False)
     with pytest.raises(InvalidInput, match=r"MNIST/raw/train-images-idx3-ubyte"):
         seed(store, settings, names=["mnist"], from_dir=tmp_path, progress=False)
+    assert list(store.list(bucket=settings.minio_dataset_bucket)) == []
+
+
+def _gzipped_copy(unpacked: Path, packed: Path) -> None:
+    """The IDX files under `unpacked`, as distributed: each one `<name>.gz`, nothing unpacked beside it."""
+    for path in unpacked.rglob("*-ubyte"):
+        target = packed / path.relative_to(unpacked).with_name(f"{path.name}.gz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(gzip.compress(path.read_bytes()))
+
+
+IDX_NAMES = ["mnist", "fashion_mnist", "emnist"]
+
+
+def test_gzipped_idx_files_seed_the_same_objects_as_unpacked_ones(tmp_path, settings, store):
+    unpacked, packed = tmp_path / "unpacked", tmp_path / "packed"
+    write_raw(unpacked, per_class_train=2, per_class_test=1, names=IDX_NAMES)
+    _gzipped_copy(unpacked, packed)
+    assert {p.suffix for p in packed.rglob("*") if p.is_file()} == {".gz"}
+    from_gz = settings.model_copy(update={"minio_dataset_bucket": f"{settings.minio_dataset_bucket}-gz"})
+    seed(store, settings, names=IDX_NAMES, from_dir=unpacked, cka_per_class=1, progress=False)
+    seed(store, from_gz, names=IDX_NAMES, from_dir=packed, cka_per_class=1, progress=False)
+    for name in IDX_NAMES:
+        want = DatasetService(store=store, settings=settings).manifest(name)
+        got = DatasetService(store=store, settings=from_gz).manifest(name)
+        assert got["sha256"] == want["sha256"] and got["train_size"] == want["train_size"] > 0
+    assert {p.suffix for p in packed.rglob("*") if p.is_file()} == {".gz"}  # nothing unpacked into DIR
+
+
+def test_a_truncated_gz_file_is_named(tmp_path, settings, store):
+    write_raw(tmp_path / "unpacked", per_class_train=1, per_class_test=1, names=["mnist"])
+    _gzipped_copy(tmp_path / "unpacked", tmp_path / "packed")
+    broken = tmp_path / "packed/MNIST/raw/t10k-images-idx3-ubyte.gz"
+    broken.write_bytes(broken.read_bytes()[:-20])
+    with pytest.raises(InvalidInput, match=r"MNIST/raw/t10k-images-idx3-ubyte.gz is not a complete gzip file"):
+        seed(store, settings, names=["mnist"], from_dir=tmp_path / "packed", progress=False)
     assert list(store.list(bucket=settings.minio_dataset_bucket)) == []
 
 

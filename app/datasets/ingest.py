@@ -2,15 +2,21 @@
 
 Nothing here unpickles a file torchvision has not checked: MNIST-family files are IDX (parsed, not
 unpickled), SVHN's are MATLAB files read by scipy, and CIFAR-10's pickled batches are opened by
-torchvision only after they match the official MD5s, also for `from_dir`.
+torchvision only after they match the official MD5s, also for `from_dir`. IDX files may be given
+gzipped, as they are distributed (`train-images-idx3-ubyte.gz`).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.error import URLError
@@ -50,9 +56,10 @@ def build(info: DatasetInfo, *, root: Path, download: bool, cka_per_class: int,
           progress: bool = False) -> tuple[dict[str, bytes], dict]:
     """The dataset's object bytes (train, test, cka) and its manifest, from torchvision's files."""
     splits = {}
-    for split in tqdm(definitions.SPLITS, desc=f"fetch+convert {info.name}", unit="split", file=sys.stderr,
-                      disable=not progress):
-        splits[split] = read_split(info, split, root=root, download=download)
+    with nullcontext(root) if download else _unpacked(info, root) as source:
+        for split in tqdm(definitions.SPLITS, desc=f"fetch+convert {info.name}", unit="split", file=sys.stderr,
+                          disable=not progress):
+            splits[split] = read_split(info, split, root=source, download=download)
     mean, std = channel_stats(splits["train"][0])
     cka = cka_subset(info, *splits["test"], k=cka_per_class)
     # safetensors bytes are a pure function of the tensors (no metadata), so re-seeding unchanged
@@ -70,6 +77,45 @@ def build(info: DatasetInfo, *, root: Path, download: bool, cka_per_class: int,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
     return objects, manifest
+
+
+def _idx_files(info: DatasetInfo) -> list[str]:
+    """The IDX files torchvision reads for `info` from `<root>/<class>/raw`; none for other formats."""
+    if info.torchvision_class == "EMNIST":
+        parts, prefix = ("train", "test"), f"emnist-{info.split_kwargs['train']['split']}-"
+    elif info.torchvision_class in ("MNIST", "FashionMNIST"):
+        parts, prefix = ("train", "t10k"), ""
+    else:
+        return []
+    return [f"{prefix}{part}-{kind}-ubyte" for part in parts for kind in ("images-idx3", "labels-idx1")]
+
+
+@contextmanager
+def _unpacked(info: DatasetInfo, root: Path) -> Iterator[Path]:
+    """`root`, or where some IDX files are only gzipped, a temporary root holding them unpacked.
+
+    torchvision reads IDX files only unpacked (its download unpacks them); the originals stay untouched.
+    """
+    raw = Path(root) / info.torchvision_class / "raw"
+    names = _idx_files(info)
+    packed = {name for name in names if not (raw / name).is_file() and (raw / f"{name}.gz").is_file()}
+    if not packed or not all((raw / name).is_file() or name in packed for name in names):
+        yield Path(root)  # nothing to unpack, or files missing: torchvision's error then names the real root
+        return
+    with tempfile.TemporaryDirectory(prefix=f"scv-{info.name}-") as tmp:
+        staged = Path(tmp) / info.torchvision_class / "raw"
+        staged.mkdir(parents=True)
+        for name in names:
+            if name in packed:
+                try:
+                    with gzip.open(raw / f"{name}.gz") as source, open(staged / name, "wb") as target:
+                        shutil.copyfileobj(source, target, 1 << 20)
+                except (OSError, EOFError) as exc:
+                    raise InvalidInput(f"{info.name}: {raw / name}.gz is not a complete gzip file ({exc}); "
+                                       "download it again", field="from_dir") from None
+            else:
+                (staged / name).symlink_to((raw / name).resolve())
+        yield Path(tmp)
 
 
 def read_split(info: DatasetInfo, split: str, *, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
