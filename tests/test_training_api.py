@@ -183,14 +183,16 @@ def test_jobs_survive_an_api_restart(seeded_settings, tmp_path):
 
 
 def _events(client, version: str, **headers) -> list[tuple[int, dict]]:
-    events, event_id = [], None
+    events, fields = [], {}
     with client.stream("GET", f"/train/{version}/events", headers=headers) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         for line in stream.iter_lines():
-            if line.startswith("id: "):
-                event_id = int(line[4:])
-            elif line.startswith("data: "):
-                events.append((event_id, json.loads(line[6:])))
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+            elif "data" in fields:  # a blank line ends an event
+                events.append((int(fields["id"]) if "id" in fields else None, json.loads(fields["data"])))
+                fields = {}
     return events
 
 
