@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -107,13 +107,15 @@ class ModelRegistry:
 
     # -- pages -----------------------------------------------------------------------------------
 
-    def page(self, *, dataset: str | None = None, labels: dict[str, str] | None = None, sort: str = "created_at",
-             limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
-        """Unexpired models, highest `sort` first, and the cursor of the next page (None on the last)."""
+    def page(self, *, dataset: str | None = None, labels: dict[str, str] | Sequence[tuple[str, str]] = (),
+             sort: str = "created_at", limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Unexpired models, highest `sort` first, and the cursor of the next page (None on the last); every
+        label (key, value) must match."""
         scope = f"models/{sort}"
         after = _cursor_key(decode_cursor(cursor, sort=scope), CURSOR_KEYS[sort]) if cursor else None
+        pairs = sorted(labels.items() if isinstance(labels, dict) else labels)
         with self.db.read() as conn:
-            rows, more = catalog.page_models(conn, dataset=dataset, labels=sorted((labels or {}).items()),
+            rows, more = catalog.page_models(conn, dataset=dataset, labels=pairs,
                                              sort=sort, limit=limit, after=after, fresh_since=self._fresh_since())
             named = catalog.aliases_by_version(conn, [row.version for row in rows])
         items = [self._item(row._mapping, named.get(row.version, [])) for row in rows]
