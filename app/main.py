@@ -7,9 +7,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.analysis.service import Analyses
+from app.api import aliases, health, models, problems, train
 from app.api import analysis as analysis_api
 from app.api import datasets as datasets_api
-from app.api import health, models, problems, train
 from app.api.guards import BearerAuth, BodyLimit
 from app.datasets.service import DatasetService
 from app.db.engine import Database
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(train.router)
     app.include_router(models.router)
+    app.include_router(aliases.router)
     app.include_router(datasets_api.router)
     app.include_router(analysis_api.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

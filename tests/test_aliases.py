@@ -5,18 +5,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api import aliases
-from app.main import create_app as create_service
+from app.main import create_app
 from app.registry import catalog
 from tests.conftest import make_settings
 from tests.test_registry import add_job, iso, keys, listed, put_model
-
-
-def create_app(settings):
-    app = create_service(settings)
-    if not any(getattr(route, "path", "") == "/aliases" for route in app.routes):  # until app/main.py includes it
-        app.include_router(aliases.router)
-    return app
 
 
 @pytest.fixture

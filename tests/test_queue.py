@@ -34,7 +34,7 @@ def _claim_all(url: str, results, start) -> None:
     queue = make_queue(url)
     start.wait()
     claimed = []
-    while claim := queue.claim({"host": "test", "pid": 0}):
+    while claim := queue.claim():
         claimed.append(claim.version)
     results.put(claimed)
 
@@ -61,9 +61,9 @@ def test_the_oldest_job_is_claimed_first_and_an_empty_queue_gives_none(url):
     queue = make_queue(url)
     for version in ("first", "second"):
         add(queue, version)
-    assert queue.claim({}).version == "first"
-    assert queue.claim({}).version == "second"
-    assert queue.claim({}) is None
+    assert queue.claim().version == "first"
+    assert queue.claim().version == "second"
+    assert queue.claim() is None
 
 
 def test_a_taken_version_is_a_conflict(url):
@@ -76,12 +76,12 @@ def test_a_taken_version_is_a_conflict(url):
 def test_a_lapsed_lease_is_taken_back_and_the_old_attempt_changes_nothing(url):
     queue = make_queue(url, lease_seconds=1)
     add(queue, "slow")
-    first = queue.claim({"pid": 1})
+    first = queue.claim()
     queue.start(first, worker={"host": "a", "pid": 1}, request=REQUEST)
     time.sleep(1.3)
     assert queue.reap() == ["slow"]
     assert queue.get("slow")["status"] == "queued"
-    second = queue.claim({"pid": 2})
+    second = queue.claim()
     assert second == Claim("slow", 2)
     with pytest.raises(LeaseLost):
         queue.renew(first, progress={"epoch": 9, "epochs": 9, "step": 9, "steps": 9, "fraction": 1.0})
@@ -96,8 +96,8 @@ def test_a_lapsed_lease_is_taken_back_and_the_old_attempt_changes_nothing(url):
 def test_lost_workers_are_retried_up_to_max_attempts_then_failed(url):
     queue = make_queue(url, max_attempts=2)
     add(queue, "doomed")
-    assert queue.release(queue.claim({}), reason="killed by SIGKILL") == "queued"
-    assert queue.release(queue.claim({}), reason="killed by SIGKILL") == "failed"
+    assert queue.release(queue.claim(), reason="killed by SIGKILL") == "queued"
+    assert queue.release(queue.claim(), reason="killed by SIGKILL") == "failed"
     record = queue.get("doomed")
     assert record["attempts"] == 2 and "killed by SIGKILL" in record["error"] and "2 lost attempts" in record["error"]
 
@@ -106,7 +106,7 @@ def test_a_graceful_hand_back_does_not_count_against_attempts(url):
     queue = make_queue(url, max_attempts=1)
     add(queue, "moved")
     for _ in range(3):
-        assert queue.release(queue.claim({})) == "queued"
+        assert queue.release(queue.claim()) == "queued"
     assert queue.get("moved")["attempts"] == 3
 
 
@@ -114,7 +114,7 @@ def test_cancel_ends_a_queued_job_and_flags_a_running_one(url):
     queue = make_queue(url)
     add(queue, "waiting")
     add(queue, "busy")
-    claim = queue.claim({})  # the oldest: "waiting"
+    claim = queue.claim()  # the oldest: "waiting"
     assert queue.cancel("busy")["status"] == "cancelled"
     assert queue.cancel("waiting")["status"] == "running"
     assert queue.renew(claim) is True  # the lease holder learns of it at its next renewal
@@ -135,7 +135,7 @@ def test_pages_walk_every_job_once_while_jobs_arrive(url):
         if cursor is None:
             break
     assert seen == [f"v{i:03d}" for i in reversed(range(45))]
-    cifar, _ = queue.page(dataset="cifar10", labels={"team": "b"}, limit=100)
+    cifar, _ = queue.page(dataset="cifar10", labels=[("team", "b")], limit=100)
     assert [r["version"] for r in cifar] == [f"v{i:03d}" for i in reversed(range(0, 45, 6))]
     assert all(r["labels"] == {"team": "b"} for r in cifar)
     queued, _ = queue.page(status="running", limit=5)

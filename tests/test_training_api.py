@@ -121,8 +121,7 @@ def _long_job(client, **extra) -> str:
 
 def test_cancel_running_job_stops_worker_and_keeps_no_model(seeded_client):
     version = _long_job(seeded_client)
-    running = wait_for(seeded_client, version, {"running"})
-    pid = running["worker"]["pid"] if "worker" in running else None
+    pid = _running_attempt(seeded_client, version, 1)["worker"]["pid"]
     # The API keeps answering while the job trains.
     assert seeded_client.get("/healthz").json() == {"status": "ok"}
     assert seeded_client.get(f"/train/{version}").json()["status"] == "running"
@@ -130,9 +129,8 @@ def test_cancel_running_job_stops_worker_and_keeps_no_model(seeded_client):
     r = seeded_client.delete(f"/train/{version}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert wait_for(seeded_client, version)["status"] == "cancelled"
-    if pid:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
     settings = seeded_client.app.state.settings
     keys = [o.key for o in store_from_settings(settings).list(bucket=settings.minio_model_bucket, prefix=f"{version}/")]
     assert keys == []
@@ -207,7 +205,7 @@ def test_sse_streams_changes_until_terminal(seeded_client):
 
 
 def test_sse_reconnecting_with_last_event_id_gets_only_newer_events(seeded_client):
-    version = train(seeded_client, dataset="mnist", layers=SMALL_NET, epochs=3, batch_size=4)["version"]
+    version = train(seeded_client, dataset="mnist", layers=SMALL_NET, epochs=10, batch_size=1)["version"]
     everything = _events(seeded_client, version)
     assert len(everything) >= 3
     middle = everything[len(everything) // 2][0]

@@ -11,16 +11,16 @@ _LABEL = re.compile(r"([a-z0-9][a-z0-9._-]{0,62}):([ -~]{0,128})")
 
 
 def _labels(label: Annotated[list[str] | None, Query(
-        description="`key:value`; repeat to require several labels", max_length=16)] = None) -> dict[str, str]:
-    pairs = {}
+        description="`key:value`; repeat to require several labels", max_length=16)] = None) -> list[tuple[str, str]]:
+    pairs = []
     for item in label or []:
         match = _LABEL.fullmatch(item)
         if not match:
             raise InvalidInput(f"invalid label filter {item[:80]!r}: use key:value, the key matching "
                                "^[a-z0-9][a-z0-9._-]{0,62}$ and the value up to 128 printable characters",
                                field="label")
-        pairs[match.group(1)] = match.group(2)
+        pairs.append((match.group(1), match.group(2)))
     return pairs
 
 
-LabelFilter = Annotated[dict[str, str], Depends(_labels)]
+LabelFilter = Annotated[list[tuple[str, str]], Depends(_labels)]

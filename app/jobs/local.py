@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
-import socket
 import threading
 from multiprocessing import forkserver
 
@@ -35,7 +33,6 @@ class LocalPool:
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._supervise, name="scv-pool", daemon=True)
-        self.identity = {"host": socket.gethostname(), "pid": os.getpid()}
 
     def start(self) -> None:
         # torch.optim imports torch._dynamo on a process's first optimizer (2-3 s): pay it once, here.
@@ -79,7 +76,7 @@ class LocalPool:
                     return
                 self._reap_locked()
                 try:
-                    while len(self._running) < self.slots and (claim := self.queue.claim(self.identity)):
+                    while len(self._running) < self.slots and (claim := self.queue.claim()):
                         self._launch_locked(claim)
                 except ServiceError as exc:
                     log.warning("could not claim jobs: %s", exc.detail)

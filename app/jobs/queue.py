@@ -7,6 +7,7 @@ Every write of a worker says what it expects (`WHERE version = :v AND attempts =
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError as RowExists
 
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database, db_now
-from app.db.tables import Job, Label, Model
+from app.db.tables import Deletion, Job, Label, Model
 from app.errors import Conflict, NotFound
 from app.storage import layout
 
@@ -72,6 +73,9 @@ class JobQueue:
         """Insert a queued job and its labels; 409 when the version is taken."""
         try:
             with self.db.write() as conn:
+                if conn.execute(select(Deletion.version).where(Deletion.version == record["version"])).first():
+                    raise Conflict(f"version {record['version']!r} is still being deleted; retry in a few seconds "
+                                   "or choose another", version=record["version"])
                 conn.execute(insert(Job).values(**record, lost=0, cancel_requested=False, revision=1))
                 if record["labels"]:
                     conn.execute(insert(Label), [{"version": record["version"], "key": k, "value": v}
@@ -93,7 +97,7 @@ class JobQueue:
             raise JobNotFound(version)
         return record_of(row), row.revision
 
-    def page(self, *, status: str | None = None, dataset: str | None = None, labels: dict[str, str] | None = None,
+    def page(self, *, status: str | None = None, dataset: str | None = None, labels: Sequence[tuple[str, str]] = (),
              limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
         """Newest first; the cursor continues after the last item, whatever was added or removed since."""
         query = select(Job).order_by(Job.created_at.desc(), Job.version.desc()).limit(limit + 1)
@@ -101,7 +105,7 @@ class JobQueue:
             query = query.where(Job.status == status)
         if dataset:
             query = query.where(Job.dataset == dataset)
-        for key, value in (labels or {}).items():
+        for key, value in labels:
             query = query.where(Job.version.in_(select(Label.version).where(Label.key == key, Label.value == value)))
         if cursor:
             created_at, version = decode_cursor(cursor, sort="jobs")
@@ -128,15 +132,16 @@ class JobQueue:
 
     # -- the workers' side ---------------------------------------------------------------------------
 
-    def claim(self, worker: dict) -> Claim | None:
-        """Take the oldest queued job under a new attempt and lease, atomically; None when the queue is empty."""
+    def claim(self) -> Claim | None:
+        """Take the oldest queued job under a new attempt and lease, atomically; None when the queue is empty.
+        The attempt's worker process names itself in `start`."""
         oldest = (select(Job.version).where(Job.status == "queued").order_by(Job.created_at, Job.version)
                   .limit(1).with_for_update(skip_locked=True).scalar_subquery())
         with self.db.write() as conn:
             row = conn.execute(
                 update(Job).where(Job.version == oldest, Job.status == "queued")
                 .values(status="running", attempts=Job.attempts + 1, lease_until=db_now() + self.lease_seconds,
-                        worker=worker, error=None, revision=Job.revision + 1)
+                        worker=None, resumed_from=None, error=None, revision=Job.revision + 1)
                 .returning(Job.version, Job.attempts)).first()
         return Claim(row.version, row.attempts) if row else None
 

@@ -4,8 +4,6 @@ REST API."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 
 import httpx
@@ -121,7 +119,6 @@ class RayDispatcher:
         self._inflight: dict[str, Claim] = {}  # Ray submission id -> the claim it runs
         self._wake, self._stopped, self._ray_down = threading.Event(), False, False
         self._thread = threading.Thread(target=self._supervise, name="scv-ray-dispatcher", daemon=True)
-        self.identity = {"host": socket.gethostname(), "pid": os.getpid(), "ray": self.ray.address}
 
     @classmethod
     def from_settings(cls, settings: Settings, queue: JobQueue) -> RayDispatcher:
@@ -173,7 +170,7 @@ class RayDispatcher:
                 log.warning("dispatcher: %s", exc.detail)
 
     def _dispatch(self) -> None:
-        while len(self._inflight) < IN_FLIGHT and not self._stopped and (claim := self.queue.claim(self.identity)):
+        while len(self._inflight) < IN_FLIGHT and not self._stopped and (claim := self.queue.claim()):
             sid = claim.version if claim.attempt == 1 else f"{claim.version}.attempt-{claim.attempt}"
             try:
                 self.ray.submit(sid, claim, env=self.env, num_cpus=self.num_cpus, num_gpus=self.num_gpus)

@@ -21,15 +21,16 @@ import torch
 import models
 from app.datasets.service import DatasetService
 from app.db.engine import Database
-from app.errors import ServiceError
+from app.errors import ServiceError, Unavailable
 from app.jobs.queue import Claim, JobQueue, LeaseLost
+from app.registry.catalog import model_values
 from app.settings import Settings, load_settings
 from app.storage import layout
 from app.storage.s3 import Store, store_from_settings
 
 log = logging.getLogger("scv.worker")
 RENEW_S = 0.5  # progress reaches the catalog this often; a cancel is seen as fast
-EXIT_LEASE_LOST = 75
+EXIT_LEASE_LOST, EXIT_UNAVAILABLE = 75, 69
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
@@ -155,18 +156,9 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
         store.put(bucket=settings.minio_model_bucket, key=layout.key(version, layout.MODEL_FILE), data=blob)
     progress = {**lease.state["progress"], "fraction": 1.0}
     if not queue.finish(claim, "succeeded", metrics=result["metrics"], history=result["history"],
-                        progress=progress, model=model_row(metadata)):
+                        progress=progress, model=model_values(metadata)):
         raise LeaseLost(version)
     return queue.get(version)
-
-
-def model_row(metadata: dict) -> dict:
-    """The `models` row of a stored model, from its metadata.json."""
-    return {"version": metadata["version"], "dataset": metadata["dataset"], "created_at": metadata["created_at"],
-            "size_bytes": metadata["size_bytes"], "sha256": metadata["sha256"],
-            "test_accuracy": (metadata.get("metrics") or {}).get("test_accuracy"), "epochs": metadata.get("epochs"),
-            "num_parameters": metadata.get("num_parameters"), "labels": metadata.get("labels") or {},
-            "meta": metadata}
 
 
 def run(claim: Claim, settings: Settings, *, threads: int | None = None) -> int:
@@ -184,6 +176,13 @@ def run(claim: Claim, settings: Settings, *, threads: int | None = None) -> int:
     except JobCancelled:
         _end(queue, claim, "cancelled", None, store=store, bucket=settings.minio_model_bucket)
         return 0
+    except Unavailable as exc:  # storage or the catalog is away: not the job's fault, so another attempt runs it
+        log.warning("job %s: attempt %d gives the job back: %s", claim.version, claim.attempt, exc.detail)
+        try:
+            queue.release(claim, reason=exc.detail)
+        except ServiceError:
+            pass  # the catalog is away too: the lease lapses and a reaper takes the job back
+        return EXIT_UNAVAILABLE
     except Exception as exc:  # every failure becomes the job's recorded reason
         reason = exc.detail if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
         log.error("job %s failed: %s", claim.version, reason)
