@@ -83,6 +83,11 @@ class LocalRayHead:
         with self.client() as http:
             return http.get(f"/api/jobs/{submission_id}").raise_for_status().json()
 
+    def logs(self, submission_id: str) -> str:
+        """What the job's entrypoint printed."""
+        with self.client() as http:
+            return http.get(f"/api/jobs/{submission_id}/logs").raise_for_status().json()["logs"]
+
     def stop_job(self, submission_id: str) -> None:
         with self.client() as http:
             http.post(f"/api/jobs/{submission_id}/stop").raise_for_status()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import httpx
 
@@ -14,17 +15,23 @@ from app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
+CANCEL_WAIT_S = 15.0  # how long DELETE /train/{version} waits for Ray to stop a running attempt
 IN_FLIGHT = 32  # claims one dispatcher holds at once; Ray queues them by resources
 RAY_TERMINAL = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
 MESSAGE_CHARS = 600
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class RayUnavailable(Exception):
-    """Ray did not answer, or answered with an error worth retrying; the executor retries on its next poll."""
+    """Ray did not answer, or answered with an error worth retrying; the dispatcher retries on its next poll."""
 
 
 class RayRefused(Exception):
     """Ray refused a submission (HTTP 4xx); the text is Ray's own words with secrets masked."""
+
+
+class SubmissionTaken(RayRefused):
+    """Ray already has a job with this submission id."""
 
 
 def dashboard_url(address: str | None) -> str:
@@ -33,6 +40,11 @@ def dashboard_url(address: str | None) -> str:
         raise SettingsError("RAY_ADDRESS: SCV_EXECUTOR=ray needs the Ray dashboard's HTTP URL, e.g. "
                             "http://ray-head:8265 (not a ray:// client address)")
     return (address if "://" in address else f"http://{address}").rstrip("/")
+
+
+def submission_id(claim: Claim) -> str:
+    """Ray's name for an attempt: the version for the first, `VERSION.attempt-N` for later ones."""
+    return claim.version if claim.attempt == 1 else f"{claim.version}.attempt-{claim.attempt}"
 
 
 class RayJobs:
@@ -44,26 +56,38 @@ class RayJobs:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=address, headers=headers, timeout=httpx.Timeout(10.0, connect=3.0))
 
-    def submit(self, sid: str, claim: Claim, *, env: dict[str, str], num_cpus: float, num_gpus: float) -> None:
-        """Start `python -m app.jobs.worker VERSION ATTEMPT` as Ray job `sid`; one Ray already has counts as
-        submitted."""
+    def submit(self, claim: Claim, *, env: dict[str, str], num_cpus: float, num_gpus: float) -> str:
+        """Start `python -m app.jobs.worker VERSION ATTEMPT` as a Ray job; returns its submission id."""
+        sid = submission_id(claim)
         # Versions match ^[A-Za-z0-9][A-Za-z0-9._-]*$ (app.storage.layout), so they are safe in a shell command.
         body = {"entrypoint": f"python -m app.jobs.worker {claim.version} {claim.attempt}", "submission_id": sid,
                 "runtime_env": {"env_vars": env}, "entrypoint_num_cpus": num_cpus,
                 "metadata": {"scv_version": claim.version, "scv_attempt": str(claim.attempt)}}
         if num_gpus:
             body["entrypoint_num_gpus"] = num_gpus
-        if self._call("POST", "/api/jobs/", json=body, refusable=True) is None:
-            raise RayRefused(f"HTTP 404 from {self.address}/api/jobs/; is RAY_ADDRESS the Ray dashboard's URL?")
+        try:
+            self._post_job(body)
+        except SubmissionTaken:
+            earlier = self.status(sid)
+            if earlier is not None and earlier["status"] not in RAY_TERMINAL:
+                raise
+            # Ray keeps finished jobs: this one ran for an earlier job of the same version (deleted, then reused).
+            self._call("DELETE", f"/api/jobs/{sid}")
+            self._post_job(body)
+        return sid
 
-    def status(self, version: str) -> dict | None:
+    def status(self, sid: str) -> dict | None:
         """Ray's view of the job (`status`, `message`, ...), or None when Ray does not know it."""
-        response = self._call("GET", f"/api/jobs/{version}")
+        response = self._call("GET", f"/api/jobs/{sid}")
         return None if response is None else response.json()
 
-    def stop(self, version: str) -> bool:
+    def stop(self, sid: str) -> bool:
         """Ask Ray to stop the job (SIGTERM, then SIGKILL); False when Ray does not know it."""
-        return self._call("POST", f"/api/jobs/{version}/stop") is not None
+        return self._call("POST", f"/api/jobs/{sid}/stop") is not None
+
+    def ping(self) -> None:
+        """RayUnavailable unless Ray answers."""
+        self._call("GET", "/api/version")
 
     def close(self) -> None:
         self._http.close()
@@ -71,7 +95,7 @@ class RayJobs:
     def words(self, text: str, *, first: bool = False) -> str:
         """Ray's text in one short line, secrets masked: the last line (its tracebacks end with the error),
         or with `first` the first and last lines (a job's message: what happened, then its last log line)."""
-        lines = [line.strip() for line in text.strip().splitlines() if line.strip()] or ["no message"]
+        lines = [line.strip() for line in text.splitlines() if any(c.isalnum() for c in line)] or ["no message"]
         picked = " … ".join(dict.fromkeys([lines[0], lines[-1]])) if first else lines[-1]
         return self.redact(picked[:MESSAGE_CHARS])
 
@@ -79,6 +103,10 @@ class RayJobs:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+    def _post_job(self, body: dict) -> None:
+        if self._call("POST", "/api/jobs/", json=body, refusable=True) is None:
+            raise RayRefused(f"HTTP 404 from {self.address}/api/jobs/; is RAY_ADDRESS the Ray dashboard's URL?")
 
     def _call(self, method: str, path: str, *, json: dict | None = None,
               refusable: bool = False) -> httpx.Response | None:
@@ -90,9 +118,11 @@ class RayJobs:
                 from None
         if response.status_code == 404:
             return None
-        if response.is_success or "already exists" in response.text:  # resubmission of the same version
+        if response.is_success:
             return response
         words = f"HTTP {response.status_code}: {self.words(response.text)}"
+        if refusable and "already exists" in response.text:  # HTTP 400, or 500 when the head relays it
+            raise SubmissionTaken(words)
         if refusable and response.status_code < 500:
             raise RayRefused(words + ("; check RAY_AUTH_TOKEN" if response.status_code in (401, 403) else ""))
         raise RayUnavailable(f"Ray at {self.address} answered {words}")
@@ -102,9 +132,9 @@ class RayDispatcher:
     """Claims queued jobs and submits each attempt to Ray; the Ray-side worker renews the lease in the catalog.
 
     Ray schedules by resources (`num_cpus` per job, a GPU when SCV_DEVICE=cuda); at most IN_FLIGHT claims are held
-    here at once. While Ray keeps a job PENDING, this renews its lease; once the job runs, its worker does. A Ray job
-    that ends without recording an end (its node was lost, it was stopped from outside) gives the job back as a
-    lost attempt. The first attempt's Ray submission id is the version; later ones add `.attempt-N`."""
+    here at once. Until an attempt's worker has started (Ray keeps the job PENDING, or its process is still
+    starting), this renews its lease; then the worker does. A Ray job that ends without recording an end (its node
+    was lost, it was stopped from outside) gives the job back as a lost attempt."""
 
     def __init__(self, *, queue: JobQueue, address: str | None, worker_env: dict[str, str], token: str | None = None,
                  num_cpus: float = 1, num_gpus: float = 0):
@@ -117,6 +147,7 @@ class RayDispatcher:
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self._lock = threading.Lock()
         self._inflight: dict[str, Claim] = {}  # Ray submission id -> the claim it runs
+        self._started: set[str] = set()  # submission ids whose worker renews its own lease
         self._wake, self._stopped, self._ray_down = threading.Event(), False, False
         self._thread = threading.Thread(target=self._supervise, name="scv-ray-dispatcher", daemon=True)
 
@@ -125,6 +156,9 @@ class RayDispatcher:
         from app.jobs.worker import worker_env
 
         token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
+        if settings.database_url is None and httpx.URL(dashboard_url(settings.ray_address)).host not in LOOPBACK:
+            log.warning("the catalog is SQLite in SCV_DATA_DIR: Ray jobs reach it only on this machine; for a "
+                        "Ray head elsewhere set SCV_DATABASE_URL to a PostgreSQL database every Ray node reaches")
         return cls(queue=queue, address=settings.ray_address, worker_env=worker_env(settings), token=token,
                    num_gpus=1 if settings.device == "cuda" else 0)
 
@@ -135,23 +169,36 @@ class RayDispatcher:
         self._wake.set()
 
     def cancel(self, version: str) -> bool:
-        """Ask Ray to stop the job's attempt; its end is recorded when Ray reports it stopped."""
+        """Stop the job's Ray job if held here and record `cancelled` once Ray has stopped it; False when not held
+        here (its worker sees the cancel flag at its next renewal)."""
         with self._lock:
-            ids = [sid for sid, claim in self._inflight.items() if claim.version == version]
-        for sid in ids:
+            held = [(sid, claim) for sid, claim in self._inflight.items() if claim.version == version]
+        for sid, claim in held:
             try:
-                self.ray.stop(sid)
-            except RayUnavailable as exc:
-                log.warning("could not stop Ray job %s yet (%s); its worker stops at its next renewal", sid, exc)
-        self._wake.set()
-        return bool(ids)
+                self._stop_attempt(sid, claim)
+            except (RayUnavailable, ServiceError) as exc:
+                log.warning("job %s: could not stop Ray job %s yet (%s); its worker stops at its next renewal",
+                            version, sid, getattr(exc, "detail", exc))
+        return bool(held)
 
     def stop(self) -> None:
-        """Stop dispatching. Running Ray jobs keep their leases; jobs Ray never started return to the queue."""
+        """Stop dispatching. Ray jobs that run keep their leases (their workers renew them); jobs Ray has not
+        started are stopped there and go back to the queue."""
         self._stopped = True
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(15)
+        with self._lock:
+            held, self._inflight = self._inflight, {}
+        for sid, claim in held.items():
+            try:
+                if (info := self.ray.status(sid)) and info["status"] == "PENDING":
+                    self.ray.stop(sid)
+                    self.queue.release(claim)  # handed back, not lost: another dispatcher resubmits it
+                else:
+                    self._follow(sid, claim, info)
+            except (RayUnavailable, ServiceError) as exc:
+                log.warning("job %s: left to its lease (%s)", claim.version, getattr(exc, "detail", exc))
         self.ray.close()
 
     def _supervise(self) -> None:
@@ -170,10 +217,11 @@ class RayDispatcher:
                 log.warning("dispatcher: %s", exc.detail)
 
     def _dispatch(self) -> None:
+        if self._ray_down:
+            self.ray.ping()  # claim nothing while Ray is away: every claim would cost the job an attempt number
         while len(self._inflight) < IN_FLIGHT and not self._stopped and (claim := self.queue.claim()):
-            sid = claim.version if claim.attempt == 1 else f"{claim.version}.attempt-{claim.attempt}"
             try:
-                self.ray.submit(sid, claim, env=self.env, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+                sid = self.ray.submit(claim, env=self.env, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
             except RayRefused as exc:
                 self.queue.finish(claim, "failed", error=f"Ray refused the job: {exc}")
                 continue
@@ -182,33 +230,66 @@ class RayDispatcher:
                 raise
             with self._lock:
                 self._inflight[sid] = claim
-            log.info("job %s attempt %d submitted to Ray at %s", claim.version, claim.attempt, self.ray.address)
+            log.info("job %s attempt %d submitted to Ray at %s as %s", claim.version, claim.attempt,
+                     self.ray.address, sid)
 
     def _poll(self) -> None:
         with self._lock:
-            inflight = dict(self._inflight)
-        for sid, claim in inflight.items():
-            info = self.ray.status(sid)
-            status = "UNKNOWN" if info is None else info["status"]
-            if status == "PENDING":
-                try:
-                    self.queue.renew(claim)
-                except LeaseLost:
-                    self._drop(sid)
-                continue
-            if status not in RAY_TERMINAL | {"UNKNOWN"}:
-                continue  # running: its worker renews the lease
-            self._drop(sid)
-            message = self.ray.words((info or {}).get("message") or "", first=True)
-            reason = {"STOPPED": f"the Ray job was stopped (Ray: {message})",
-                      "FAILED": f"the Ray job failed: {message}",
-                      "UNKNOWN": "the Ray cluster does not know this job any more (was it restarted?)"}.get(
-                status, "the Ray job ended without recording a result")
-            self.queue.release(claim, reason=reason)  # fenced: a worker that recorded its end keeps it
+            held = dict(self._inflight)
+        for sid, claim in held.items():
+            info = self.ray.status(sid)  # RayUnavailable: the whole poll waits for Ray
+            try:
+                self._follow(sid, claim, info)
+            except ServiceError as exc:  # the catalog is briefly away: the claim stays held, tried next poll
+                log.warning("job %s: %s", claim.version, exc.detail)
+
+    def _follow(self, sid: str, claim: Claim, info: dict | None) -> None:
+        """Act on Ray's view of an attempt: renew its lease until its worker runs, give it back once it ended."""
+        status = "UNKNOWN" if info is None else info["status"]
+        if status in ("PENDING", "RUNNING"):
+            if sid in self._started:
+                return
+            if status == "RUNNING" and self._worker_started(claim):
+                self._started.add(sid)
+                return
+            try:
+                cancelled = self.queue.renew(claim)
+            except LeaseLost:  # taken back (its lease lapsed while Ray or the catalog was away): run nowhere
+                self.ray.stop(sid)
+                self._drop(sid)
+                return
+            if cancelled:  # asked through another process, which does not hold the claim
+                self._stop_attempt(sid, claim)
+            return
+        message = self.ray.words((info or {}).get("message") or "", first=True)
+        reason = {"STOPPED": f"the Ray job {sid} was stopped (Ray: {message})",
+                  "FAILED": f"the Ray job {sid} failed (Ray: {message})",
+                  "UNKNOWN": f"the Ray cluster does not know the Ray job {sid} any more (was it restarted?)"}.get(
+            status, f"the Ray job {sid} ended without recording a result")
+        self.queue.release(claim, reason=reason)  # fenced: a worker that recorded its end keeps it
+        self._drop(sid)
+
+    def _worker_started(self, claim: Claim) -> bool:
+        """Whether the attempt's worker has named itself (it renews its own lease from then on)."""
+        record = self.queue.get(claim.version)
+        return record["attempts"] == claim.attempt and record["worker"] is not None
+
+    def _stop_attempt(self, sid: str, claim: Claim) -> None:
+        """Stop a cancelled job's Ray job and record `cancelled` once Ray no longer runs it."""
+        self.ray.stop(sid)
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while (info := self.ray.status(sid)) and info["status"] == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if info and info["status"] == "RUNNING":
+            return  # the next polls see it end
+        # cancel_requested is set, so this records `cancelled`; a Ray job still PENDING finds its attempt gone.
+        self.queue.release(claim, reason="cancelled")
+        self._drop(sid)
 
     def _drop(self, sid: str) -> None:
         with self._lock:
             self._inflight.pop(sid, None)
+            self._started.discard(sid)
 
     def _health(self, problem: str | None) -> None:
         """Log Ray going away (with why) and coming back, once each, not on every poll."""
