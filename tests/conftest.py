@@ -13,7 +13,7 @@ from app.settings import Settings
 from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
 
-pytest_plugins = ["tests.fixtures_datasets"]
+pytest_plugins = ["tests.fixtures_datasets", "tests.postgres"]
 
 ACCESS_KEY, SECRET_KEY = "scv-test-access", "scv-test-secret-" + secrets.token_hex(8)
 

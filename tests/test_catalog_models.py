@@ -14,7 +14,6 @@ from app.registry import catalog
 from app.registry.service import ModelRegistry
 from tests.conftest import make_settings
 
-pytest_plugins = ["tests.postgres"]  # until conftest registers it
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 

@@ -4,8 +4,6 @@ import psycopg
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-pytest_plugins = ["tests.postgres"]  # until conftest registers it for the whole suite
-
 
 def _psycopg(url: str) -> psycopg.Connection:
     return psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))

@@ -9,7 +9,6 @@ from app.db.engine import Database
 from app.errors import Conflict, InvalidInput
 from app.jobs.queue import Claim, JobQueue, LeaseLost, new_record
 
-pytest_plugins = ["tests.postgres"]  # until conftest registers it
 REQUEST = {"epochs": 1}
 
 

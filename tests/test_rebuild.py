@@ -14,7 +14,6 @@ from tests.conftest import make_settings
 from tests.test_catalog_models import open_catalog
 from tests.test_registry import add_job, iso, put_model
 
-pytest_plugins = ["tests.postgres"]  # until conftest registers it
 NOW = datetime.now(UTC)
 
 

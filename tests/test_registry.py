@@ -281,7 +281,13 @@ def test_unknown_model_is_404(client):
     assert "never-trained" in client.get("/models/never-trained").json()["detail"]
 
 
-def test_jobs_without_a_model_are_409_while_active_and_404_once_ended(client):
+def test_jobs_without_a_model_are_409_while_active_and_404_once_ended(settings):
+    # API only (no slots): nothing claims the queued job while the test looks at it.
+    with TestClient(create_app(settings.model_copy(update={"max_concurrent_jobs": 0}))) as client:
+        _check_active_and_ended(client)
+
+
+def _check_active_and_ended(client) -> None:
     db = client.app.state.db
     for status, code in (("queued", 409), ("running", 409), ("failed", 404), ("cancelled", 404)):
         add_job(db, f"job-{status}", status)

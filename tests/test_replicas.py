@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -17,7 +16,6 @@ from app.storage.embedded import free_ports
 from tests.conftest import ACCESS_KEY, SECRET_KEY
 from tests.jobwait import train, wait_for
 
-pytest_plugins = ["tests.postgres"]  # until conftest registers it
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
              {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
 LONG = {"dataset": "mnist", "layers": SMALL_NET, "epochs": 40, "batch_size": 1}  # seconds, not minutes

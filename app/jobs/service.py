@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -13,6 +14,7 @@ from app.storage import layout
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 2.0
+CANCEL_WAIT_S = 5.0  # how long DELETE /train/{version} waits for another process to stop the job
 
 
 class Executor(Protocol):
@@ -69,9 +71,16 @@ class JobService:
     def cancel(self, version: str) -> dict:
         """Stop a queued or running job; it ends `cancelled` and no model is kept."""
         record = self.queue.cancel(layout.validate_version(version))
-        if record["status"] == "running" and self.executor is not None:
-            self.executor.cancel(version)  # held here: stop it now rather than at its next renewal
-        return self.queue.get(version)
+        if record["status"] != "running":
+            return record
+        if self.executor is not None and self.executor.cancel(version):  # held here: stopped now
+            return self.queue.get(version)
+        # Held elsewhere: its lease holder sees the flag at its next renewal (about twice a second).
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while record["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            record = self.queue.get(version)
+        return record
 
 
 def prepare(request: dict, *, manifest: dict) -> tuple[str, list[dict]]:

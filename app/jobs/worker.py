@@ -17,6 +17,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 import torch
+from sqlalchemy.engine import make_url
 
 import models
 from app.datasets.service import DatasetService
@@ -248,7 +249,12 @@ def main() -> None:
     parser.add_argument("attempt", type=int)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    sys.exit(run(Claim(layout.validate_version(args.version), args.attempt), load_settings()))
+    settings = load_settings()
+    url = make_url(settings.catalog_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        sys.exit(f"the catalog {url.database} is not on this machine: a SQLite catalog serves only workers on the "
+                 "API's machine; set SCV_DATABASE_URL to a PostgreSQL database every worker reaches")
+    sys.exit(run(Claim(layout.validate_version(args.version), args.attempt), settings))
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
