@@ -1,4 +1,4 @@
-"""A TCP proxy in front of the real S3 server that injects faults on demand (drop, stall, refuse)."""
+"""A TCP proxy in front of a real server (S3, PostgreSQL) that injects faults on demand (drop, stall, refuse)."""
 
 import socket
 import threading
@@ -6,7 +6,7 @@ import time
 
 
 class FaultProxy:
-    """Forwards 127.0.0.1:<port> to `target`; tests flip faults while requests flow through it."""
+    """Forwards 127.0.0.1:<port> to `target` (host:port); tests flip faults while requests flow through it."""
 
     def __init__(self, target: str):
         host, port = target.rsplit(":", 1)
