@@ -1,0 +1,117 @@
+"""The catalog database goes away while the service works: 503 with Retry-After, no password shown, recovery
+without a restart, and the queue carries on.
+
+A real PostgreSQL behind a TCP fault proxy (tests/faultproxy.py) that refuses connections and cuts the open
+ones on demand: a database that went down, which the real server cannot be asked to do and come back from.
+"""
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+
+from app.main import create_app
+from tests.faultproxy import FaultProxy
+from tests.jobwait import train, wait_for
+
+pytest_plugins = ["tests.postgres"]  # until conftest registers it
+SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}]
+LONG = {"dataset": "mnist", "layers": SMALL_NET, "epochs": 100, "batch_size": 1}  # runs until it is cancelled
+PASSWORD = "pw-" + secrets.token_hex(12)  # trust authentication accepts any password; none may leak
+
+
+@pytest.fixture
+def cut_database(postgres_url):
+    """A fault proxy in front of the test database, and a URL (with a password) that goes through it."""
+    url = make_url(postgres_url)
+    proxy = FaultProxy(f"{url.host}:{url.port}")
+    host, port = proxy.endpoint.rsplit(":", 1)
+    yield proxy, url.set(host=host, port=int(port), password=PASSWORD).render_as_string(hide_password=False)
+    proxy.close()
+
+
+def _running(client, version: str, *, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (record := client.get(f"/train/{version}").json())["status"] != "running" or not record["worker"]:
+        assert record["status"] in ("queued", "running") and time.monotonic() < deadline, record
+        time.sleep(0.05)
+
+
+def _logged(caplog, text: str, *, after: int, timeout: float = 30.0) -> None:
+    """Wait until a log record containing `text` appears among the records after index `after`."""
+    deadline = time.monotonic() + timeout
+    while not any(text in r.getMessage() for r in caplog.records[after:]):
+        assert time.monotonic() < deadline, f"nothing logged {text!r}"
+        time.sleep(0.05)
+
+
+def test_database_outage_is_503_naming_the_database_and_every_route_recovers(
+        cut_database, seeded_settings, tmp_path, caplog):
+    proxy, database_url = cut_database
+    settings = seeded_settings.model_copy(update={
+        "database_url": SecretStr(database_url), "minio_model_bucket": f"models-dbfaults-{secrets.token_hex(4)}",
+        "data_dir": tmp_path / "data"})
+    caplog.set_level(logging.INFO)
+    bodies: list[str] = []
+
+    def call(client, method: str, path: str, **kwargs):
+        r = client.request(method, path, **kwargs)
+        bodies.append(r.text)
+        return r
+
+    with TestClient(create_app(settings)) as client:
+        shown = client.app.state.db.shown
+        assert PASSWORD not in shown and make_url(database_url).database in shown
+        done = wait_for(client, train(client, dataset="mnist", layers=SMALL_NET, version="before")["version"])
+        assert done["status"] == "succeeded", done["error"]
+        busy = train(client, **LONG, version="busy")["version"]  # holds the only slot ...
+        _running(client, busy)
+        queued = train(client, dataset="mnist", layers=SMALL_NET, version="queued-before")["version"]
+        assert client.get(f"/train/{queued}").json()["status"] == "queued"  # ... so this one waits
+
+        proxy.refusing = True
+        proxy.cut_all()
+        outage = len(caplog.records)
+        routes = [("GET", "/train", {}), ("GET", f"/train/{busy}", {}), ("GET", f"/train/{busy}/events", {}),
+                  ("POST", "/train", {"json": {"dataset": "mnist", "layers": SMALL_NET}}), ("GET", "/models", {}),
+                  ("GET", "/models/before", {}), ("GET", "/models/before/metadata", {}), ("GET", "/aliases", {})]
+        for method, path, kwargs in routes:
+            r = call(client, method, path, **kwargs)
+            assert r.status_code == 503, (method, path, r.status_code, r.text[:300])
+            assert r.headers["content-type"] == "application/problem+json"
+            assert int(r.headers["retry-after"]) > 0
+            assert r.json()["title"] == "Catalog database unavailable"
+        r = call(client, "GET", "/readyz")
+        assert r.status_code == 503 and shown in r.json()["detail"]
+        # Housekeeping (the reaper) meets the outage, says so, and keeps going; so does the pool (it runs the
+        # queued job below).
+        _logged(caplog, "housekeeping:", after=outage)
+        alive = {t.name for t in threading.enumerate()}
+        assert {"scv-housekeeping", "scv-pool"} <= alive
+
+        proxy.heal()
+        for method, path in [("GET", "/readyz"), ("GET", "/train"), ("GET", f"/train/{busy}"), ("GET", "/models"),
+                             ("GET", "/models/before/metadata"), ("GET", "/aliases")]:
+            r = call(client, method, path)
+            assert r.status_code == 200, (method, path, r.status_code, r.text[:300])
+        r = call(client, "GET", "/models/before")
+        assert r.status_code == 200 and r.headers["etag"] == f'"{hashlib.sha256(r.content).hexdigest()}"'
+        assert call(client, "DELETE", f"/train/{busy}").status_code == 200
+        assert wait_for(client, busy)["status"] == "cancelled"
+        # The job queued before the outage runs after it, in the same process.
+        record = wait_for(client, queued)
+        assert record["status"] == "succeeded", record["error"]
+        bodies.append(client.get(f"/train/{queued}").text)
+        r = call(client, "POST", "/train", json={"dataset": "mnist", "layers": SMALL_NET, "version": "after"})
+        assert r.status_code == 202
+        assert wait_for(client, "after")["status"] == "succeeded"
+        assert {i["version"] for i in call(client, "GET", "/models").json()["items"]} == {"before", queued, "after"}
+
+    assert not [b for b in bodies if PASSWORD in b]
+    assert PASSWORD not in caplog.text
