@@ -1,6 +1,8 @@
-"""The model registry through real HTTP: pages, downloads (ETag, Range, 304, HEAD), metadata, delete, expiry."""
+"""The model registry through real HTTP: pages, downloads (ETag, Range, 304, HEAD; from the local cache), metadata,
+delete, expiry."""
 
 import hashlib
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,12 +11,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
 import models
+from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.db.tables import Job
 from app.errors import StorageUnavailable
 from app.main import create_app
 from app.registry import catalog
 from app.registry.service import ModelRegistry
+from app.storage.cache import LocalCache
 from app.storage.s3 import Store
 from tests.conftest import make_settings
 from tests.jobwait import train, wait_for
@@ -335,3 +339,140 @@ def test_registry_load_returns_the_network_and_its_metadata(client, settings, st
     assert isinstance(net, torch.nn.Sequential) and not net.training
     assert meta["classes"] == ["a", "b", "c"] and meta["input_shape"] == [1, 4, 4]
     assert client.app.state.registry.load("loadable")[0] is net  # the in-process LRU
+
+
+# -- downloads through the local cache -------------------------------------------------------------------------
+
+
+def cache_of(client) -> LocalCache:
+    return client.app.state.registry.cache
+
+
+def ranged_suite(client, version: str, stored: bytes) -> None:
+    """Byte-identical whole file, one range, a suffix, 304, HEAD, 416 and several ranges (the whole file)."""
+    size, etag = len(stored), f'"{hashlib.sha256(stored).hexdigest()}"'
+    whole = client.get(f"/models/{version}")
+    assert whole.status_code == 200 and whole.content == stored and whole.headers["etag"] == etag
+    assert whole.headers["content-length"] == str(size) and whole.headers["x-scv-version"] == version
+    assert whole.headers["content-disposition"] == f'attachment; filename="{version}.safetensors"'
+    part = client.get(f"/models/{version}", headers={"Range": "bytes=7-300"})
+    assert part.status_code == 206 and part.content == stored[7:301]
+    assert part.headers["content-range"] == f"bytes 7-300/{size}" and part.headers["content-length"] == "294"
+    assert client.get(f"/models/{version}", headers={"Range": "bytes=-9"}).content == stored[-9:]
+    stale = client.get(f"/models/{version}", headers={"Range": "bytes=0-3", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == stored  # If-Range with another ETag: the whole file
+    same = client.get(f"/models/{version}", headers={"If-None-Match": etag})
+    assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == etag
+    head = client.head(f"/models/{version}")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(size)
+    beyond = client.get(f"/models/{version}", headers={"Range": f"bytes={size}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-type"] == "application/problem+json"
+    assert beyond.headers["content-range"] == f"bytes */{size}"
+    for ignored in ("bytes=0-1,5-9", "bytes=x-y", "items=0-9"):
+        r = client.get(f"/models/{version}", headers={"Range": ignored})
+        assert r.status_code == 200 and r.content == stored, ignored
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Downloads in pieces of 256 bytes, so a small model file takes several (held back, verified last)."""
+    monkeypatch.setattr("app.registry.service.CHUNK_BYTES", 256)
+
+
+def test_a_repeat_download_is_served_from_the_cache_exactly_as_from_storage(client, settings, store, small_chunks):
+    bucket, db = settings.minio_model_bucket, client.app.state.db
+    stored = put_model(store, bucket, "cached", db=db)
+    sha = hashlib.sha256(stored).hexdigest()
+    ranged_suite(client, "cached", stored)  # the first GET streams from storage and fills the cache
+    assert cache_of(client).path(sha).read_bytes() == stored
+    store.delete(bucket=bucket, key="cached/model.safetensors")  # from now on only the cache can answer
+    ranged_suite(client, "cached", stored)
+    assert client.get("/models/@nope").status_code == 404
+    assert client.put("/aliases/prod", json={"version": "cached"}).status_code == 200
+    assert client.get("/models/@prod").content == stored
+
+
+def test_the_cache_survives_a_restart(s3, store, tmp_path):
+    settings = make_settings(s3, tmp_path)
+    with TestClient(create_app(settings)) as client:
+        stored = put_model(store, settings.minio_model_bucket, "kept", db=client.app.state.db)
+        assert client.get("/models/kept").content == stored
+    store.delete(bucket=settings.minio_model_bucket, key="kept/model.safetensors")
+    with TestClient(create_app(settings)) as restarted:  # a new process on the same SCV_DATA_DIR
+        ranged_suite(restarted, "kept", stored)
+        r = restarted.post("/models/kept/predict", json={"images": [[[0] * 4] * 4]})  # load() reads the cache too
+        assert r.status_code == 200 and r.json()["predictions"][0]["class"] in ("a", "b", "c")
+
+
+def test_a_cached_file_damaged_on_disk_is_fetched_and_verified_again(client, settings, store, small_chunks):
+    bucket = settings.minio_model_bucket
+    stored = put_model(store, bucket, "damaged", db=client.app.state.db)
+    assert client.get("/models/damaged").content == stored
+    path = cache_of(client).path(hashlib.sha256(stored).hexdigest())
+    with open(path, "r+b") as file:  # a byte flipped in place: same name, same size
+        file.seek(len(stored) // 2)
+        file.write(bytes([stored[len(stored) // 2] ^ 0xFF]))
+    r = client.get("/models/damaged")
+    assert r.status_code == 200 and r.content == stored  # from storage, not from the damaged file
+    assert path.read_bytes() == stored  # and the cache holds the verified copy again
+
+    with open(path, "r+b") as file:
+        file.write(b"\0")
+    store.delete(bucket=bucket, key="damaged/model.safetensors")  # now nothing can serve the right bytes
+    r = client.get("/models/damaged")
+    assert r.status_code != 200 and r.headers["content-type"] == "application/problem+json"
+    assert client.get("/models/damaged", headers={"Range": "bytes=0-9"}).status_code != 206
+    assert client.post("/models/damaged/predict", json={"images": [[[0] * 4] * 4]}).status_code != 200
+
+
+def test_storage_bytes_that_differ_from_the_catalog_are_never_served_whole_nor_cached(client, settings, store,
+                                                                                   small_chunks, monkeypatch):
+    put_model(store, settings.minio_model_bucket, "lying", db=client.app.state.db,
+              sha256=hashlib.sha256(b"other bytes").hexdigest())
+    with TestClient(create_app(settings), raise_server_exceptions=False) as other:
+        cut = other.get("/models/lying")  # the last piece is never sent: the body stops short of Content-Length
+        assert cut.status_code == 200 and len(cut.content) < int(cut.headers["content-length"])
+    assert cache_of(client).entries() == []
+    monkeypatch.setattr("app.registry.service.CHUNK_BYTES", 4 * 1024 * 1024)  # one piece: refused before it starts
+    r = client.get("/models/lying")
+    assert r.status_code == 502 and "catalog records" in r.json()["detail"]
+    assert cache_of(client).entries() == []
+
+
+def test_ranges_and_heads_of_an_uncached_model_come_from_storage_and_fill_nothing(client, settings, store):
+    stored = put_model(store, settings.minio_model_bucket, "partial", db=client.app.state.db)
+    assert client.get("/models/partial", headers={"Range": "bytes=5-20"}).content == stored[5:21]
+    assert client.head("/models/partial").status_code == 200
+    assert cache_of(client).entries() == []
+    assert client.get("/models/partial").content == stored
+    assert len(cache_of(client).entries()) == 1
+
+
+def test_models_and_datasets_share_one_bounded_cache(seeded_settings, store, tmp_path):
+    cka = DatasetService(store=store, settings=seeded_settings).manifest("mnist")
+    cka_sha, cka_size = cka["sha256"]["cka.safetensors"], cka["sizes"]["cka.safetensors"]
+    settings = seeded_settings.model_copy(update={  # the seeded datasets; its own catalog, model bucket and cache
+        "data_dir": tmp_path, "cache_max_bytes": cka_size + 100,
+        "minio_model_bucket": f"models-{secrets.token_hex(4)}"})
+    with TestClient(create_app(settings)) as client:
+        cache = cache_of(client)
+        assert client.get("/datasets/mnist/cka").status_code == 200
+        assert [name for _, name, _ in cache.entries()] == [f"{cka_sha}.safetensors"]
+        stored = put_model(store, settings.minio_model_bucket, "shared", db=client.app.state.db)
+        assert len(stored) <= cache.max_bytes < len(stored) + cka_size  # either fits, not both
+        assert client.get("/models/shared").content == stored
+        assert [name for _, name, _ in cache.entries()] == [f"{hashlib.sha256(stored).hexdigest()}.safetensors"]
+    with TestClient(create_app(settings)) as restarted:  # no dataset in memory: the split is fetched again
+        assert restarted.get("/datasets/mnist/cka").status_code == 200
+        assert [name for _, name, _ in cache.entries()] == [f"{cka_sha}.safetensors"]
+
+
+def test_files_larger_than_the_cache_are_served_but_not_kept(seeded_settings, store, tmp_path):
+    settings = seeded_settings.model_copy(update={"data_dir": tmp_path, "cache_max_bytes": 0,
+                                                  "minio_model_bucket": f"models-{secrets.token_hex(4)}"})
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/datasets/mnist/cka").status_code == 200
+        stored = put_model(store, settings.minio_model_bucket, "unkept", db=client.app.state.db)
+        assert client.get("/models/unkept").content == stored
+        assert client.post("/models/unkept/predict", json={"images": [[[0] * 4] * 4]}).status_code == 200
+        assert not any(cache_of(client).directory.iterdir())

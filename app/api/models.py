@@ -94,7 +94,8 @@ def list_models(
 @router.get("/{version}", response_class=StreamingResponse, responses=DOWNLOAD_RESPONSES)
 @router.head("/{version}", response_class=StreamingResponse, responses=DOWNLOAD_RESPONSES)
 def download(version: ModelVersion, request: Request, registry: RegistryDep) -> Response:
-    """The model file streamed from storage; ETag = sha256, `Range` → 206, `If-None-Match` → 304."""
+    """The model file, from the local cache when it holds it, else streamed from storage; ETag = sha256,
+    `Range` → 206, `If-None-Match` → 304."""
     model = registry.get(version)
     size, etag = model["size_bytes"], f'"{model["sha256"]}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes",
@@ -113,7 +114,7 @@ def download(version: ModelVersion, request: Request, registry: RegistryDep) -> 
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    chunks = _opened(registry.stream(version, offset=start, length=end - start + 1))
+    chunks = _opened(registry.download(model, offset=start, length=end - start + 1))
     return StreamingResponse(chunks, status_code=status, headers=headers, media_type="application/octet-stream")
 
 
@@ -160,7 +161,7 @@ def _bind(decode: Callable, images: list) -> Callable:
 
 def _classify(registry: ModelRegistry, version: str, decode: Callable) -> list[dict]:
     model, meta = registry.load(version)
-    return inference.predict(model, meta, decode(meta["input_shape"]))
+    return inference.predict(model, meta, decode(meta["input_shape"]), precision=registry.precision)
 
 
 def _opened(chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -1,23 +1,18 @@
-"""Reading seeded datasets: manifests, and verified split tensors through a local disk cache and an LRU."""
+"""Reading seeded datasets: manifests, and verified split tensors through the local cache and an in-process LRU."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import tempfile
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from app.datasets import definitions
 from app.errors import DatasetNotSeeded, IntegrityError, InvalidInput, ObjectMissing
+from app.storage.cache import SHA256, CacheMismatch, LocalCache
 from app.storage.s3 import Store
 
-SHA256 = re.compile(r"[0-9a-f]{64}")
 MEMORY_ENTRIES = 4  # a job needs train + test; the API needs the CKA sets of a few datasets
 EXPECTED = {"train.safetensors": ("images", "labels"), "test.safetensors": ("images", "labels"),
             "cka.safetensors": ("images", "labels", "indices")}
@@ -26,14 +21,14 @@ EXPECTED = {"train.safetensors": ("images", "labels"), "test.safetensors": ("ima
 class DatasetService:
     """Manifests and tensors of the seeded datasets, each object checked against its manifest sha256.
 
-    Objects are downloaded once into `SCV_DATA_DIR/cache/<sha256>.safetensors` (content-addressed,
-    written atomically only after the size and sha256 matched), then memory-mapped from there;
-    a small in-process LRU keyed by sha256 skips even that. Import-light: no FastAPI.
+    Objects are downloaded once into the local cache (`SCV_DATA_DIR/cache/<sha256>.safetensors`, kept
+    only after the size and sha256 matched, shared with model files under SCV_CACHE_MAX_BYTES), then
+    memory-mapped from there; a small in-process LRU keyed by sha256 skips even that. Import-light: no FastAPI.
     """
 
     def __init__(self, *, store: Store, settings, memory_entries: int = MEMORY_ENTRIES):
         self.store, self.bucket = store, settings.minio_dataset_bucket
-        self.cache_dir = Path(settings.data_dir) / "cache"
+        self.cache = LocalCache.from_settings(settings)
         self._memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._memory_entries = memory_entries
         self._lock = threading.Lock()
@@ -84,11 +79,14 @@ class DatasetService:
             if sha in self._memory:
                 self._memory.move_to_end(sha)
                 return self._memory[sha]
-        path = self.cache_dir / f"{sha}.safetensors"
-        if not (path.is_file() and path.stat().st_size == size):
-            self._download(name, obj, sha=sha, size=size, path=path)
-        # mmap'd: a cached load costs page-cache reads, not a copy; the file was verified when written.
-        tensors = load_file(path)
+        try:  # mmap'd: a cached load costs page-cache reads, not a copy; the file was verified when it entered
+            with self.cache.entry(sha, size, fetch=lambda: self.store.iter_bytes(bucket=self.bucket,
+                                                                                key=f"{name}/{obj}")) as path:
+                tensors = load_file(path)
+        except ObjectMissing:
+            raise self._damaged(name, obj, "is missing") from None
+        except CacheMismatch as exc:
+            raise self._damaged(name, obj, f"does not match its manifest ({exc})") from None
         shape = tuple(manifest.get("image_shape", ()))
         if (sorted(tensors) != sorted(EXPECTED[obj]) or tensors["images"].dtype != torch.uint8
                 or tuple(tensors["images"].shape[1:]) != shape or tensors["labels"].dtype != torch.int64
@@ -99,29 +97,6 @@ class DatasetService:
             while len(self._memory) > self._memory_entries:
                 self._memory.popitem(last=False)
         return tensors
-
-    def _download(self, name: str, obj: str, *, sha: str, size: int, path: Path) -> None:
-        # Stream to a temp file in the cache dir while hashing, so the whole object never sits in
-        # memory; os.replace publishes it only once verified (readers never see a partial file).
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sha[:16]}-", suffix=".part")
-        try:
-            digest, written = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb") as f:
-                try:
-                    for chunk in self.store.iter_bytes(bucket=self.bucket, key=f"{name}/{obj}"):
-                        digest.update(chunk)
-                        f.write(chunk)
-                        written += len(chunk)
-                except ObjectMissing:
-                    raise self._damaged(name, obj, "is missing") from None
-            if written != size or digest.hexdigest() != sha:
-                raise self._damaged(name, obj, f"does not match its manifest (sha256 {sha[:12]}…, "
-                                               f"{size} bytes; got {digest.hexdigest()[:12]}…, {written} bytes)")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def _damaged(self, name: str, obj: str, what: str) -> IntegrityError:
         return IntegrityError(

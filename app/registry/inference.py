@@ -77,8 +77,10 @@ def _array(image, input_shape: list[int], index: int) -> torch.Tensor:
     return tensor.to(torch.uint8)
 
 
-def verified_model(version: str, blob: bytes, metadata: dict) -> tuple[torch.nn.Sequential, dict]:
-    """Rebuild a stored model file whose bytes match the sha256 its metadata records; IntegrityError if not."""
+def verified_model(version: str, blob: bytes, metadata: dict, *,
+                   device: str = "cpu") -> tuple[torch.nn.Sequential, dict]:
+    """Rebuild a stored model file whose bytes match the sha256 its metadata records (IntegrityError if not), on
+    the device named by `device` (a SCV_DEVICE value) in its fast memory format."""
     digest = hashlib.sha256(blob).hexdigest()
     if digest != metadata.get("sha256"):
         raise IntegrityError(f"model file of {version!r} has sha256 {digest}, but its metadata records "
@@ -87,14 +89,18 @@ def verified_model(version: str, blob: bytes, metadata: dict) -> tuple[torch.nn.
         net, header = models.load_model_with_header(blob)
     except models.ModelFileError as exc:
         raise IntegrityError(f"stored model {version!r} was refused: {exc}", version=version) from None
+    net.to(device=models.pick_device(device), memory_format=models.memory_format(net))
     return net, {**metadata, **{k: header[k] for k in ("input_shape", "classes", "normalization")}}
 
 
-def predict(model: torch.nn.Module, metadata: dict, batch: torch.Tensor) -> list[dict]:
-    """Label, class name and class probabilities of each uint8 image, as the model was trained to see it."""
+def predict(model: torch.nn.Module, metadata: dict, batch: torch.Tensor, *, precision: str = "auto") -> list[dict]:
+    """Label, class name and class probabilities of each uint8 image, as the model was trained to see it, on the
+    model's device at `precision` (auto, fp32, bf16; auto is bf16 where the device computes it natively)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     norm = metadata["normalization"]
-    with torch.no_grad():
-        probabilities = torch.softmax(model(models.normalize(batch, norm["mean"], norm["std"])), dim=1)
+    output = models.logits(model, batch, mean=norm["mean"], std=norm["std"], device=device,
+                           precision=models.resolve_precision(precision, device))
+    probabilities = torch.softmax(output, dim=1).cpu()
     classes = metadata["classes"]
     return [{"label": int(row.argmax()), "class": classes[int(row.argmax())], "probabilities": row.tolist()}
             for row in probabilities]

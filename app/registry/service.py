@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict, deque
@@ -12,10 +13,11 @@ from itertools import islice
 
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database
-from app.errors import Conflict, InvalidInput, NotFound, ServiceError
+from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, ServiceError
 from app.registry import catalog
 from app.settings import Settings
 from app.storage import layout
+from app.storage.cache import CacheMismatch, LocalCache
 from app.storage.s3 import Store
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ class ModelRegistry:
         self.ttl_days, self._capacity = settings.model_ttl_days, loaded_models
         self._loaded: OrderedDict[str, tuple[str, object, dict]] = OrderedDict()  # version -> (sha, net, meta)
         self._lock, self._readers = threading.Lock(), ThreadPoolExecutor(8 * PARALLEL, "scv-model-read")
+        self.cache = LocalCache.from_settings(settings)  # shared with the dataset cache, and with other processes
+        self.device, self.precision = settings.device, settings.precision  # where and how loaded networks run
 
     # -- retention -------------------------------------------------------------------------------
 
@@ -200,8 +204,18 @@ class ModelRegistry:
         model = self.get(version)
         return {**model["meta"], "expires_at": model["expires_at"]}
 
+    def download(self, model: dict, *, offset: int, length: int) -> Iterator[bytes]:
+        """Bytes `offset` to `offset + length` of a served model's file (`get()`'s item): from the local cache
+        when it holds the file; else from storage, the whole file filling the cache on its way."""
+        sha, size = model["sha256"], model["size_bytes"]
+        if (cached := self.cache.read(sha, size, offset=offset, length=length, chunk_bytes=CHUNK_BYTES)) is not None:
+            return cached
+        stored = self.stream(model["version"], offset=offset, length=length)
+        return self._verified(model, stored) if (offset, length) == (0, size) else stored
+
     def stream(self, version: str, *, offset: int, length: int) -> Iterator[bytes]:
-        """Bytes `offset` to `offset + length` of the model file, in order, by up to PARALLEL ranged GETs."""
+        """Bytes `offset` to `offset + length` of the model file in storage, in order, by up to PARALLEL ranged
+        GETs."""
         key, end = layout.key(version, layout.MODEL_FILE), offset + length
 
         def fetch(start: int) -> bytes:  # one piece per chunk: fewer hops to the event loop than 1 MiB pieces
@@ -218,6 +232,18 @@ class ModelRegistry:
         finally:  # also when the client went away; reads in flight finish and release their connections
             for future in pending:
                 future.cancel()
+
+    def _verified(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """The whole file passed through the cache: kept once its sha256 matched; the last chunk only then."""
+        try:
+            yield from self.cache.fill(model["sha256"], model["size_bytes"], chunks)
+        except CacheMismatch as exc:
+            raise self._mismatch(model["version"], exc) from None
+
+    def _mismatch(self, version: str, exc: CacheMismatch) -> IntegrityError:
+        return IntegrityError(f"model file of {version!r} in storage has sha256 {exc.got_sha256} ({exc.got_size} "
+                              f"bytes), but the catalog records {exc.sha256} ({exc.size} bytes); it is refused",
+                              version=version)
 
     # -- deletion --------------------------------------------------------------------------------
 
@@ -289,15 +315,28 @@ class ModelRegistry:
             if (hit := self._loaded.get(version)) and hit[0] == model["sha256"]:
                 self._loaded.move_to_end(version)
                 return hit[1], hit[2]
-        blob = self.store.get_bytes(bucket=self.bucket, key=layout.key(version, layout.MODEL_FILE),
-                                    size=model["size_bytes"], parallel=PARALLEL)
-        net, meta = verified_model(version, blob, {**model["meta"], "expires_at": model["expires_at"]})
+        blob = self._model_bytes(version, sha=model["sha256"], size=model["size_bytes"])
+        net, meta = verified_model(version, blob, {**model["meta"], "expires_at": model["expires_at"]},
+                                   device=self.device)
         with self._lock:
             self._loaded[version] = (model["sha256"], net, meta)
             self._loaded.move_to_end(version)
             while len(self._loaded) > self._capacity:
                 self._loaded.popitem(last=False)
         return net, meta
+
+    def _model_bytes(self, version: str, *, sha: str, size: int) -> bytes:
+        """The model file through the local cache; a cached copy whose bytes changed on disk is fetched again."""
+        for _ in range(2):
+            try:
+                with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)) as path:
+                    blob = path.read_bytes()
+            except CacheMismatch as exc:
+                raise self._mismatch(version, exc) from None
+            if hashlib.sha256(blob).hexdigest() == sha:
+                break
+            self.cache.discard(sha)
+        return blob  # the loader checks it again, and says why it refuses a mismatch
 
 
 def _cursor_key(key: tuple, kinds: tuple[type, ...]) -> tuple:
