@@ -6,6 +6,7 @@ import json
 from starlette.exceptions import HTTPException
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+UI_PREFIX = "/ui"  # the dashboard checks its own session cookie (app/ui/rendering.py)
 
 
 async def _send_problem(send, status: int, title: str, detail: str, headers=()) -> None:
@@ -16,14 +17,22 @@ async def _send_problem(send, status: int, title: str, detail: str, headers=()) 
     await send({"type": "http.response.body", "body": body})
 
 
+def _open(scope) -> bool:
+    """Health routes, the dashboard (it signs its users in itself) and `/` for a browser (redirected to it)."""
+    path = scope["path"]
+    if path in OPEN_PATHS or path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+        return True
+    return path == "/" and b"text/html" in dict(scope["headers"]).get(b"accept", b"")
+
+
 class BearerAuth:
-    """401 unless `Authorization: Bearer <token>` matches; health routes stay open."""
+    """401 unless `Authorization: Bearer <token>` matches; health routes and the dashboard stay open."""
 
     def __init__(self, app, *, token: str):
         self.app, self.expected = app, f"Bearer {token}".encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or _open(scope):
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):

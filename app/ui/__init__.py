@@ -1,0 +1,31 @@
+"""The dashboard at /ui: server-rendered pages over the same services as the API, its session and static files.
+
+`router` holds every page (none in the OpenAPI schema) and the `/` redirect for browsers; `static_files()` serves
+the CSS, the small ES modules and the vendored htmx and uPlot. The API and its bearer auth stay as they are.
+"""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from app.ui import auth, datasets, jobs, models
+from app.ui.rendering import HERE
+
+STATIC_PATH = "/ui/static"
+router = APIRouter(include_in_schema=False)
+for part in (auth, jobs, models, datasets):
+    router.include_router(part.router)
+
+
+@router.get("/")
+def root(request: Request) -> RedirectResponse:
+    """A browser asking for `/` goes to the dashboard; an API client gets the usual 404."""
+    if "text/html" not in request.headers.get("accept", ""):
+        raise HTTPException(status_code=404)
+    return RedirectResponse("/ui", status_code=307)
+
+
+def static_files() -> StaticFiles:
+    """The dashboard's static files, to mount at STATIC_PATH."""
+    return StaticFiles(directory=HERE / "static")

@@ -1,0 +1,28 @@
+"""Dashboard pages for datasets: each manifest and its CKA sample grid."""
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from app.api import datasets as datasets_api
+from app.api.deps import DatasetsDep
+from app.ui.rendering import PageRoute, current_session, render
+
+router = APIRouter(prefix="/ui", route_class=PageRoute, dependencies=[Depends(current_session)],
+                   include_in_schema=False)
+
+
+@router.get("/datasets")
+def datasets_page(request: Request, datasets: DatasetsDep) -> Response:
+    """All five datasets; the seeded ones with their manifest and CKA sample grid."""
+    entries = datasets.list()
+    for entry in entries:
+        if entry["seeded"]:
+            _, labels, indices = datasets.cka_set(entry["name"])
+            entry["cka_rows"] = [(name, [int(i) for i, y in zip(indices, labels, strict=True) if y == label])
+                                 for label, name in enumerate(entry["classes"])]
+    return render(request, "datasets.html", datasets=entries)
+
+
+@router.get("/datasets/{name}/cka.png")
+def cka_grid(name: str, datasets: DatasetsDep) -> Response:
+    """The CKA sample set as `GET /datasets/{name}/cka?format=png` draws it: one row per class."""
+    return datasets_api.get_cka(name, datasets, format="png")
