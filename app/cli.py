@@ -47,6 +47,7 @@ def _storage(args) -> int:
 
 def _worker(args) -> int:
     from app.db.engine import Database
+    from app.jobs.checkpoints import Checkpoints
     from app.jobs.queue import JobQueue
     from app.jobs.service import JobService
     from app.main import make_executor, migrate
@@ -55,11 +56,13 @@ def _worker(args) -> int:
     settings = load_settings()
     if settings.max_concurrent_jobs == 0:
         raise SettingsError("SCV_MAX_CONCURRENT_JOBS is 0: a worker with no slots would train nothing")
-    with embedded.connect(settings) as (_, resolved):
+    with embedded.connect(settings) as (store, resolved):
         db = Database(resolved.catalog_url)
         migrate(db)
         queue = JobQueue(db, lease_seconds=resolved.lease_seconds, max_attempts=resolved.max_attempts)
-        jobs = JobService(queue=queue, executor=make_executor(resolved, queue), housekeeping=[queue.reap])
+        checkpoints = Checkpoints(store=store, bucket=resolved.minio_model_bucket, queue=queue)
+        jobs = JobService(queue=queue, executor=make_executor(resolved, queue),
+                          housekeeping=[queue.reap, checkpoints.sweep])
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())

@@ -15,6 +15,7 @@ from app.api.guards import BearerAuth, BodyLimit
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable, ServiceError
+from app.jobs.checkpoints import Checkpoints
 from app.jobs.local import LocalPool
 from app.jobs.queue import JobQueue
 from app.jobs.service import Executor, JobService
@@ -46,8 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             migrate(db)
             queue = JobQueue(db, lease_seconds=resolved.lease_seconds, max_attempts=resolved.max_attempts)
             app.state.registry = ModelRegistry(store=store, settings=resolved, db=db)
-            app.state.jobs = JobService(queue=queue, executor=make_executor(resolved, queue),
-                                        housekeeping=[queue.reap, app.state.registry.finish_deletions])
+            checkpoints = Checkpoints(store=store, bucket=resolved.minio_model_bucket, queue=queue)
+            app.state.jobs = JobService(queue=queue, executor=make_executor(resolved, queue), housekeeping=[
+                queue.reap, app.state.registry.finish_deletions, checkpoints.sweep])
             app.state.jobs.start()
             app.state.datasets = DatasetService(store=store, settings=resolved)
             app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets)

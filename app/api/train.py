@@ -69,7 +69,9 @@ class JobRecord(BaseModel):
     error: str | None
     attempts: int = Field(description="attempts started so far (a lost worker's job is resumed by another)")
     worker: dict[str, Any] | None = Field(None, description="host and pid of the attempt running now or last")
-    resumed_from: dict[str, int] | None = Field(None, description="the checkpoint this attempt started from")
+    resumed_from: dict[str, Any] | None = Field(
+        None, description="`epoch` and `step` of the checkpoint this attempt started from; `exact` false when it "
+        "resumed on another device, precision or thread count; `note` when a checkpoint was unusable")
     created_at: str
     started_at: str | None
     finished_at: str | None

@@ -31,7 +31,6 @@ class Job(Base):
     lost: Mapped[int] = mapped_column(default=0)  # attempts whose worker was lost (SCV_MAX_ATTEMPTS)
     worker: Mapped[dict[str, Any] | None]
     resumed_from: Mapped[dict[str, Any] | None]
-    checkpoint: Mapped[dict[str, Any] | None]  # the latest complete checkpoint of the running job
     lease_until: Mapped[float | None] = mapped_column(Float)  # database clock, seconds since the epoch
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     revision: Mapped[int] = mapped_column(default=0)  # +1 on every change: the SSE event id
@@ -45,6 +44,18 @@ class Job(Base):
         Index("jobs_by_dataset", "dataset", "created_at", "version"),
         Index("jobs_by_lease", "status", "lease_until"),
     )
+
+
+class CheckpointRow(Base):
+    """The stored checkpoints of a job: the latest complete one and the one before (used when the latest is bad).
+
+    A row outlives its job's end until housekeeping has removed the objects it names."""
+
+    __tablename__ = "checkpoints"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    latest: Mapped[dict[str, Any]]  # {key, sha256, size, epoch, step, attempt}
+    previous: Mapped[dict[str, Any] | None]
 
 
 class Label(Base):

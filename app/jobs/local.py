@@ -6,13 +6,16 @@ import logging
 import multiprocessing
 import signal
 import threading
+import time
 from multiprocessing import forkserver
 
 from app.errors import ServiceError
 from app.jobs.queue import Claim, JobQueue
+from app.jobs.worker import EXIT_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often an idle pool looks for queued jobs (a submit in this process wakes it at once)
+MAX_BACKOFF_S = 30.0
 
 
 def exit_reason(exitcode: int | None) -> str:
@@ -32,6 +35,7 @@ class LocalPool:
         self._running: dict[str, tuple[Claim, multiprocessing.Process]] = {}
         self._cond = threading.Condition()
         self._stopped = False
+        self._backoff, self._paused_until = 0.0, 0.0
         self._thread = threading.Thread(target=self._supervise, name="scv-pool", daemon=True)
 
     def start(self) -> None:
@@ -76,7 +80,8 @@ class LocalPool:
                     return
                 self._reap_locked()
                 try:
-                    while len(self._running) < self.slots and (claim := self.queue.claim()):
+                    while (len(self._running) < self.slots and time.monotonic() >= self._paused_until
+                           and (claim := self.queue.claim())):
                         self._launch_locked(claim)
                 except ServiceError as exc:
                     log.warning("could not claim jobs: %s", exc.detail)
@@ -103,6 +108,12 @@ class LocalPool:
             process.join()
             # A child that recorded its end changed the status already: this fenced release changes nothing.
             self._release(claim, exit_reason(process.exitcode))
+            if process.exitcode == EXIT_UNAVAILABLE:  # storage or the catalog is away: back off before claiming
+                self._backoff = min(MAX_BACKOFF_S, self._backoff * 2 or 1.0)
+                self._paused_until = time.monotonic() + self._backoff
+                log.warning("storage or the catalog was unavailable; claiming again in %.0f s", self._backoff)
+            elif process.exitcode == 0:
+                self._backoff = 0.0
 
     def _release(self, claim: Claim, reason: str | None) -> None:
         try:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError as RowExists
 
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database, db_now
-from app.db.tables import Deletion, Job, Label, Model
+from app.db.tables import CheckpointRow, Deletion, Job, Label, Model
 from app.errors import Conflict, NotFound
 from app.storage import layout
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = ("queued", "running", *sorted(TERMINAL))
+START_GRACE_S = 60.0  # a claimed job's first lease: its worker process may take a while to start (cold, loaded)
 PUBLIC = ("version", "dataset", "status", "request", "labels", "layers", "progress", "metrics", "history", "error",
           "attempts", "worker", "resumed_from", "created_at", "started_at", "finished_at")
 
@@ -140,7 +141,8 @@ class JobQueue:
         with self.db.write() as conn:
             row = conn.execute(
                 update(Job).where(Job.version == oldest, Job.status == "queued")
-                .values(status="running", attempts=Job.attempts + 1, lease_until=db_now() + self.lease_seconds,
+                .values(status="running", attempts=Job.attempts + 1,
+                        lease_until=db_now() + max(self.lease_seconds, START_GRACE_S),
                         worker=None, resumed_from=None, error=None, revision=Job.revision + 1)
                 .returning(Job.version, Job.attempts)).first()
         return Claim(row.version, row.attempts) if row else None
@@ -218,8 +220,37 @@ class JobQueue:
                          reason=f"the worker stopped renewing its lease for {self.lease_seconds:g} s")
         return [row.version for row in lapsed]
 
-    def forget(self, version: str) -> None:
-        """Remove a job's row and labels (its model is deleted)."""
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def record_checkpoint(self, claim: Claim, entry: dict) -> dict | None:
+        """Point the job at a newly stored checkpoint, keeping the one before; returns the entry no longer kept
+        (its object can go). LeaseLost when this attempt no longer holds the job."""
         with self.db.write() as conn:
-            conn.execute(delete(Label).where(Label.version == version))
-            conn.execute(delete(Job).where(Job.version == version))
+            held = conn.execute(select(Job.version).where(
+                Job.version == claim.version, Job.attempts == claim.attempt, Job.status == "running")).first()
+            if held is None:
+                raise LeaseLost(claim.version)
+            row = conn.execute(select(CheckpointRow).where(CheckpointRow.version == claim.version)).first()
+            if row is None:
+                conn.execute(insert(CheckpointRow).values(version=claim.version, latest=entry, previous=None))
+                return None
+            conn.execute(update(CheckpointRow).where(CheckpointRow.version == claim.version)
+                         .values(latest=entry, previous=row.latest))
+            return row.previous
+
+    def checkpoints(self, version: str) -> list[dict]:
+        """The job's stored checkpoints, newest first."""
+        with self.db.read() as conn:
+            row = conn.execute(select(CheckpointRow).where(CheckpointRow.version == version)).first()
+        return [entry for entry in (row.latest, row.previous) if entry] if row else []
+
+    def ended_checkpoints(self, limit: int = 50) -> list[str]:
+        """Versions whose checkpoints outlived their job (it ended, or its row is gone)."""
+        with self.db.read() as conn:
+            return list(conn.execute(
+                select(CheckpointRow.version).outerjoin(Job, Job.version == CheckpointRow.version)
+                .where(or_(Job.version.is_(None), Job.status.in_(TERMINAL))).limit(limit)).scalars())
+
+    def forget_checkpoints(self, version: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(delete(CheckpointRow).where(CheckpointRow.version == version))

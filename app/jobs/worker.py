@@ -23,6 +23,7 @@ import models
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import ServiceError, Unavailable
+from app.jobs.checkpoints import Checkpoints
 from app.jobs.queue import Claim, JobQueue, LeaseLost
 from app.registry.catalog import model_values
 from app.settings import Settings, load_settings
@@ -56,6 +57,11 @@ class Lease:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+    def restart(self, *, history: list[dict], resumed_from: dict | None) -> None:
+        """The attempt starts from a checkpoint (its history so far) or from scratch; the record says which."""
+        self.state = {**self.state, "history": list(history)}
+        self.queue.renew(self.claim, **self.state, resumed_from=resumed_from)
 
     def update(self, progress: dict) -> None:
         """Record a progress report of the training loop (and an epoch's result when it carries one)."""
@@ -114,6 +120,7 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
     request = {**request, "precision": models.resolve_precision(request.get("precision") or settings.precision,
                                                                 device)}
     record = queue.start(claim, worker={"host": socket.gethostname(), "pid": os.getpid()}, request=request)
+    checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
     with Lease(queue=queue, claim=claim, record=record) as lease:
         datasets = DatasetService(store=store, settings=settings)
         manifest = datasets.manifest(record["dataset"])
@@ -129,11 +136,17 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
             epochs=request["epochs"], batch_size=request["batch_size"], optimizer=request["optimizer"],
             learning_rate=request["learning_rate"], momentum=request["momentum"],
             weight_decay=request["weight_decay"], seed=request["seed"], device=device,
-            precision=request["precision"])
+            precision=request["precision"], checkpoint_every_s=settings.checkpoint_seconds)
+        fingerprint = _fingerprint(record, manifest)
+        setup = {"device": torch.device(device).type, "precision": config.precision,
+                 "threads": torch.get_num_threads()}
+        resume, resumed_from = checkpoints.load(version, fingerprint=fingerprint, setup=setup)
+        lease.restart(history=resume.meta["history"] if resume else [], resumed_from=resumed_from)
         model = models.seeded_model(record["layers"], seed=request["seed"])
-        result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
-                              test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
-                              on_progress=lease.update)
+        with checkpoints.writer(claim, fingerprint=fingerprint) as save:
+            result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
+                                  test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
+                                  on_progress=lease.update, resume=resume, on_checkpoint=save)
 
         normalization = {"mean": manifest["mean"], "std": manifest["std"]}
         blob = models.save_model(model, layers=record["layers"], input_shape=manifest["image_shape"],
@@ -159,7 +172,15 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
     if not queue.finish(claim, "succeeded", metrics=result["metrics"], history=result["history"],
                         progress=progress, model=model_values(metadata)):
         raise LeaseLost(version)
+    checkpoints.discard(version)  # else housekeeping's sweep does it
     return queue.get(version)
+
+
+def _fingerprint(record: dict, manifest: dict) -> str:
+    """What a checkpoint must have been made for: the request (precision aside: see `setup`) and the data."""
+    request = {k: v for k, v in record["request"].items() if k != "precision"}
+    return hashlib.sha256(json.dumps([request, record["layers"], manifest["sha256"]], sort_keys=True).encode()
+                          ).hexdigest()
 
 
 def run(claim: Claim, settings: Settings, *, threads: int | None = None) -> int:
@@ -200,6 +221,7 @@ def _end(queue: JobQueue, claim: Claim, status: str, reason: str | None, *, stor
             if queue.finish(claim, status, error=reason):
                 for name in (layout.MODEL_FILE, layout.METADATA_FILE):
                     store.delete(bucket=bucket, key=layout.key(claim.version, name))
+                Checkpoints(store=store, bucket=bucket, queue=queue).discard(claim.version)
             return
         except ServiceError as exc:
             log.warning("job %s: could not record %s yet: %s", claim.version, status, exc.detail)

@@ -158,7 +158,7 @@ def _job_values(record: dict | None, model: dict | None) -> dict[str, Any]:
         "layers": record.get("layers") or [], "progress": record.get("progress") or done,
         "metrics": record.get("metrics"), "history": record.get("history") or [], "error": error,
         "attempts": 1 if record.get("started_at") or status != "queued" else 0, "lost": 0,
-        "worker": record.get("worker"), "resumed_from": None, "checkpoint": None, "lease_until": None,
+        "worker": record.get("worker"), "resumed_from": None, "lease_until": None,
         "cancel_requested": False, "revision": 1, "created_at": record["created_at"],
         "started_at": record.get("started_at"), "finished_at": finished if status != "queued" else None,
     }

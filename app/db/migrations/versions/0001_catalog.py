@@ -1,4 +1,4 @@
-"""The catalog: jobs (the queue), labels, models, aliases, deletions in progress.
+"""The catalog: jobs (the queue), their checkpoints, labels, models, aliases, deletions in progress.
 
 Revision ID: 0001
 Revises:
@@ -31,7 +31,6 @@ def upgrade() -> None:
         sa.Column("lost", sa.Integer, nullable=False),
         sa.Column("worker", sa.JSON),
         sa.Column("resumed_from", sa.JSON),
-        sa.Column("checkpoint", sa.JSON),
         sa.Column("lease_until", sa.Float),
         sa.Column("cancel_requested", sa.Boolean, nullable=False),
         sa.Column("revision", sa.Integer, nullable=False),
@@ -43,6 +42,13 @@ def upgrade() -> None:
     op.create_index("jobs_by_status", "jobs", ["status", "created_at", "version"])
     op.create_index("jobs_by_dataset", "jobs", ["dataset", "created_at", "version"])
     op.create_index("jobs_by_lease", "jobs", ["status", "lease_until"])
+
+    op.create_table(
+        "checkpoints",
+        sa.Column("version", sa.String(128), primary_key=True),
+        sa.Column("latest", sa.JSON, nullable=False),
+        sa.Column("previous", sa.JSON),
+    )
 
     op.create_table(
         "labels",
@@ -86,5 +92,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("deletions", "aliases", "models", "labels", "jobs"):
+    for table in ("deletions", "aliases", "models", "labels", "checkpoints", "jobs"):
         op.drop_table(table)

@@ -1,0 +1,183 @@
+"""Interrupted jobs resume from their checkpoints and end bit-identical to an uninterrupted run."""
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load as load_tensors
+
+from app.main import create_app
+from app.storage.s3 import store_from_settings
+from tests.jobwait import train, wait_for
+
+SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "BatchNorm2d"}, {"type": "ReLU"},
+             {"type": "Dropout2d", "p": 0.2}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
+JOB = {"dataset": "mnist", "layers": SMALL_NET, "epochs": 30, "batch_size": 1, "seed": 11}  # a few seconds
+
+
+@pytest.fixture(scope="module")
+def resumable(seeded_settings, tmp_path_factory):
+    """Settings with frequent mid-epoch checkpoints, their own catalog and model bucket."""
+    return seeded_settings.model_copy(update={
+        "data_dir": tmp_path_factory.mktemp("resume"), "minio_model_bucket": "models-resume",
+        "checkpoint_seconds": 0.1})
+
+
+@pytest.fixture(scope="module")
+def app_client(resumable):
+    with TestClient(create_app(resumable)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def reference(app_client):
+    """The weights and metrics of uninterrupted runs, per precision."""
+    runs = {}
+    for precision in ("auto", "fp32"):
+        version = train(app_client, **JOB, precision=precision)["version"]
+        record = wait_for(app_client, version, timeout=300)
+        assert record["status"] == "succeeded" and record["resumed_from"] is None
+        runs[precision] = (weights(app_client, version), record)
+    return runs
+
+
+def weights(client, version: str) -> dict[str, torch.Tensor]:
+    settings = client.app.state.settings
+    return load_tensors(store_from_settings(settings).get_bytes(bucket=settings.minio_model_bucket,
+                                                                key=f"{version}/model.safetensors"))
+
+
+def checkpoints(client, version: str) -> list[dict]:
+    return client.app.state.jobs.queue.checkpoints(version)
+
+
+def objects(client, prefix: str) -> list[str]:
+    settings = client.app.state.settings
+    return [o.key for o in store_from_settings(settings).list(bucket=settings.minio_model_bucket, prefix=prefix)]
+
+
+def wait_until(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+    return value
+
+
+def running_pid(client, version: str, attempt: int) -> int:
+    def pid():
+        record = client.get(f"/train/{version}").json()
+        assert record["status"] in ("queued", "running"), record
+        worker = record["worker"]
+        return worker["pid"] if record["attempts"] == attempt and worker and worker["pid"] != os.getpid() else None
+    return wait_until(pid, what=f"attempt {attempt} running")
+
+
+def stop_when_latest(client, version: str, pid: int, wanted) -> dict:
+    """SIGSTOP the worker at a moment its latest stored checkpoint is `wanted`; returns that checkpoint."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        stored = checkpoints(client, version)
+        assert client.get(f"/train/{version}").json()["status"] == "running", "the job ended first"
+        if stored and wanted(stored[0]):
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.2)  # a store already under way lands now, or never
+            stored = checkpoints(client, version)
+            if wanted(stored[0]):
+                return stored[0]
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01)
+    raise AssertionError("the wanted checkpoint never was the latest")
+
+
+def assert_same_run(client, version: str, reference) -> dict:
+    record = wait_for(client, version, timeout=300)
+    want_weights, want = reference
+    assert record["status"] == "succeeded", record
+    got = weights(client, version)
+    assert got.keys() == want_weights.keys()
+    assert all(torch.equal(got[k], want_weights[k]) for k in got)
+    assert record["metrics"] == want["metrics"] and record["history"] == want["history"]
+    assert objects(client, f"{version}/checkpoints/") == [] and checkpoints(client, version) == []
+    return record
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_sigkill_mid_epoch_resumes_bit_identical(app_client, reference, precision):
+    version = train(app_client, **JOB, precision=precision)["version"]
+    pid = running_pid(app_client, version, 1)
+    latest = stop_when_latest(app_client, version, pid, lambda c: c["step"] > 0)  # mid-epoch
+    os.kill(pid, signal.SIGKILL)
+    record = assert_same_run(app_client, version, reference[precision])
+    assert record["attempts"] == 2
+    assert record["resumed_from"] == {"epoch": latest["epoch"], "step": latest["step"], "exact": True}
+
+
+def test_sigkill_just_after_an_epoch_end_checkpoint(resumable, reference, tmp_path):
+    settings = resumable.model_copy(update={"checkpoint_seconds": 3600.0, "data_dir": tmp_path})  # epoch ends only
+    with TestClient(create_app(settings)) as client:
+        version = train(client, **JOB)["version"]
+        pid = running_pid(client, version, 1)
+        latest = stop_when_latest(client, version, pid, lambda c: True)  # only epoch ends are checkpointed
+        os.kill(pid, signal.SIGKILL)
+        record = assert_same_run(client, version, reference["auto"])
+    assert record["resumed_from"] == {"epoch": latest["epoch"], "step": 0, "exact": True}
+
+
+def test_a_service_stopped_mid_job_resumes_it_when_started_again(resumable, reference, tmp_path):
+    settings = resumable.model_copy(update={"data_dir": tmp_path})
+    with TestClient(create_app(settings)) as first:
+        version = train(first, **JOB)["version"]
+        running_pid(first, version, 1)
+        wait_until(lambda: any(c["epoch"] >= 3 for c in checkpoints(first, version)), what="checkpoint")
+    # the lifespan's end is what SIGTERM runs: the job went back to the queue
+    with TestClient(create_app(settings)) as second:
+        assert second.get(f"/train/{version}").json()["error"] is None
+        record = assert_same_run(second, version, reference["auto"])
+    assert record["resumed_from"]["epoch"] >= 3
+
+
+def test_a_corrupted_checkpoint_is_never_used(app_client, reference):
+    version = train(app_client, **JOB)["version"]
+    pid = running_pid(app_client, version, 1)
+    wait_until(lambda: len(checkpoints(app_client, version)) == 2, what="two checkpoints")
+    stop_when_latest(app_client, version, pid, lambda c: True)  # no newer checkpoint while we damage the latest
+    latest, previous = checkpoints(app_client, version)
+    settings = app_client.app.state.settings
+    store_from_settings(settings).put(bucket=settings.minio_model_bucket, key=latest["key"], data=b"\0" * 64)
+    os.kill(pid, signal.SIGKILL)
+    record = assert_same_run(app_client, version, reference["auto"])  # the one before is exact too
+    resumed = record["resumed_from"]
+    assert (resumed["epoch"], resumed["step"]) == (previous["epoch"], previous["step"])
+    assert "not used" in resumed["note"] and "sha256" in resumed["note"]
+
+
+def test_every_checkpoint_corrupted_starts_over_and_says_so(app_client, reference):
+    version = train(app_client, **JOB)["version"]
+    pid = running_pid(app_client, version, 1)
+    wait_until(lambda: len(checkpoints(app_client, version)) == 2, what="two checkpoints")
+    stop_when_latest(app_client, version, pid, lambda c: True)
+    settings = app_client.app.state.settings
+    for entry in checkpoints(app_client, version):
+        store_from_settings(settings).delete(bucket=settings.minio_model_bucket, key=entry["key"])
+    os.kill(pid, signal.SIGKILL)
+    record = assert_same_run(app_client, version, reference["auto"])
+    assert record["resumed_from"]["step"] == 0 and record["resumed_from"]["epoch"] == 1
+    assert "started over" in record["resumed_from"]["note"]
+
+
+def test_no_checkpoint_outlives_a_cancelled_or_deleted_job(app_client):
+    cancelled = train(app_client, **JOB)["version"]
+    running_pid(app_client, cancelled, 1)
+    wait_until(lambda: checkpoints(app_client, cancelled), what="checkpoint")
+    assert app_client.delete(f"/train/{cancelled}").json()["status"] == "cancelled"
+    wait_until(lambda: not objects(app_client, f"{cancelled}/") and not checkpoints(app_client, cancelled),
+               timeout=30, what="checkpoints removed after cancel")
+
+    kept = train(app_client, **{**JOB, "epochs": 2})["version"]
+    assert wait_for(app_client, kept, timeout=300)["status"] == "succeeded"
+    assert app_client.delete(f"/models/{kept}").status_code == 204
+    assert objects(app_client, f"{kept}/") == [] and checkpoints(app_client, kept) == []
