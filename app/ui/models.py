@@ -162,6 +162,4 @@ def compare(request: Request, registry: RegistryDep, v: Annotated[list[str], Que
     keys = sorted((set(request_a) | set(request_b)) - {"version"})
     differences = [(key, request_a.get(key), request_b.get(key)) for key in keys
                    if request_a.get(key) != request_b.get(key)]
-    if a["meta"].get("layers") != b["meta"].get("layers"):
-        differences.append(("layers", *(" → ".join(spec["type"] for spec in m["meta"]["layers"]) for m in (a, b))))
     return render(request, "compare.html", a=a, b=b, differences=differences)

@@ -3,14 +3,14 @@
 export const PALETTE = { loss: "#0072B2", accuracy: "#D55E00", other: "#009E73", fourth: "#CC79A7" };
 const HEIGHT = 280;
 
-export function lineChart(element, { xLabel, series }) {
+export function lineChart(element, { xLabel, series, wholeX = false }) {
   const ink = getComputedStyle(document.body).color;
   const grid = { stroke: "rgba(128, 128, 128, 0.25)", width: 1 };
   const axis = (extra) => ({ stroke: ink, grid, ticks: grid, ...extra });
   const options = {
     width: element.clientWidth || 600, height: HEIGHT,
     scales: { x: { time: false }, loss: { auto: true }, accuracy: { range: [0, 1] } },
-    axes: [axis({ label: xLabel }), axis({ scale: "loss", label: "loss" }),
+    axes: [axis({ label: xLabel, ...(wholeX && { incrs: [1, 2, 5, 10, 20, 50] }) }), axis({ scale: "loss", label: "loss" }),
       axis({ scale: "accuracy", label: "accuracy", side: 1, grid: { show: false } })],
     series: [{ label: xLabel }, ...series.map((s) => ({
       label: s.label, scale: s.scale, stroke: s.colour, dash: s.dash || [], width: 2, spanGaps: true,

@@ -10,7 +10,7 @@ const stepChart = lineChart(document.getElementById("step-chart"), {
   series: [{ label: "train loss", scale: "loss", colour: PALETTE.loss, points: false },
     { label: "train accuracy", scale: "accuracy", colour: PALETTE.accuracy, dash: [6, 4], points: false }],
 });
-const epochChart = lineChart(document.getElementById("epoch-chart"), { xLabel: "epoch", series: EPOCH_SERIES });
+const epochChart = lineChart(document.getElementById("epoch-chart"), { xLabel: "epoch", series: EPOCH_SERIES, wholeX: true });
 const stepTable = document.getElementById("step-table");
 
 function show(record) {

@@ -2,7 +2,7 @@
 import { EPOCH_SERIES, historyData, lineChart } from "./charts.js";
 
 const runs = JSON.parse(document.getElementById("history-data").textContent);
-lineChart(document.getElementById("history-chart"), { xLabel: "epoch", series: EPOCH_SERIES })
+lineChart(document.getElementById("history-chart"), { xLabel: "epoch", series: EPOCH_SERIES, wholeX: true })
   .setData(historyData(runs, EPOCH_SERIES.map((s) => s.key)));
 
 const box = document.getElementById("predict");
