@@ -10,7 +10,7 @@ from app.errors import InvalidInput
 _LABEL = re.compile(r"([a-z0-9][a-z0-9._-]{0,62}):([ -~]{0,128})")
 
 
-def _labels(label: Annotated[list[str] | None, Query(
+def parse_label_filter(label: Annotated[list[str] | None, Query(
         description="`key:value`; repeat to require several labels", max_length=16)] = None) -> list[tuple[str, str]]:
     pairs = []
     for item in label or []:
@@ -23,4 +23,4 @@ def _labels(label: Annotated[list[str] | None, Query(
     return pairs
 
 
-LabelFilter = Annotated[list[tuple[str, str]], Depends(_labels)]
+LabelFilter = Annotated[list[tuple[str, str]], Depends(parse_label_filter)]

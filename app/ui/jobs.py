@@ -14,7 +14,7 @@ from pydantic import ValidationError
 import models
 from app.api import train
 from app.api.deps import DatasetsDep, JobsDep, SettingsDep
-from app.api.labels import _labels as parse_label_filter
+from app.api.labels import parse_label_filter
 from app.errors import InvalidInput, ServiceError
 from app.jobs.queue import STATUSES, TERMINAL
 from app.jobs.service import JobService
