@@ -17,7 +17,7 @@ from bench.rawdata import write_raw
 
 PER_CLASS = {"train": 6000, "test": 100}  # MNIST's 60k training images; evaluation is not what is measured
 EVERY_S = 2.0
-REPEATS = 2
+REPEATS = 3
 
 
 def measure(ctx) -> dict[str, float]:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError as RowExists
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database, db_now
 from app.db.tables import CheckpointRow, Deletion, Job, Label, Model
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.storage import layout
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ def new_record(*, version: str, dataset: str, request: dict, layers: list[dict],
         "metrics": None, "history": [], "error": None, "attempts": 0, "worker": None, "resumed_from": None,
         "created_at": layout.utcnow(), "started_at": None, "finished_at": None,
     }
+
+
+def _position(key: tuple) -> tuple[str, str]:
+    if len(key) == 2 and all(isinstance(part, str) for part in key):
+        return key
+    raise InvalidInput("invalid cursor: pass the `next` value of the previous page unchanged", field="cursor")
 
 
 class JobQueue:
@@ -109,9 +115,10 @@ class JobQueue:
         for key, value in labels:
             query = query.where(Job.version.in_(select(Label.version).where(Label.key == key, Label.value == value)))
         if cursor:
-            created_at, version = decode_cursor(cursor, sort="jobs")
-            query = query.where(or_(Job.created_at < created_at,
-                                    and_(Job.created_at == created_at, Job.version < version)))
+            created_at, version = _position(decode_cursor(cursor, sort="jobs"))
+            # `<=` first lets SQLite seek the index to the cursor; the rest breaks ties by version
+            query = query.where(Job.created_at <= created_at, or_(
+                Job.created_at < created_at, and_(Job.created_at == created_at, Job.version < version)))
         with self.db.read() as conn:
             rows = conn.execute(query).all()
         items = [record_of(row) for row in rows[:limit]]
