@@ -1,9 +1,10 @@
-"""Registry benchmarks: a streamed 200 MB download against direct S3, the API's memory during it, and pages."""
+"""Registry benchmarks: 200 MB downloads (first, and from the cache) against direct S3, the API's memory, pages."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import torch
+import urllib3
 from sqlalchemy import insert
 from torch import nn
 
@@ -36,8 +38,9 @@ PAGE_RUNS = 31
 
 
 def measure(ctx) -> dict[str, float]:
-    """download_vs_direct_s3 (≥ 0.7), download_rss_growth_mb (≤ 50), list_models_speedup (≥ 20),
-    list_models_page_growth (≤ 2.0)."""
+    """download_vs_direct_s3 (first download, from storage while it fills the cache; ≥ 0.4),
+    download_cached_vs_direct_s3 (repeat download, from the API's local cache; ≥ 1.5), download_rss_growth_mb
+    (≤ 50), list_models_speedup (≥ 20), list_models_page_growth (≤ 2.0)."""
     bucket = ctx.settings.minio_model_bucket
     size, digest = _put_big_model(ctx.store, bucket)
     _put_small_models(ctx.store, bucket)
@@ -46,26 +49,35 @@ def measure(ctx) -> dict[str, float]:
     db.migrate()
     rebuild_catalog(store=ctx.store, db=db, bucket=bucket)  # as `scv catalog rebuild` lists them
     db.dispose()
+    api_cache = ctx.scratch / "api" / "cache"  # the API process's local cache (SCV_DATA_DIR/cache)
     direct = max(_direct_s3(ctx.store, bucket, size) for _ in range(TIMED_RUNS))
-    with _api_server(ctx) as (url, pid):
-        with httpx.Client(base_url=url, timeout=120) as client:
-            before = _peak_rss_mb(pid)
-            assert _download(client, check=digest) == size  # the body is the model, byte for byte
-            via_api = max(size / _timed(lambda: _download(client)) for _ in range(TIMED_RUNS))
-            growth = _peak_rss_mb(pid) - before
+    with _api_server(ctx) as (url, pid), httpx.Client(base_url=url, timeout=120) as client:
+        http = urllib3.PoolManager(timeout=120)
+        before = _peak_rss_mb(pid)
+        assert _download(http, url, check=digest) == size  # the body is the model, byte for byte
+        first = []
+        for _ in range(TIMED_RUNS):
+            shutil.rmtree(api_cache)  # cold: the next download streams from storage and fills the cache
+            first.append(size / _timed(lambda: _download(http, url)))
+        assert [path.name for path in api_cache.iterdir()] == [f"{digest}.safetensors"]
+        cached = max(size / _timed(lambda: _download(http, url)) for _ in range(TIMED_RUNS))
+        assert _download(http, url, check=digest) == size  # from the cache, byte for byte
+        growth = _peak_rss_mb(pid) - before
 
-            def page() -> list:
-                response = client.get("/models", params={"limit": 1000})
-                response.raise_for_status()
-                return response.json()["items"]
+        def page() -> list:
+            response = client.get("/models", params={"limit": 1000})
+            response.raise_for_status()
+            return response.json()["items"]
 
-            cold = _timed(page)  # the first page after start-up
-            warm = statistics.median(_timed(page) for _ in range(LIST_RUNS))
-            assert len(page()) == 1000
+        cold = _timed(page)  # the first page after start-up
+        warm = statistics.median(_timed(page) for _ in range(LIST_RUNS))
+        assert len(page()) == 1000
         naive = min(_timed(lambda: _read_every_record(ctx.store, bucket)) for _ in range(2))
     return {
-        "download_vs_direct_s3": via_api / direct,
-        "download_api_mb_per_s": via_api / 2**20,
+        "download_vs_direct_s3": max(first) / direct,
+        "download_cached_vs_direct_s3": cached / direct,
+        "download_api_mb_per_s": max(first) / 2**20,
+        "download_cached_mb_per_s": cached / 2**20,
         "download_direct_s3_mb_per_s": direct / 2**20,
         "download_rss_growth_mb": growth,
         "list_models_speedup": naive / warm,
@@ -184,14 +196,19 @@ def _direct_s3(store, bucket: str, size: int) -> float:
     return size / (time.perf_counter() - start)
 
 
-def _download(client: httpx.Client, check: str | None = None) -> int:
+def _download(http: urllib3.PoolManager, url: str, check: str | None = None) -> int:
+    """Bytes of one download of the big model through the API. The client reads as the direct S3 GET does
+    (urllib3, CHUNK_BYTES at a time), so the two figures compare the servers, not two client libraries."""
     digest, got = hashlib.sha256(), 0
-    with client.stream("GET", f"/models/{BIG}") as response:
-        response.raise_for_status()
-        for chunk in response.iter_raw():  # no re-chunking: httpx joining pieces would be the bottleneck
+    response = http.request("GET", f"{url}/models/{BIG}", preload_content=False)
+    try:
+        assert response.status == 200, response.status
+        for chunk in response.stream(CHUNK_BYTES):
             got += len(chunk)
             if check:
                 digest.update(chunk)
+    finally:
+        response.release_conn()
     if check:
         assert digest.hexdigest() == check == response.headers["etag"].strip('"')
     return got

@@ -150,6 +150,21 @@ def test_a_reader_that_stops_early_keeps_nothing_and_stops_the_producer(tmp_path
     assert closed == [True] and held(cache) == []
 
 
+def test_concurrent_fills_of_one_entry_in_a_process_write_one_copy(tmp_path):
+    cache = LocalCache(tmp_path / "cache", max_bytes=10 * SIZE)
+    sha, data = blob(1)
+    first = cache.fill(sha, SIZE, pieces(data))
+    got = [next(first)]  # under way: its temp file is open
+    assert b"".join(cache.fill(sha, SIZE, pieces(data))) == data  # served and verified, nothing written
+    assert len(os.listdir(cache.directory)) == 1 and cache.open(sha, SIZE) is None
+    with pytest.raises(CacheMismatch):  # the one beside it is verified all the same
+        list(cache.fill(sha, SIZE, pieces(data[::-1])))
+    got.extend(first)
+    assert b"".join(got) == data and used(cache, sha) == data and held(cache) == [sha]
+    with cache.entry(sha, SIZE, fetch=lambda: pytest.fail("fetched again")) as path:
+        assert path.read_bytes() == data
+
+
 def test_ranged_reads_come_from_the_open_file_even_if_it_is_evicted_meanwhile(tmp_path):
     cache = LocalCache(tmp_path / "cache", max_bytes=10 * SIZE)
     sha = put(cache, 1)
