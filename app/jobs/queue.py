@@ -112,8 +112,9 @@ class JobQueue:
             query = query.where(Job.status == status)
         if dataset:
             query = query.where(Job.dataset == dataset)
-        for key, value in labels:
-            query = query.where(Job.version.in_(select(Label.version).where(Label.key == key, Label.value == value)))
+        for key, value in labels:  # probed per job in page order: no sort of every labelled job
+            query = query.where(select(Label.version).where(
+                Label.version == Job.version, Label.key == key, Label.value == value).exists())
         if cursor:
             created_at, version = _position(decode_cursor(cursor, sort="jobs"))
             # `<=` first lets SQLite seek the index to the cursor; the rest breaks ties by version

@@ -51,8 +51,8 @@ def page_models(conn: Connection, *, dataset: str | None = None, labels: Sequenc
     accuracy come last in the accuracy order, by version.
     """
     where = [Model.dataset == dataset] if dataset is not None else []
-    where += [Model.version.in_(select(Label.version).where(Label.key == key, Label.value == value))
-              for key, value in labels]
+    where += [select(Label.version).where(Label.version == Model.version, Label.key == key, Label.value == value)
+              .exists() for key, value in labels]  # probed per model in page order: no sort of every match
     if fresh_since is not None:
         where.append(or_(Model.created_at >= fresh_since, Model.version.in_(select(Alias.version))))
     if sort == "created_at":
