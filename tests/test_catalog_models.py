@@ -45,7 +45,7 @@ def job_values(version: str, *, status: str = "succeeded", dataset: str = "mnist
     """A `jobs` row with the given status."""
     return {"version": version, "dataset": dataset, "status": status, "request": {"epochs": 1},
             "labels": labels or {}, "layers": [], "metrics": None, "history": [], "error": None, "attempts": 1,
-            "lost": 0, "worker": None, "resumed_from": None, "checkpoint": None, "lease_until": None,
+            "lost": 0, "worker": None, "resumed_from": None, "lease_until": None,
             "cancel_requested": False, "revision": 1, "created_at": created_at or catalog.iso(START),
             "progress": {"epoch": 0, "epochs": 1, "step": 0, "steps": 0, "fraction": 0.0},
             "started_at": None, "finished_at": None}
