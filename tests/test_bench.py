@@ -52,5 +52,5 @@ def test_the_dataset_bench_runs_without_the_test_extra(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
-    for name in ("dataset_load_vs_prototype", "dataset_load_cold_mb_s", "dataset_load_cached_mb_s"):
+    for name in ("dataset_load_cold_vs_bare_get", "dataset_load_cold_mb_s", "dataset_load_cached_mb_s"):
         assert figures[name] > 0, figures
