@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from app.main import create_app
 from app.storage.embedded import free_ports
@@ -114,9 +115,12 @@ def test_two_replicas_on_postgresql_lose_no_job_and_run_none_twice(seeded_settin
                 replica.stop(signal.SIGKILL)
 
 
-def test_a_worker_stopped_past_its_lease_changes_nothing_when_it_wakes(seeded_settings, tmp_path):
-    settings = seeded_settings.model_copy(update={"data_dir": tmp_path, "lease_seconds": 2.0,
-                                                  "max_concurrent_jobs": 2, "minio_model_bucket": "models-sigstop"})
+def test_a_worker_stopped_past_its_lease_changes_nothing_when_it_wakes(seeded_settings, postgres_url, tmp_path):
+    # PostgreSQL: a process frozen inside a SQLite write transaction would hold the whole file's lock until it
+    # wakes (see the README); PostgreSQL ends its session and with it the locks.
+    settings = seeded_settings.model_copy(update={
+        "data_dir": tmp_path, "lease_seconds": 2.0, "max_concurrent_jobs": 2, "minio_model_bucket": "models-sigstop",
+        "database_url": SecretStr(postgres_url)})
     with TestClient(create_app(settings)) as client:
         version = train(client, **LONG)["version"]
         stale = _running(client, version, 1)["worker"]["pid"]

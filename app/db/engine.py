@@ -18,6 +18,7 @@ from app.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
+IDLE_IN_TX_MS = 10_000
 _ADVISORY_KEY = 0x5C7_CA7A  # one PostgreSQL advisory lock for every process migrating this catalog
 
 
@@ -50,8 +51,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                                        connect_args={"connect_timeout": 5})
+            # A client frozen inside a transaction (SIGSTOP, a hung VM) must not hold its row locks for ever:
+            # the server ends such a session, and the lease of the job it held lapses as usual.
+            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={
+                "connect_timeout": 5, "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TX_MS}"})
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
