@@ -133,15 +133,6 @@ def test_entry_fetches_once_then_serves_the_file(tmp_path):
     assert os.stat(path).st_mtime_ns == SEAL_NS
 
 
-
-def test_entry_waits_for_a_disk_that_falls_behind_instead_of_giving_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_module, "WRITE_BEHIND_BYTES", 300)  # one piece queued at most
-    cache = LocalCache(tmp_path / "cache", max_bytes=10 * SIZE)
-    sha, data = blob(1)
-    with cache.entry(sha, SIZE, fetch=lambda: pieces(data, piece=100)) as path:  # load() needs the file itself
-        assert path == cache.path(sha) and path.read_bytes() == data
-    assert held(cache) == [sha]
-
 def test_a_reader_that_stops_early_keeps_nothing_and_stops_the_producer(tmp_path):
     cache = LocalCache(tmp_path / "cache", max_bytes=10 * SIZE)
     sha, data = blob(1)

@@ -18,7 +18,7 @@ from app.errors import StorageUnavailable
 from app.main import create_app
 from app.registry import catalog
 from app.registry.service import ModelRegistry
-from app.storage.cache import LocalCache, _Writer
+from app.storage.cache import LocalCache
 from app.storage.s3 import Store
 from tests.conftest import make_settings
 from tests.jobwait import train, wait_for
@@ -391,30 +391,6 @@ def test_a_repeat_download_is_served_from_the_cache_exactly_as_from_storage(clie
     assert client.put("/aliases/prod", json={"version": "cached"}).status_code == 200
     assert client.get("/models/@prod").content == stored
 
-
-
-def test_a_download_whose_cache_write_falls_behind_is_whole_and_keeps_nothing(client, settings, store, small_chunks,
-                                                                              monkeypatch):
-    stored = put_model(store, settings.minio_model_bucket, "behind", db=client.app.state.db)
-    cache = cache_of(client)
-    monkeypatch.setattr("app.storage.cache.WRITE_BEHIND_BYTES", 512)
-    assert len(stored) > 512 + 256  # more than the bound waits for the disk, in 256-byte pieces
-
-    gave_up = []
-
-    def stuck(writer, out, piece):  # the only fake: a disk that takes nothing until the fill gives up on it
-        with writer.ready:
-            gave_up.append(writer.ready.wait_for(lambda: writer.dropped, timeout=60))
-
-    real = _Writer._write
-    monkeypatch.setattr(_Writer, "_write", stuck)
-    r = client.get("/models/behind")
-    assert r.status_code == 200 and r.content == stored  # whole and correct, not held back by the disk
-    assert gave_up == [True]
-    assert cache.entries() == [] and not any(cache.directory.iterdir())  # no entry, no temp file
-    monkeypatch.setattr(_Writer, "_write", real)  # the disk keeps up again: the next download fills the cache
-    assert client.get("/models/behind").content == stored
-    assert cache.path(hashlib.sha256(stored).hexdigest()).read_bytes() == stored
 
 def test_the_cache_survives_a_restart(s3, store, tmp_path):
     settings = make_settings(s3, tmp_path)

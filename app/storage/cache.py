@@ -26,10 +26,6 @@ ENTRY = re.compile(r"[0-9a-f]{64}\.safetensors")
 # is not the seal was changed after it was verified and is never served.
 SEAL_NS = 946_684_800 * 10**9
 BACKLOG = 2  # chunks handed to the hashing thread and not yet absorbed
-# Bytes waiting for the disk beyond which a download gives up filling the cache (the next one tries again) rather
-# than slow down: writing fresh page cache runs slower here (~300 MB/s) than S3 reads (~550 MB/s). Also the most
-# a fill holds in memory.
-WRITE_BEHIND_BYTES = 64 * 1024 * 1024
 STALE_PART_S = 3600.0  # a temp file not written to for this long belongs to a process that died mid-download
 
 
@@ -118,17 +114,15 @@ class LocalCache:
         """`chunks` passed through while hashed (and, when kept, written); the entry is published once verified.
 
         The last chunk is held back until the size and sha256 match: a consumer never receives every byte of a
-        mismatching file (CacheMismatch is raised instead). The disk never holds the stream back: when more than
-        WRITE_BEHIND_BYTES wait to be written, this fill is given up and keeps nothing. Stopping early keeps
-        nothing. While this process fills an entry, other fills of it here only verify: concurrent first downloads
-        write one copy.
+        mismatching file (CacheMismatch is raised instead). Stopping early keeps nothing. While this process fills
+        an entry, other fills of it here only verify: concurrent first downloads write one copy.
         """
         path = self.path(sha256) if self.keeps(sha256, size) else None
         if path is None or not _claim(path):
-            yield from _checked(sha256, size, chunks, writer=None)
+            yield from _checked(sha256, size, chunks, out=None)
             return
         try:
-            yield from self._written(sha256, size, chunks, self._temp(sha256), publish=True, give_up=True)
+            yield from self._written(sha256, size, chunks)
         finally:
             _release(path)
 
@@ -142,14 +136,19 @@ class LocalCache:
             file.close()
             yield self.path(sha256)
             return
-        keep = self.keeps(sha256, size)
+        if self.keeps(sha256, size):
+            for _ in self._written(sha256, size, fetch()):
+                pass
+            yield self.path(sha256)
+            return
         tmp = self._temp(sha256 if SHA256.fullmatch(sha256 or "") else "unnamed")
         try:
-            for _ in self._written(sha256, size, fetch(), tmp, publish=keep, give_up=False):
-                pass
-            yield self.path(sha256) if keep else tmp
+            with open(tmp, "wb") as out:
+                for _ in _checked(sha256, size, fetch(), out=out):
+                    pass
+            yield tmp
         finally:
-            tmp.unlink(missing_ok=True)  # gone already once published
+            tmp.unlink(missing_ok=True)
 
     def entries(self) -> list[tuple[int, str, int]]:
         """(last use in ns, file name, size) of every entry, least recently used first; stale temp files go."""
@@ -173,17 +172,13 @@ class LocalCache:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _written(self, sha256: str, size: int, chunks: Iterable[bytes], tmp: Path, *, publish: bool,
-                 give_up: bool) -> Iterator[bytes]:
-        """`_checked(chunks)` while a writer thread copies them into `tmp`; with `publish`, the entry once all of
-        it is written and verified (a given-up or unverified copy is removed), else `tmp` is left to the caller."""
-        writer = _Writer(tmp, give_up=give_up, then=lambda: self._publish(tmp, sha256) if publish else None)
+    def _written(self, sha256: str, size: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        tmp = self._temp(sha256)
         try:
-            yield from _checked(sha256, size, chunks, writer=writer)
-        finally:  # after the last piece went out: the consumer holds every byte while the disk catches up
-            writer.close()
-            if publish:
-                tmp.unlink(missing_ok=True)  # gone already once published
+            with open(tmp, "wb") as out:
+                yield from _checked(sha256, size, chunks, out=out, then=lambda: self._publish(out, tmp, sha256))
+        finally:
+            tmp.unlink(missing_ok=True)  # gone already once published
 
     def _temp(self, sha256: str) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -191,9 +186,10 @@ class LocalCache:
         os.close(fd)
         return Path(name)
 
-    def _publish(self, tmp: Path, sha256: str) -> None:
+    def _publish(self, out: BinaryIO, tmp: Path, sha256: str) -> None:
         # No fsync (+60 % on a cold 47 MB dataset load here): after a power cut, ext4 (data=ordered) and
         # XFS show a file whose data never reached the disk shorter than it was, and `open` refuses the size.
+        out.flush()
         os.utime(tmp, ns=(time.time_ns(), SEAL_NS))
         os.replace(tmp, self.path(sha256))
         self._shrink(keep=self.path(sha256).name)
@@ -235,98 +231,24 @@ def _release(path: Path) -> None:
         _filling.discard(path)
 
 
-class _Writer:
-    """Writes a temp file from a queue on a thread of its own; runs `then()` there once `end()` was called and every
-    piece is written.
+def _checked(sha256: str, size: int, chunks: Iterable[bytes], *, out: BinaryIO | None,
+             then: Callable[[], None] = lambda: None) -> Iterator[bytes]:
+    """`chunks` passed through while hashed (and written to `out`); the last is yielded only after all of them
+    verified and `then()` ran, else CacheMismatch.
 
-    With `give_up`, `put` never waits: past WRITE_BEHIND_BYTES queued the copy is dropped (the stream goes on
-    without it). Else `put` waits for room. A failed write drops the copy too; `close()` raises it unless `give_up`.
-    """
-
-    def __init__(self, tmp: Path, *, give_up: bool, then: Callable[[], None]):
-        self.tmp, self.give_up, self.then = tmp, give_up, then
-        self.pieces: deque[bytes] = deque()
-        self.queued, self.ended, self.dropped, self.error = 0, False, False, None
-        self.ready = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="scv-cache-write", daemon=True)
-        self.thread.start()
-
-    def put(self, chunk: bytes) -> None:
-        with self.ready:
-            if not self.give_up:
-                self.ready.wait_for(lambda: self.dropped or not self.queued
-                                    or self.queued + len(chunk) <= WRITE_BEHIND_BYTES)
-            elif not self.dropped and self.queued + len(chunk) > WRITE_BEHIND_BYTES:
-                log.info("cache fill of %s given up: more than %d bytes waited for the disk", self.tmp.name,
-                         WRITE_BEHIND_BYTES)
-                self._drop()
-            if not self.dropped:
-                self.pieces.append(chunk)
-                self.queued += len(chunk)
-                self.ready.notify_all()
-
-    def end(self) -> None:
-        """Every piece was put and verified: `then()` runs once they are written."""
-        with self.ready:
-            self.ended = True
-            self.ready.notify_all()
-
-    def close(self) -> None:
-        """Drop the copy unless `end()` was called, and wait for the thread."""
-        with self.ready:
-            if not self.ended:
-                self._drop()
-        self.thread.join()
-        if self.error is not None and not self.give_up:
-            raise self.error
-
-    def _drop(self) -> None:  # under self.ready
-        self.dropped = True
-        self.pieces.clear()
-        self.ready.notify_all()
-
-    def _next(self) -> bytes | None:
-        with self.ready:
-            self.ready.wait_for(lambda: self.pieces or self.ended or self.dropped)
-            return self.pieces.popleft() if self.pieces and not self.dropped else None
-
-    def _write(self, out: BinaryIO, piece: bytes) -> None:
-        out.write(piece)
-
-    def _run(self) -> None:
-        try:
-            with open(self.tmp, "wb") as out:
-                while (piece := self._next()) is not None:
-                    self._write(out, piece)
-                    with self.ready:
-                        self.queued -= len(piece)
-                        self.ready.notify_all()
-            if not self.dropped:
-                self.then()
-        except OSError as exc:
-            log.warning("cache fill of %s given up: %s", self.tmp.name, exc)
-            with self.ready:
-                self.error = exc
-                self._drop()
-
-
-def _checked(sha256: str, size: int, chunks: Iterable[bytes], *, writer: _Writer | None) -> Iterator[bytes]:
-    """`chunks` passed through while hashed (and put to `writer`); the last is yielded only after all of them
-    verified, and the writer told so, else CacheMismatch.
-
-    A helper thread hashes, in order, so that work overlaps the producer's reads and the consumer's sends instead
-    of adding to them (hashlib releases the GIL); the writer has its own.
+    One helper thread hashes and another writes, each in order, so that work overlaps the producer's reads and the
+    consumer's sends instead of adding to them (hashlib and file writes release the GIL).
     """
     source, digest, got, held = iter(chunks), hashlib.sha256(), 0, None
     pending: deque[Future] = deque()
-    with ThreadPoolExecutor(1, "scv-cache-hash") as hasher:
+    with ThreadPoolExecutor(1, "scv-cache-hash") as hasher, ThreadPoolExecutor(1, "scv-cache-write") as writer:
         try:
             for chunk in source:
                 got += len(chunk)
                 pending.append(hasher.submit(digest.update, chunk))
-                if writer is not None:
-                    writer.put(chunk)
-                while len(pending) > BACKLOG:  # memory stays a few chunks when hashing is slower than the network
+                if out is not None:
+                    pending.append(writer.submit(out.write, chunk))
+                while len(pending) > 2 * BACKLOG:  # memory stays a few chunks when the disk is slower than the network
                     pending.popleft().result()
                 if held is not None:
                     yield held
@@ -335,8 +257,7 @@ def _checked(sha256: str, size: int, chunks: Iterable[bytes], *, writer: _Writer
                 pending.popleft().result()
             if got != size or digest.hexdigest() != sha256:
                 raise CacheMismatch(sha256=sha256, size=size, got_sha256=digest.hexdigest(), got_size=got)
-            if writer is not None:
-                writer.end()
+            then()
             if held is not None:
                 yield held
         finally:
