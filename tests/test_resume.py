@@ -181,3 +181,31 @@ def test_no_checkpoint_outlives_a_cancelled_or_deleted_job(app_client):
     assert wait_for(app_client, kept, timeout=300)["status"] == "succeeded"
     assert app_client.delete(f"/models/{kept}").status_code == 204
     assert objects(app_client, f"{kept}/") == [] and checkpoints(app_client, kept) == []
+
+
+def test_sigterm_of_the_whole_service_and_a_new_start_resume_bit_identical(seeded_settings, tmp_path):
+    from tests.test_replicas import Replica, _env
+
+    env = {**_env(seeded_settings, f"sqlite:///{tmp_path}/catalog.db", tmp_path, bucket="models-sigterm"),
+           "SCV_CHECKPOINT_SECONDS": "0.1"}
+    headers = {"Authorization": f"Bearer {env['SCV_API_TOKEN']}"}
+    first = Replica(tmp_path, env)
+    try:
+        first.client.headers.update(headers)
+        uninterrupted = train(first.client, **JOB)["version"]
+        want = wait_for(first.client, uninterrupted, timeout=300)
+        version = train(first.client, **JOB)["version"]
+        wait_until(lambda: first.client.get(f"/train/{version}").json()["progress"]["epoch"] >= 3, what="epoch 3")
+    finally:
+        first.stop(signal.SIGTERM)  # the job goes back to the queue, its checkpoints stay
+    second = Replica(tmp_path, env)
+    try:
+        second.client.headers.update(headers)
+        record = wait_for(second.client, version, timeout=300)
+        assert record["status"] == "succeeded" and record["attempts"] == 2
+        assert record["resumed_from"]["epoch"] >= 3 and record["resumed_from"]["exact"] is True
+        assert record["metrics"] == want["metrics"] and record["history"] == want["history"]
+        got, expected = (load_tensors(second.client.get(f"/models/{v}").content) for v in (version, uninterrupted))
+        assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    finally:
+        second.stop(signal.SIGKILL)
