@@ -21,6 +21,7 @@ from app.storage.s3 import store_from_settings
 from tests.conftest import SECRET_KEY
 from tests.fixtures_ray import RAY_TERMINAL, LocalRayHead
 from tests.jobwait import train, wait_for
+from tests.test_resume import JOB, assert_same_run, running_pid, stop_when_latest, weights
 
 # Only the local Ray head needs the package (the service speaks HTTP); CI installs it with '.[test,ray]'.
 pytestmark = pytest.mark.skipif(find_spec("ray") is None,
@@ -173,6 +174,31 @@ def test_an_api_restart_leaves_a_running_ray_job_alone(seeded_settings, ray_head
     assert record["status"] == "succeeded" and record["attempts"] == 1 and record["worker"]["pid"] == pid
     ray_head.wait_status(version, {"SUCCEEDED"}, timeout=15)  # its process exits once the record says so
     assert f"{version}.attempt-2" not in {job.get("submission_id") for job in ray_head.jobs()}
+
+
+def test_a_ray_job_killed_mid_epoch_resumes_as_attempt_2_bit_identical(seeded_settings, ray_head, tmp_path):
+    # A Ray worker trains on one thread (OMP_NUM_THREADS from num_cpus), so both runs share device, precision and
+    # threads. Its epochs of the tiny MNIST last about 0.1 s: checkpoints every 0.02 s make mid-epoch ones the rule.
+    settings = ray_settings(seeded_settings, ray_head, tmp_path, checkpoint_seconds=0.02)
+    with TestClient(create_app(settings)) as client:
+        uninterrupted = train(client, **JOB)["version"]
+        reference = wait_for(client, uninterrupted, timeout=300)
+        assert reference["status"] == "succeeded" and reference["attempts"] == 1, reference
+        assert reference["resumed_from"] is None
+
+        version = train(client, **JOB)["version"]
+        pid = running_pid(client, version, 1)
+        latest = stop_when_latest(client, version, pid, lambda c: c["step"] > 0)  # mid-epoch
+        os.kill(pid, signal.SIGKILL)  # the worker Ray started, not Ray's own processes
+        ended = wait_for(client, version, timeout=300)
+        assert ended["status"] == "succeeded", ended
+        # The worker removes the checkpoints just after recording the end; Ray's SUCCEEDED says it has exited.
+        second = ray_head.wait_status(f"{version}.attempt-2", {"SUCCEEDED"}, timeout=30)
+        record = assert_same_run(client, version, (weights(client, uninterrupted), reference))
+    assert second["entrypoint"] == f"python -m app.jobs.worker {version} 2"
+    assert ray_head.job(version)["status"] == "FAILED"  # Ray saw the first attempt's process die
+    assert record["attempts"] == 2 and record["worker"]["pid"] != pid
+    assert record["resumed_from"] == {"epoch": latest["epoch"], "step": latest["step"], "exact": True}
 
 
 def test_a_wrong_ray_token_fails_the_job_with_a_hint(seeded_settings, ray_head, tmp_path, caplog):
