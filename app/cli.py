@@ -47,10 +47,7 @@ def _storage(args) -> int:
 
 def _worker(args) -> int:
     from app.db.engine import Database
-    from app.jobs.checkpoints import Checkpoints
-    from app.jobs.queue import JobQueue
-    from app.jobs.service import JobService
-    from app.main import make_executor, migrate
+    from app.main import job_service, migrate
     from app.storage import embedded
 
     settings = load_settings()
@@ -59,10 +56,7 @@ def _worker(args) -> int:
     with embedded.connect(settings) as (store, resolved):
         db = Database(resolved.catalog_url)
         migrate(db)
-        queue = JobQueue(db, lease_seconds=resolved.lease_seconds, max_attempts=resolved.max_attempts)
-        checkpoints = Checkpoints(store=store, bucket=resolved.minio_model_bucket, queue=queue)
-        jobs = JobService(queue=queue, executor=make_executor(resolved, queue),
-                          housekeeping=[queue.reap, checkpoints.sweep])
+        jobs = job_service(resolved, store=store, db=db)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())

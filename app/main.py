@@ -2,6 +2,7 @@
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -24,6 +25,7 @@ from app.metrics import Metrics
 from app.registry.service import ModelRegistry
 from app.settings import Settings, get_settings
 from app.storage import embedded
+from app.storage.s3 import Store
 
 log = logging.getLogger("scv")
 
@@ -45,11 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.warning("storage not ready at start-up (%s); /readyz retries", exc.detail)
             app.state.db = db = Database(resolved.catalog_url)
             migrate(db)
-            queue = JobQueue(db, lease_seconds=resolved.lease_seconds, max_attempts=resolved.max_attempts)
             app.state.registry = ModelRegistry(store=store, settings=resolved, db=db)
-            checkpoints = Checkpoints(store=store, bucket=resolved.minio_model_bucket, queue=queue)
-            app.state.jobs = JobService(queue=queue, executor=make_executor(resolved, queue), housekeeping=[
-                queue.reap, app.state.registry.finish_deletions, checkpoints.sweep])
+            app.state.jobs = job_service(resolved, store=store, db=db,
+                                         housekeeping=[app.state.registry.finish_deletions])
             app.state.jobs.start()
             app.state.datasets = DatasetService(store=store, settings=resolved)
             app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets)
@@ -76,6 +76,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(BearerAuth, token=settings.api_token.get_secret_value())
     app.add_middleware(metrics.middleware)
     return app
+
+
+def job_service(settings: Settings, *, store: Store, db: Database,
+                housekeeping: Sequence[Callable[[], object]] = ()) -> JobService:
+    """The job service of `scv serve` and `scv worker`: the queue, this process's executor, and housekeeping
+    (lapsed leases, checkpoints of ended jobs, and whatever else the caller adds)."""
+    queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
+    return JobService(queue=queue, executor=make_executor(settings, queue),
+                      housekeeping=[queue.reap, checkpoints.sweep, *housekeeping])
 
 
 def make_executor(settings: Settings, queue: JobQueue) -> Executor | None:
