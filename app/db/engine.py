@@ -75,8 +75,8 @@ class Database:
     def _translated(self) -> Iterator[None]:
         try:
             yield
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) and not exc.connection_invalidated:
+        except DBAPIError as exc:
+            if not isinstance(exc, OperationalError) and not exc.connection_invalidated:
                 raise  # a programming or integrity error, not an outage
             reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
             raise DatabaseUnavailable(f"the catalog database ({self.shown}) did not answer: {reason[:200]}; "

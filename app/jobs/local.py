@@ -11,7 +11,7 @@ from multiprocessing import forkserver
 
 from app.errors import ServiceError
 from app.jobs.queue import Claim, JobQueue
-from app.jobs.worker import EXIT_UNAVAILABLE
+from app.jobs.worker import EXIT_UNAVAILABLE, run_in_child
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often an idle pool looks for queued jobs (a submit in this process wakes it at once)
@@ -88,8 +88,6 @@ class LocalPool:
                 self._cond.wait(POLL_S)
 
     def _launch_locked(self, claim: Claim) -> None:
-        from app.jobs.worker import run_in_child
-
         process = self._ctx.Process(target=run_in_child, name=f"scv-train-{claim.version}",
                                     args=(claim, self.worker_env, self.slots), daemon=False)
         try:

@@ -98,9 +98,9 @@ class Lease:
                 log.warning("job %s: could not renew the lease: %s", self.claim.version, exc.detail)
 
     def _renew(self) -> None:
-        state, self._dirty = (self.state, False) if self._dirty else (None, False)
+        state, self._dirty = self.state if self._dirty else {}, False
         try:
-            if self.queue.renew(self.claim, **(state or {})):
+            if self.queue.renew(self.claim, **state):
                 self._cancelled.set()
         except LeaseLost:
             self._lost.set()
