@@ -211,3 +211,15 @@ def test_sigterm_of_the_whole_service_and_a_new_start_resume_bit_identical(seede
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     finally:
         second.stop(signal.SIGKILL)
+
+
+def test_no_checkpoint_outlives_a_failed_job(resumable, tmp_path):
+    settings = resumable.model_copy(update={"data_dir": tmp_path, "max_attempts": 1})
+    with TestClient(create_app(settings)) as client:
+        version = train(client, **JOB)["version"]
+        pid = running_pid(client, version, 1)
+        wait_until(lambda: checkpoints(client, version), what="checkpoint")
+        os.kill(pid, signal.SIGKILL)  # the only attempt is lost: the job fails
+        assert wait_for(client, version)["status"] == "failed"
+        wait_until(lambda: not objects(client, f"{version}/checkpoints/") and not checkpoints(client, version),
+                   timeout=30, what="checkpoints removed after failure")
