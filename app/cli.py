@@ -19,11 +19,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _serve(args) -> int:
-    import uvicorn
-
+    from app.api import server
     from app.main import create_app
 
-    uvicorn.run(create_app(load_settings()), host=args.host, port=args.port, log_level=args.log_level)
+    server.run(create_app(load_settings()), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

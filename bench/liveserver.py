@@ -6,18 +6,19 @@ import time
 import httpx
 import uvicorn
 
+from app.api import server
 from app.main import create_app
 from app.storage.embedded import free_ports
 
 
 class LiveServer:
-    """Runs create_app(settings) under uvicorn until `stop()`."""
+    """Runs create_app(settings) under uvicorn as `scv serve` does, until `stop()`."""
 
     def __init__(self, settings):
         (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        config = server.config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
+                               lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -169,12 +169,12 @@ def test_ranged_reads_come_from_the_open_file_even_if_it_is_evicted_meanwhile(tm
     cache = LocalCache(tmp_path / "cache", max_bytes=10 * SIZE)
     sha = put(cache, 1)
     data = blob(1)[1]
-    assert cache.read("0" * 64, SIZE, offset=0, length=SIZE, chunk_bytes=64) is None
-    reading = cache.read(sha, SIZE, offset=100, length=650, chunk_bytes=256)
+    assert cache.read("0" * 64, SIZE, offset=0, length=SIZE) is None
+    reading = cache.read(sha, SIZE, offset=100, length=650)
     cache.path(sha).unlink()  # another process evicted it
-    got = list(reading)
+    got = list(reading.pieces(256))
     assert [len(piece) for piece in got] == [256, 256, 138]
-    assert b"".join(got) == data[100:750]
+    assert b"".join(got) == data[100:750] and reading.file.closed
 
 
 def test_temp_files_of_dead_processes_are_removed_once_stale(tmp_path, monkeypatch):

@@ -14,9 +14,11 @@ from starlette.datastructures import UploadFile
 from app.api.deps import ModelRoute, ModelVersion, RegistryDep
 from app.api.labels import LabelFilter
 from app.api.problems import problem
+from app.api.server import FileSliceResponse
 from app.errors import InvalidInput, ServiceError
 from app.registry import inference
-from app.registry.service import ModelRegistry
+from app.registry.service import CHUNK_BYTES, ModelRegistry
+from app.storage.cache import OpenSlice
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=ModelRoute)
 _RANGE = re.compile(r"bytes\s*=\s*(\d*)-(\d*)", re.ASCII | re.IGNORECASE)
@@ -114,8 +116,10 @@ def download(version: ModelVersion, request: Request, registry: RegistryDep) -> 
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    chunks = _opened(registry.download(model, offset=start, length=end - start + 1))
-    return StreamingResponse(chunks, status_code=status, headers=headers, media_type="application/octet-stream")
+    body = registry.download(model, offset=start, length=end - start + 1)
+    if isinstance(body, OpenSlice):  # from the local cache: sent by the kernel where the server can
+        return FileSliceResponse(body, status_code=status, headers=headers, chunk_bytes=CHUNK_BYTES)
+    return StreamingResponse(_opened(body), status_code=status, headers=headers, media_type="application/octet-stream")
 
 
 @router.get("/{version}/metadata")
