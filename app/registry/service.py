@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from itertools import islice
 
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database
@@ -17,13 +16,13 @@ from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, Service
 from app.registry import catalog
 from app.settings import Settings
 from app.storage import layout
-from app.storage.cache import CacheMismatch, LocalCache
-from app.storage.s3 import Store
+from app.storage.cache import CacheMismatch, LocalCache, OpenSlice
+from app.storage.s3 import Store, read_ahead
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 4 * 1024 * 1024  # one ranged GET of a download, sent to the client as one piece
-PARALLEL = 2  # ranged GETs in flight per download: S3 reads overlap each other and the send to the client
+CHUNK_BYTES = 4 * 1024 * 1024  # a download's piece: read from storage and sent to the client as one
+READ_AHEAD = 2  # pieces a download reads from storage ahead of the client
 # What a page's cursor may hold after its sort name: the sort value, then the version.
 CURSOR_KEYS = {"created_at": (str,), "test_accuracy": (float, int, type(None))}
 
@@ -86,8 +85,10 @@ class ModelRegistry:
         self.store, self.bucket, self.db = store, settings.minio_model_bucket, db
         self.ttl_days, self._capacity = settings.model_ttl_days, loaded_models
         self._loaded: OrderedDict[str, tuple[str, object, dict]] = OrderedDict()  # version -> (sha, net, meta)
-        self._lock, self._readers = threading.Lock(), ThreadPoolExecutor(8 * PARALLEL, "scv-model-read")
+        self._lock = threading.Lock()
         self.cache = LocalCache.from_settings(settings)  # shared with the dataset cache, and with other processes
+        self._filler = ThreadPoolExecutor(1, "scv-cache-fill")  # fills after downloads, one at a time
+        self._suspect: set[str] = set()  # sha256 of models whose stored bytes a fill found to differ
         self.device, self.precision = settings.device, settings.precision  # where and how loaded networks run
 
     # -- retention -------------------------------------------------------------------------------
@@ -204,34 +205,57 @@ class ModelRegistry:
         model = self.get(version)
         return {**model["meta"], "expires_at": model["expires_at"]}
 
-    def download(self, model: dict, *, offset: int, length: int) -> Iterator[bytes]:
-        """Bytes `offset` to `offset + length` of a served model's file (`get()`'s item): from the local cache
-        when it holds the file; else from storage, the whole file filling the cache on its way."""
-        sha, size = model["sha256"], model["size_bytes"]
-        if (cached := self.cache.read(sha, size, offset=offset, length=length, chunk_bytes=CHUNK_BYTES)) is not None:
+    def download(self, model: dict, *, offset: int, length: int) -> OpenSlice | Iterator[bytes]:
+        """Bytes `offset` to `offset + length` of a served model's file (`get()`'s item): the local cache's open
+        file when it holds it; else the bytes from storage as they come, and once a whole-file download has gone
+        out, a fill of the cache in the background (fetched again, verified by sha256, kept).
+
+        A model whose stored bytes a fill found to differ from the catalog's is verified on the way from then on,
+        its last chunk held back until the sha256 matches, and cached when it does.
+        """
+        sha, size, version = model["sha256"], model["size_bytes"], model["version"]
+        if (cached := self.cache.read(sha, size, offset=offset, length=length)) is not None:
             return cached
-        stored = self.stream(model["version"], offset=offset, length=length)
-        return self._verified(model, stored) if (offset, length) == (0, size) else stored
+        stored = self.stream(version, offset=offset, length=length)
+        if (offset, length) != (0, size):
+            return stored
+        return self._verified(model, stored) if sha in self._suspect else self._then_cached(model, stored)
 
     def stream(self, version: str, *, offset: int, length: int) -> Iterator[bytes]:
-        """Bytes `offset` to `offset + length` of the model file in storage, in order, by up to PARALLEL ranged
-        GETs."""
-        key, end = layout.key(version, layout.MODEL_FILE), offset + length
+        """Bytes `offset` to `offset + length` of the model file in storage, in order: one GET, read up to
+        READ_AHEAD chunks ahead by a thread, so that storage reads overlap the sends to the client."""
+        chunks = self.store.iter_bytes(bucket=self.bucket, key=layout.key(version, layout.MODEL_FILE), offset=offset,
+                                       length=length, chunk_size=CHUNK_BYTES)
+        return read_ahead(chunks, depth=READ_AHEAD, name="scv-model-read")
 
-        def fetch(start: int) -> bytes:  # one piece per chunk: fewer hops to the event loop than 1 MiB pieces
-            return b"".join(self.store.iter_bytes(bucket=self.bucket, key=key, offset=start,
-                                                  length=min(CHUNK_BYTES, end - start), chunk_size=CHUNK_BYTES))
+    def _then_cached(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """`chunks`, then the model queued for a background fill of the cache (one at a time, off the request:
+        hashing and writing 2 cores' worth of bytes inline would halve the first download)."""
+        try:
+            yield from chunks
+        finally:
+            chunks.close()
+        if self.cache.keeps(model["sha256"], model["size_bytes"]):
+            self._filler.submit(self._fill, model)
 
-        starts = iter(range(offset, end, CHUNK_BYTES))
-        pending = deque(self._readers.submit(fetch, start) for start in islice(starts, PARALLEL))
-        try:  # memory: about PARALLEL + 1 chunks per download
-            while pending:
-                chunk = pending.popleft().result()
-                pending.extend(self._readers.submit(fetch, start) for start in islice(starts, 1))
-                yield chunk
-        finally:  # also when the client went away; reads in flight finish and release their connections
-            for future in pending:
-                future.cancel()
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until the background fills queued so far have ended."""
+        self._filler.submit(lambda: None).result(timeout)
+
+    def close(self) -> None:
+        """Let a fill in progress end (seconds), drop queued ones: the next download queues them again."""
+        self._filler.shutdown(wait=True, cancel_futures=True)
+
+    def _fill(self, model: dict) -> None:
+        sha, size, version = model["sha256"], model["size_bytes"], model["version"]
+        try:
+            with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)):
+                pass  # cached already (an earlier fill), or fetched, verified and kept
+        except CacheMismatch as exc:
+            self._suspect.add(sha)
+            log.error("%s; its downloads are verified on the way from now on", self._mismatch(version, exc).detail)
+        except ServiceError as exc:  # storage went away meanwhile: a later download fills it
+            log.warning("model %s not cached: %s", version, exc.detail)
 
     def _verified(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The whole file passed through the cache: kept once its sha256 matched; the last chunk only then."""
@@ -239,6 +263,7 @@ class ModelRegistry:
             yield from self.cache.fill(model["sha256"], model["size_bytes"], chunks)
         except CacheMismatch as exc:
             raise self._mismatch(model["version"], exc) from None
+        self._suspect.discard(model["sha256"])
 
     def _mismatch(self, version: str, exc: CacheMismatch) -> IntegrityError:
         return IntegrityError(f"model file of {version!r} in storage has sha256 {exc.got_sha256} ({exc.got_size} "
