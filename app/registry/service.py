@@ -236,7 +236,10 @@ class ModelRegistry:
         finally:
             chunks.close()
         if self.cache.keeps(model["sha256"], model["size_bytes"]):
-            self._filler.submit(self._fill, model)
+            try:
+                self._filler.submit(self._fill, model)
+            except RuntimeError:  # shutting down (close()): a later download fills it
+                pass
 
     def settle(self, timeout: float | None = None) -> None:
         """Wait until the background fills queued so far have ended."""
