@@ -1,10 +1,16 @@
-"""Cached downloads through a real `scv serve` protocol: sent by the kernel (os.sendfile), ranges, HEAD, 304, and a
-client that goes away mid-file."""
+"""Downloads through a real `scv serve` protocol: cached ones sent by the kernel (os.sendfile), with ranges, HEAD,
+304; first ones passed through from storage by a pump thread; clients that go away mid-file. And the pump itself."""
 
+import asyncio
 import hashlib
 import os
 import socket
+import threading
+import time
 
+import pytest
+
+from app.api.server import pumped
 from bench.liveserver import LiveServer
 from tests.test_registry import put_model
 
@@ -41,3 +47,72 @@ def test_cached_downloads_are_sent_by_the_kernel_exactly_as_from_storage(setting
         again = client.get("/models/zero-copy")  # the server goes on serving, the same connection too
         assert again.status_code == 200 and again.content == blob
         assert client.get("/readyz").status_code == 200
+
+
+def test_a_client_that_leaves_a_first_download_stops_its_storage_reads(settings, store):
+    blob = os.urandom(16 * 1024 * 1024)  # more than the socket buffers and the read-ahead hold
+    with LiveServer(settings) as live, live.client() as client:
+        app = live.server.config.app
+        put_model(store, settings.minio_model_bucket, "left-early", db=app.state.db, blob=blob)
+        with socket.socket() as gone:
+            gone.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # no growing to hold it all
+            gone.connect(("127.0.0.1", live.port))
+            gone.sendall(b"GET /models/left-early HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert gone.recv(4096).startswith(b"HTTP/1.1 200")
+            _until(lambda: _pumps() == 1)  # reading from storage: the client has not read the rest
+            time.sleep(0.5)
+            assert _pumps() == 1  # and waiting for the client: it holds no more than the read-ahead
+        _until(lambda: _pumps() == 0)  # the reads stopped, their connection went back
+        app.state.registry.settle(60)
+        assert not app.state.registry.cache.path(hashlib.sha256(blob).hexdigest()).exists()  # nor was it cached
+        whole = client.get("/models/left-early")
+        assert whole.status_code == 200 and whole.content == blob
+
+
+def _until(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"still {_pumps()} download pumps after {seconds} s"
+        time.sleep(0.05)
+
+
+def _pumps() -> int:
+    return sum(thread.name == "scv-download" for thread in threading.enumerate())
+
+
+def test_the_pump_keeps_order_reads_ahead_only_so_far_and_raises_errors_in_order():
+    made, closed = [], threading.Event()
+
+    def chunks(fail_at=None):
+        try:
+            for i in range(20):
+                if i == fail_at:
+                    raise OSError(f"storage went away at {i}")
+                made.append(i)
+                yield bytes([i])
+        finally:
+            closed.set()
+
+    async def take(source, count=None):
+        got, ahead = [], []
+        stream = pumped(source, depth=3, name="test-pump")
+        async for chunk in stream:
+            got.append(chunk[0])
+            await asyncio.sleep(0.01)  # a slow client: the pump waits for room
+            ahead.append(len(made) - len(got))
+            if len(got) == count:
+                await stream.aclose()
+                break
+        return got, max(ahead)
+
+    got, ahead = asyncio.run(take(chunks()))
+    assert got == list(range(20)) and ahead <= 4 and closed.is_set()  # depth queued, one being made
+
+    made.clear(), closed.clear()
+    with pytest.raises(OSError, match="at 7"):
+        asyncio.run(take(chunks(fail_at=7)))
+    assert made == list(range(7)) and closed.is_set()
+
+    made.clear(), closed.clear()
+    got, _ = asyncio.run(take(chunks(), count=5))
+    assert got == list(range(5)) and closed.wait(5) and len(made) <= 9  # stopped: the source closed, not drained

@@ -14,10 +14,10 @@ from starlette.datastructures import UploadFile
 from app.api.deps import ModelRoute, ModelVersion, RegistryDep
 from app.api.labels import LabelFilter
 from app.api.problems import problem
-from app.api.server import FileSliceResponse
+from app.api.server import FileSliceResponse, pumped
 from app.errors import InvalidInput, ServiceError
 from app.registry import inference
-from app.registry.service import CHUNK_BYTES, ModelRegistry
+from app.registry.service import CHUNK_BYTES, READ_AHEAD, ModelRegistry
 from app.storage.cache import OpenSlice
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=ModelRoute)
@@ -119,7 +119,9 @@ def download(version: ModelVersion, request: Request, registry: RegistryDep) -> 
     body = registry.download(model, offset=start, length=end - start + 1)
     if isinstance(body, OpenSlice):  # from the local cache: sent by the kernel where the server can
         return FileSliceResponse(body, status_code=status, headers=headers, chunk_bytes=CHUNK_BYTES)
-    return StreamingResponse(_opened(body), status_code=status, headers=headers, media_type="application/octet-stream")
+    # from storage: read by a thread up to READ_AHEAD pieces ahead of the client, so reads overlap sends
+    return StreamingResponse(pumped(_opened(body), depth=READ_AHEAD, name="scv-download"), status_code=status,
+                             headers=headers, media_type="application/octet-stream")
 
 
 @router.get("/{version}/metadata")

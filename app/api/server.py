@@ -9,8 +9,9 @@ without the extension (TestClient, another ASGI server) the app sends the same b
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
+import threading
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import Any
 
@@ -23,7 +24,6 @@ from uvicorn.protocols.utils import is_ssl
 from app.storage.cache import OpenSlice
 
 ZERO_COPY = "http.response.zerocopysend"
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 class ZeroCopyProtocol(HttpToolsProtocol):
@@ -101,6 +101,44 @@ class FileSliceResponse(Response):
             part.file.close()
 
 
+async def pumped(chunks: Iterator[bytes], *, depth: int, name: str) -> AsyncIterator[bytes]:
+    """`chunks` in order, drawn by a thread of their own up to `depth` chunks ahead of the consumer, so that making
+    them (reads from storage) overlaps sending them; each is handed to the event loop as it comes, with no thread
+    hop per chunk. An error of `chunks` is raised to the consumer in order. When the consumer stops (the client
+    went away), the thread closes `chunks` once the chunk it is making is made."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue = asyncio.Queue()
+    room, stop, end = threading.Semaphore(depth), threading.Event(), object()
+
+    def pump() -> None:
+        item: object = end
+        try:
+            for chunk in chunks:
+                room.acquire()
+                if stop.is_set():
+                    return
+                loop.call_soon_threadsafe(ready.put_nowait, chunk)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            item = exc
+        finally:
+            chunks.close()
+        try:
+            loop.call_soon_threadsafe(ready.put_nowait, item)
+        except RuntimeError:  # the loop has closed: nobody waits for it
+            pass
+
+    threading.Thread(target=pump, name=name, daemon=True).start()
+    try:
+        while (item := await ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            room.release()
+            yield item
+    finally:
+        stop.set()
+        room.release()  # a pump waiting for room wakes, sees the stop, and closes `chunks`
+
+
 def config(app, *, host: str, port: int, log_level: str = "info", **options) -> uvicorn.Config:
     """The uvicorn configuration of `scv serve` (and of the tests' and benchmarks' live servers)."""
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=ZeroCopyProtocol, loop="asyncio",
@@ -109,18 +147,4 @@ def config(app, *, host: str, port: int, log_level: str = "info", **options) -> 
 
 def run(app, **kwargs) -> None:
     """Serve `app` until SIGINT or SIGTERM."""
-    _big_buffers_back_to_the_os()
     uvicorn.Server(config(app, **kwargs)).run()
-
-
-def _big_buffers_back_to_the_os() -> None:
-    """With glibc, memory blocks of 1 MiB and more are mapped for themselves and unmapped when freed.
-
-    glibc's default threshold grows to 32 MiB after the first such block is freed; from then on the 4 MiB pieces
-    of downloads come from per-thread arenas, which keep them after they are freed: the API's memory grew by
-    70-90 MB over a few 200 MB downloads (download_rss_growth_mb), against about 30 MB with this.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):  # not glibc: its allocator decides
-        pass

@@ -17,12 +17,15 @@ from app.registry import catalog
 from app.settings import Settings
 from app.storage import layout
 from app.storage.cache import CacheMismatch, LocalCache, OpenSlice
-from app.storage.s3 import Store, read_ahead
+from app.storage.s3 import Store
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 4 * 1024 * 1024  # a download's piece: read from storage and sent to the client as one
-READ_AHEAD = 2  # pieces a download reads from storage ahead of the client
+# A download's piece, read from storage and sent to the client as one. Below glibc's mmap threshold once it has
+# adapted, so that pieces come from memory the allocator reuses: 4 MiB pieces were mapped afresh each, and the page
+# faults of reading into them took about 40% of the API's CPU in a first download.
+CHUNK_BYTES = 512 * 1024
+READ_AHEAD = 4  # pieces a download reads from storage ahead of the client
 # What a page's cursor may hold after its sort name: the sort value, then the version.
 CURSOR_KEYS = {"created_at": (str,), "test_accuracy": (float, int, type(None))}
 
@@ -222,11 +225,9 @@ class ModelRegistry:
         return self._verified(model, stored) if sha in self._suspect else self._then_cached(model, stored)
 
     def stream(self, version: str, *, offset: int, length: int) -> Iterator[bytes]:
-        """Bytes `offset` to `offset + length` of the model file in storage, in order: one GET, read up to
-        READ_AHEAD chunks ahead by a thread, so that storage reads overlap the sends to the client."""
-        chunks = self.store.iter_bytes(bucket=self.bucket, key=layout.key(version, layout.MODEL_FILE), offset=offset,
-                                       length=length, chunk_size=CHUNK_BYTES)
-        return read_ahead(chunks, depth=READ_AHEAD, name="scv-model-read")
+        """Bytes `offset` to `offset + length` of the model file in storage, in order, from one GET."""
+        return self.store.iter_bytes(bucket=self.bucket, key=layout.key(version, layout.MODEL_FILE), offset=offset,
+                                     length=length, chunk_size=CHUNK_BYTES)
 
     def _then_cached(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """`chunks`, then the model queued for a background fill of the cache (one at a time, off the request:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import queue
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -217,39 +215,3 @@ def store_from_settings(settings) -> Store:
         timeout_s=settings.storage_timeout_s,
     )
 
-
-def read_ahead(chunks: Iterator[bytes], *, depth: int, name: str) -> Iterator[bytes]:
-    """`chunks` in order, read by a thread of their own up to `depth` chunks ahead of the consumer, so that the
-    reads overlap what the consumer does with them (memory: about `depth` + 2 chunks). An error of the reads is
-    raised to the consumer in order. Closing the result stops the thread within a second and closes `chunks`."""
-    pipe: queue.Queue = queue.Queue(depth)
-    stop, end = threading.Event(), object()
-
-    def offer(item) -> bool:
-        while not stop.is_set():  # a consumer that stopped takes nothing more: look again now and then
-            try:
-                pipe.put(item, timeout=1.0)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def pump() -> None:
-        try:
-            for chunk in chunks:
-                if not offer(chunk):
-                    return
-            offer(end)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            offer(exc)
-        finally:
-            chunks.close()
-
-    threading.Thread(target=pump, name=name, daemon=True).start()
-    try:
-        while (item := pipe.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
