@@ -3,7 +3,8 @@
 A download from the local cache names an open file and a byte range (`http.response.zerocopysend`); the protocol
 below hands it to `loop.sendfile`, so the kernel copies page cache to the socket (os.sendfile) and no byte of the
 file passes through Python. asyncio's own event loop is used because uvloop has no sendfile. Under a server
-without the extension (TestClient, another ASGI server) the app sends the same bytes in pieces.
+without the extension (TestClient, another ASGI server) the app sends the same bytes in pieces. A download from
+storage is a body of blocking reads: `pumped` makes them in a thread, ahead of the sends.
 """
 
 from __future__ import annotations
