@@ -33,14 +33,18 @@ def app_client(resumable):
 
 
 @pytest.fixture(scope="module")
-def reference(app_client):
-    """The weights and metrics of uninterrupted runs, per precision."""
+def reference(resumable, tmp_path_factory):
+    """The weights and metrics of uninterrupted runs, per precision. They store no checkpoint (how often a run
+    stores one changes none of its results), which makes them quicker."""
+    settings = resumable.model_copy(update={"data_dir": tmp_path_factory.mktemp("reference"),
+                                            "minio_model_bucket": "models-reference", "checkpoint_seconds": 600})
     runs = {}
-    for precision in ("auto", "fp32"):
-        version = train(app_client, **JOB, precision=precision)["version"]
-        record = wait_for(app_client, version, timeout=300)
-        assert record["status"] == "succeeded" and record["resumed_from"] is None
-        runs[precision] = (weights(app_client, version), record)
+    with TestClient(create_app(settings)) as client:
+        for precision in ("auto", "fp32"):
+            version = train(client, **JOB, precision=precision)["version"]
+            record = wait_for(client, version, timeout=300)
+            assert record["status"] == "succeeded" and record["resumed_from"] is None
+            runs[precision] = (weights(client, version), record)
     return runs
 
 
