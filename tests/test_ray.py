@@ -181,7 +181,7 @@ def test_a_ray_job_killed_mid_epoch_resumes_as_attempt_2_bit_identical(seeded_se
     # threads. Its epochs of the tiny MNIST last about 0.1 s: checkpoints every 0.02 s make mid-epoch ones the rule.
     # The reference stores none (how often a run stores checkpoints changes none of its results): it is quicker.
     settings = ray_settings(seeded_settings, ray_head, tmp_path, checkpoint_seconds=0.02)
-    with TestClient(create_app(settings.model_copy(update={"checkpoint_seconds": 60}))) as client:  # no stops
+    with TestClient(create_app(settings.model_copy(update={"checkpoint_seconds": 600}))) as client:  # no stops
         uninterrupted = train(client, **JOB)["version"]
         reference = wait_for(client, uninterrupted, timeout=300)
         assert reference["status"] == "succeeded" and reference["attempts"] == 1, reference

@@ -13,6 +13,7 @@ import pytest
 from app.api.server import pumped
 from bench.liveserver import LiveServer
 from tests.test_registry import put_model
+from tests.test_resume import wait_until
 
 SIZE = 6 * 1024 * 1024 + 123  # more than a socket buffer holds: the send takes several sendfile calls
 
@@ -59,21 +60,14 @@ def test_a_client_that_leaves_a_first_download_stops_its_storage_reads(settings,
             gone.connect(("127.0.0.1", live.port))
             gone.sendall(b"GET /models/left-early HTTP/1.1\r\nHost: test\r\n\r\n")
             assert gone.recv(4096).startswith(b"HTTP/1.1 200")
-            _until(lambda: _pumps() == 1)  # reading from storage: the client has not read the rest
+            wait_until(lambda: _pumps() == 1, timeout=10, what="download pump")  # reading from storage
             time.sleep(0.5)
-            assert _pumps() == 1  # and waiting for the client: it holds no more than the read-ahead
-        _until(lambda: _pumps() == 0)  # the reads stopped, their connection went back
+            assert _pumps() == 1  # still there: the client has not read the rest
+        wait_until(lambda: _pumps() == 0, timeout=10, what="end of the pump")  # the reads stopped
         app.state.registry.settle(60)
         assert not app.state.registry.cache.path(hashlib.sha256(blob).hexdigest()).exists()  # nor was it cached
         whole = client.get("/models/left-early")
         assert whole.status_code == 200 and whole.content == blob
-
-
-def _until(condition, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"still {_pumps()} download pumps after {seconds} s"
-        time.sleep(0.05)
 
 
 def _pumps() -> int:
