@@ -19,10 +19,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _serve(args) -> int:
-    from app.api import server
+    import uvicorn
+
     from app.main import create_app
 
-    server.run(create_app(load_settings()), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(create_app(load_settings()), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

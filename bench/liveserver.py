@@ -6,7 +6,6 @@ import time
 import httpx
 import uvicorn
 
-from app.api import server
 from app.main import create_app
 from app.storage.embedded import free_ports
 
@@ -17,9 +16,8 @@ class LiveServer:
     def __init__(self, settings):
         (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
-        config = server.config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
-                               lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "LiveServer":

@@ -165,18 +165,6 @@ def test_concurrent_fills_of_one_entry_in_a_process_write_one_copy(tmp_path):
         assert path.read_bytes() == data
 
 
-def test_ranged_reads_come_from_the_open_file_even_if_it_is_evicted_meanwhile(tmp_path):
-    cache = LocalCache(tmp_path / "cache", max_bytes=10 * SIZE)
-    sha = put(cache, 1)
-    data = blob(1)[1]
-    assert cache.read("0" * 64, SIZE, offset=0, length=SIZE) is None
-    reading = cache.read(sha, SIZE, offset=100, length=650)
-    cache.path(sha).unlink()  # another process evicted it
-    got = list(reading.pieces(256))
-    assert [len(piece) for piece in got] == [256, 256, 138]
-    assert b"".join(got) == data[100:750] and reading.file.closed
-
-
 def test_temp_files_of_dead_processes_are_removed_once_stale(tmp_path, monkeypatch):
     cache = LocalCache(tmp_path / "cache", max_bytes=10 * SIZE)
     cache.directory.mkdir()

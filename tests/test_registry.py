@@ -103,8 +103,7 @@ def test_download_is_byte_identical_with_etag_ranges_304_and_head(seeded_client,
     beyond = seeded_client.get(f"/models/{trained}", headers={"Range": f"bytes={len(stored)}-"})
     assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(stored)}"
     assert beyond.headers["content-type"] == "application/problem+json"
-    several = seeded_client.get(f"/models/{trained}", headers={"Range": "bytes=0-1,5-9"})
-    assert several.status_code == 200 and several.content == stored  # documented: multiple ranges → whole file
+    several_ranges(seeded_client, trained, stored)
 
     same = seeded_client.get(f"/models/{trained}", headers={"If-None-Match": r.headers["etag"]})
     assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == r.headers["etag"]
@@ -351,7 +350,7 @@ def cache_of(client) -> LocalCache:
 
 
 def ranged_suite(client, version: str, stored: bytes) -> None:
-    """Byte-identical whole file, one range, a suffix, 304, HEAD, 416 and several ranges (the whole file)."""
+    """Byte-identical whole file, one range, a suffix, 304, HEAD, 416, several ranges, and ranges ignored."""
     size, etag = len(stored), f'"{hashlib.sha256(stored).hexdigest()}"'
     whole = client.get(f"/models/{version}")
     assert whole.status_code == 200 and whole.content == stored and whole.headers["etag"] == etag
@@ -370,9 +369,19 @@ def ranged_suite(client, version: str, stored: bytes) -> None:
     beyond = client.get(f"/models/{version}", headers={"Range": f"bytes={size}-"})
     assert beyond.status_code == 416 and beyond.headers["content-type"] == "application/problem+json"
     assert beyond.headers["content-range"] == f"bytes */{size}"
-    for ignored in ("bytes=0-1,5-9", "bytes=x-y", "items=0-9"):
+    several_ranges(client, version, stored)
+    for ignored in ("bytes=x-y", "items=0-9", "bytes=9-2"):  # RFC 9110: a Range the server cannot use is ignored
         r = client.get(f"/models/{version}", headers={"Range": ignored})
         assert r.status_code == 200 and r.content == stored, ignored
+
+
+def several_ranges(client, version: str, stored: bytes) -> None:
+    """Two ranges: one 206 of multipart/byteranges holding each part."""
+    r = client.get(f"/models/{version}", headers={"Range": "bytes=0-1,5-9"})
+    assert r.status_code == 206 and r.headers["content-type"].startswith("multipart/byteranges; boundary=")
+    for first, last in ((0, 1), (5, 9)):
+        part = f"Content-Range: bytes {first}-{last}/{len(stored)}\r\n\r\n".encode() + stored[first:last + 1]
+        assert part + b"\r\n--" in r.content
 
 
 @pytest.fixture
@@ -439,16 +448,23 @@ def test_storage_bytes_that_differ_from_the_catalog_are_never_cached_and_then_ne
     other = TestClient(client.app, raise_server_exceptions=False)  # the same app, its lifespan already running
     cut = other.get("/models/lying")  # from now on the last piece is never sent: the body stops short
     assert cut.status_code == 200 and len(cut.content) < int(cut.headers["content-length"])
+    ranged = other.get("/models/lying", headers={"Range": "bytes=0-9"})  # fetched whole, verified, refused
+    assert ranged.status_code == 502 and ranged.headers["content-type"] == "application/problem+json"
     assert cache_of(client).entries() == []
 
 
-def test_ranges_and_heads_of_an_uncached_model_come_from_storage_and_fill_nothing(client, settings, store):
-    stored = put_model(store, settings.minio_model_bucket, "partial", db=client.app.state.db)
-    assert client.get("/models/partial", headers={"Range": "bytes=5-20"}).content == stored[5:21]
-    assert client.head("/models/partial").status_code == 200
-    assert cache_of(client).entries() == []
+def test_a_range_of_an_uncached_model_is_fetched_into_the_cache_verified_and_a_head_reads_nothing(
+        client, settings, store):
+    bucket = settings.minio_model_bucket
+    stored = put_model(store, bucket, "partial", db=client.app.state.db)
+    head = client.head("/models/partial")
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(stored))
+    assert head.headers["accept-ranges"] == "bytes" and cache_of(client).entries() == []
+    part = client.get("/models/partial", headers={"Range": "bytes=5-20"})
+    assert part.status_code == 206 and part.content == stored[5:21]
+    assert cache_of(client).path(hashlib.sha256(stored).hexdigest()).read_bytes() == stored
+    store.delete(bucket=bucket, key="partial/model.safetensors")  # from now on only the cache can answer
     assert client.get("/models/partial").content == stored
-    assert len(cache_of(client).entries()) == 1
 
 
 def test_models_and_datasets_share_one_bounded_cache(seeded_settings, store, tmp_path):
@@ -478,5 +494,7 @@ def test_files_larger_than_the_cache_are_served_but_not_kept(seeded_settings, st
         assert client.get("/datasets/mnist/cka").status_code == 200
         stored = put_model(store, settings.minio_model_bucket, "unkept", db=client.app.state.db)
         assert client.get("/models/unkept").content == stored
+        whole = client.get("/models/unkept", headers={"Range": "bytes=0-9"})  # no cached copy to take a range of
+        assert whole.status_code == 200 and whole.content == stored and whole.headers["accept-ranges"] == "none"
         assert client.post("/models/unkept/predict", json={"images": [[[0] * 4] * 4]}).status_code == 200
         assert not any(cache_of(client).directory.iterdir())

@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database
@@ -16,7 +17,7 @@ from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, Service
 from app.registry import catalog
 from app.settings import Settings
 from app.storage import layout
-from app.storage.cache import CacheMismatch, LocalCache, OpenSlice
+from app.storage.cache import CacheMismatch, LocalCache
 from app.storage.s3 import Store
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 # adapted, so that pieces come from memory the allocator reuses: 4 MiB pieces were mapped afresh each, and the page
 # faults of reading into them took about 40% of the API's CPU in a first download.
 CHUNK_BYTES = 512 * 1024
-READ_AHEAD = 4  # pieces a download reads from storage ahead of the client
 # What a page's cursor may hold after its sort name: the sort value, then the version.
 CURSOR_KEYS = {"created_at": (str,), "test_accuracy": (float, int, type(None))}
 
@@ -208,21 +208,33 @@ class ModelRegistry:
         model = self.get(version)
         return {**model["meta"], "expires_at": model["expires_at"]}
 
-    def download(self, model: dict, *, offset: int, length: int) -> OpenSlice | Iterator[bytes]:
-        """Bytes `offset` to `offset + length` of a served model's file (`get()`'s item): the local cache's open
-        file when it holds it; else the bytes from storage as they come, and once a whole-file download has gone
-        out, a fill of the cache in the background (fetched again, verified by sha256, kept).
+    def cached_file(self, model: dict, *, fetch: bool = False) -> Path | None:
+        """The local cache's verified copy of a served model's file (`get()`'s item), marked used; None when the
+        cache does not hold it. With `fetch`, a copy it lacks is fetched from storage, verified by sha256 and kept
+        first (None only when the file is larger than the cache may keep)."""
+        sha, size, version = model["sha256"], model["size_bytes"], model["version"]
+        if fetch and self.cache.keeps(sha, size):
+            try:
+                with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)) as path:
+                    return path
+            except CacheMismatch as exc:
+                raise self._mismatch(version, exc) from None
+        if (file := self.cache.open(sha, size)) is None:
+            return None
+        # Verified and marked used; the response opens it again by name. Entries go least recently used first, so
+        # an eviction meanwhile takes this one only from a cache bounded to little more than it.
+        file.close()
+        return self.cache.path(sha)
+
+    def download(self, model: dict) -> Iterator[bytes]:
+        """A served model's whole file (`get()`'s item) from storage, as it comes; once it has gone out, a fill of
+        the cache in the background (fetched again, verified by sha256, kept).
 
         A model whose stored bytes a fill found to differ from the catalog's is verified on the way from then on,
         its last chunk held back until the sha256 matches, and cached when it does.
         """
-        sha, size, version = model["sha256"], model["size_bytes"], model["version"]
-        if (cached := self.cache.read(sha, size, offset=offset, length=length)) is not None:
-            return cached
-        stored = self.stream(version, offset=offset, length=length)
-        if (offset, length) != (0, size):
-            return stored
-        return self._verified(model, stored) if sha in self._suspect else self._then_cached(model, stored)
+        stored = self.stream(model["version"], offset=0, length=model["size_bytes"])
+        return self._verified(model, stored) if model["sha256"] in self._suspect else self._then_cached(model, stored)
 
     def stream(self, version: str, *, offset: int, length: int) -> Iterator[bytes]:
         """Bytes `offset` to `offset + length` of the model file in storage, in order, from one GET."""

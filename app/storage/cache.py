@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,26 +35,6 @@ class CacheMismatch(Exception):
     def __init__(self, *, sha256: str, size: int, got_sha256: str, got_size: int):
         super().__init__(f"expected sha256 {sha256[:12]}…, {size} bytes; got {got_sha256[:12]}…, {got_size} bytes")
         self.sha256, self.size, self.got_sha256, self.got_size = sha256, size, got_sha256, got_size
-
-
-@dataclass
-class OpenSlice:
-    """Bytes `offset` to `offset + length` of an open file; whoever reads them closes `file`."""
-
-    file: BinaryIO
-    offset: int
-    length: int
-
-    def pieces(self, chunk_bytes: int) -> Iterator[bytes]:
-        """The bytes in pieces of `chunk_bytes` (by pread: the file's position is left alone); then closes it."""
-        with self.file:
-            position, end = self.offset, self.offset + self.length
-            while position < end:
-                chunk = os.pread(self.file.fileno(), min(chunk_bytes, end - position), position)
-                if not chunk:
-                    raise OSError(f"{self.file.name} was truncated while being read")
-                position += len(chunk)
-                yield chunk
 
 
 class LocalCache:
@@ -107,12 +86,6 @@ class LocalCache:
         except OSError:  # a read-only mount: still served, only its place in the eviction order is stale
             pass
         return file
-
-    def read(self, sha256: str, size: int, *, offset: int, length: int) -> OpenSlice | None:
-        """Bytes `offset` to `offset + length` of the verified entry, as an open file; None when the cache does not
-        hold it. The file is opened now: an eviction meanwhile does not cut the read short."""
-        file = self.open(sha256, size)
-        return None if file is None else OpenSlice(file, offset, length)
 
     def discard(self, sha256: str) -> None:
         """Remove the entry, found damaged by a reader after it was verified; absent is fine."""
