@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(10 * 1024**3, alias="SCV_CACHE_MAX_BYTES", ge=0)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", alias="SCV_PRECISION")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="SCV_LOG_LEVEL")
+    # Whether this CPU computes bfloat16 natively, for `auto` precision; unset: its flags say (for comparisons, tests).
+    cpu_bf16: bool | None = Field(None, alias="SCV_CPU_BF16")
 
     @field_validator("minio_endpoint", "minio_access_key", "ray_address", "database_url", mode="before")
     @classmethod

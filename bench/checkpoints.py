@@ -32,7 +32,8 @@ def measure(ctx) -> dict[str, float]:
                                    num_classes=manifest["num_classes"])
     device = models.pick_device(ctx.settings.device)
     config = models.TrainConfig(epochs=1, batch_size=64, device=device, checkpoint_every_s=EVERY_S,
-                                precision=models.resolve_precision(ctx.settings.precision, device))
+                                precision=models.resolve_precision(ctx.settings.precision, device,
+                                                                   cpu_bf16=ctx.settings.cpu_bf16))
     db = Database(ctx.settings.catalog_url)
     db.migrate()
     queue = JobQueue(db, lease_seconds=600, max_attempts=1)

@@ -65,7 +65,8 @@ def _load(ctx, settings) -> dict:
     layers = models.resolve_layers(None, input_shape=tuple(manifest["image_shape"]),
                                    num_classes=manifest["num_classes"])
     config = models.TrainConfig(epochs=1, batch_size=64, optimizer="adam", learning_rate=1e-3, seed=0,
-                                device=device, precision=models.resolve_precision(settings.precision, device))
+                                device=device, precision=models.resolve_precision(settings.precision, device,
+                                                                                  cpu_bf16=settings.cpu_bf16))
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y, "layers": layers,
             "mean": manifest["mean"], "std": manifest["std"], "config": config}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import torch
@@ -13,14 +12,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (flag avx512_bf16 or amx_bf16); SCV_CPU_BF16=0 or 1 overrides."""
-    forced = os.environ.get("SCV_CPU_BF16")
-    if forced is None:
-        return bool(_CPU_BF16_FLAGS & _cpu_flags())
-    if forced not in ("0", "1"):
-        raise ValueError(f"SCV_CPU_BF16={forced!r}; use 0 (treat the CPU as without bf16), 1 (with) or unset it")
-    return forced == "1"
+def cpu_has_bf16(override: bool | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (flag avx512_bf16 or amx_bf16), unless `override` says."""
+    return bool(_CPU_BF16_FLAGS & _cpu_flags()) if override is None else override
 
 
 @functools.cache
@@ -33,8 +27,9 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset(line.partition(":")[2].split())
 
 
-def resolve_precision(requested: str, device: str | torch.device) -> str:
-    """Turn auto | fp32 | bf16 into the precision to train in: auto is bf16 where `device` computes it natively."""
+def resolve_precision(requested: str, device: str | torch.device, *, cpu_bf16: bool | None = None) -> str:
+    """Turn auto | fp32 | bf16 into the precision to train in: auto is bf16 where `device` computes it natively
+    (on CPU, `cpu_bf16` overrides what its flags say)."""
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}; use one of {', '.join(PRECISIONS)}")
     if requested != "auto":
@@ -43,7 +38,7 @@ def resolve_precision(requested: str, device: str | torch.device) -> str:
     if device.type == "cuda":
         native = torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and newer
     else:
-        native = device.type == "cpu" and cpu_has_bf16()
+        native = device.type == "cpu" and cpu_has_bf16(cpu_bf16)
     return "bf16" if native else "fp32"
 
 

@@ -63,17 +63,14 @@ def test_evaluation_takes_the_same_fast_path() -> None:
     assert torch.allclose(outputs, plain, atol=0.1, rtol=0.05)  # bf16 keeps about three significant digits
 
 
-def test_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SCV_CPU_BF16", "0")
-    assert not models.cpu_has_bf16()
-    assert resolve_precision("auto", "cpu") == "fp32"
-    assert resolve_precision("bf16", "cpu") == "bf16"  # asked for explicitly: slower without support, still right
-    monkeypatch.setenv("SCV_CPU_BF16", "1")
-    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
-    assert resolve_precision("fp32", "cpu") == "fp32"
-    monkeypatch.setenv("SCV_CPU_BF16", "yes")
-    with pytest.raises(ValueError, match="SCV_CPU_BF16"):
-        resolve_precision("auto", "cpu")
+def test_auto_is_bf16_only_where_the_cpu_has_it() -> None:
+    assert not models.cpu_has_bf16(False)  # SCV_CPU_BF16=0, as on a CPU without AVX512-BF16 or AMX
+    assert resolve_precision("auto", "cpu", cpu_bf16=False) == "fp32"
+    # asked for explicitly: slower without support, still right
+    assert resolve_precision("bf16", "cpu", cpu_bf16=False) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu"), cpu_bf16=True) == "bf16"
+    assert resolve_precision("fp32", "cpu", cpu_bf16=True) == "fp32"
+    assert resolve_precision("auto", "cpu") == ("bf16" if models.cpu_has_bf16() else "fp32")  # unset: the flags
 
 
 @pytest.mark.parametrize(("capability", "expected"), [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])

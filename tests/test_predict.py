@@ -101,9 +101,10 @@ def test_auto_precision_is_bf16_where_the_cpu_has_it_and_exact_float32_elsewhere
     if models.pick_device(seeded_client.app.state.registry.device) != "cpu":
         pytest.skip("the CPU capability check decides only on CPU")
     url, body = f"/models/{version}/predict", {"images": images.tolist()}
-    monkeypatch.setenv("SCV_CPU_BF16", "0")  # as on a CPU without AVX512-BF16 or AMX
+    registry = seeded_client.app.state.registry
+    monkeypatch.setattr(registry, "cpu_bf16", False)  # SCV_CPU_BF16=0: as on a CPU without AVX512-BF16 or AMX
     fp32 = check(seeded_client.post(url, json=body), expected, classes, exact=True)
-    monkeypatch.setenv("SCV_CPU_BF16", "1")
+    monkeypatch.setattr(registry, "cpu_bf16", True)
     fast = check(seeded_client.post(url, json=body), expected, classes)
     assert (fast - fp32).abs().max() > 1e-5  # bf16 did run: float32 agrees with offline evaluation to 1e-5
 

@@ -118,7 +118,7 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
     device = models.pick_device(settings.device)
     # The request records the precision this attempt trains in, `auto` resolved on this device.
     request = {**request, "precision": models.resolve_precision(request.get("precision") or settings.precision,
-                                                                device)}
+                                                                device, cpu_bf16=settings.cpu_bf16)}
     record = queue.start(claim, worker={"host": socket.gethostname(), "pid": os.getpid()}, request=request)
     checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
     with Lease(queue=queue, claim=claim, record=record) as lease:
@@ -291,6 +291,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "SCV_STORAGE_TIMEOUT": str(settings.storage_timeout_s), "SCV_DATABASE_URL": settings.catalog_url,
         "SCV_LEASE_SECONDS": str(settings.lease_seconds), "SCV_MAX_ATTEMPTS": str(settings.max_attempts),
         "SCV_CHECKPOINT_SECONDS": str(settings.checkpoint_seconds), "SCV_PRECISION": settings.precision,
+        "SCV_CPU_BF16": json.dumps(settings.cpu_bf16) if settings.cpu_bf16 is not None else None,
     }
     return {k: v for k, v in values.items() if v is not None}
 

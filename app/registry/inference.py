@@ -93,13 +93,15 @@ def verified_model(version: str, blob: bytes, metadata: dict, *,
     return net, {**metadata, **{k: header[k] for k in ("input_shape", "classes", "normalization")}}
 
 
-def predict(model: torch.nn.Module, metadata: dict, batch: torch.Tensor, *, precision: str = "auto") -> list[dict]:
+def predict(model: torch.nn.Module, metadata: dict, batch: torch.Tensor, *, precision: str = "auto",
+            cpu_bf16: bool | None = None) -> list[dict]:
     """Label, class name and class probabilities of each uint8 image, as the model was trained to see it, on the
-    model's device at `precision` (auto, fp32, bf16; auto is bf16 where the device computes it natively)."""
+    model's device at `precision` (auto, fp32, bf16; auto is bf16 where the device computes it natively, on CPU as
+    `cpu_bf16` (SCV_CPU_BF16) says when set)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     norm = metadata["normalization"]
     output = models.logits(model, batch, mean=norm["mean"], std=norm["std"], device=device,
-                           precision=models.resolve_precision(precision, device))
+                           precision=models.resolve_precision(precision, device, cpu_bf16=cpu_bf16))
     probabilities = torch.softmax(output, dim=1).cpu()
     classes = metadata["classes"]
     return [{"label": int(row.argmax()), "class": classes[int(row.argmax())], "probabilities": row.tolist()}

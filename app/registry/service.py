@@ -92,7 +92,8 @@ class ModelRegistry:
         self.cache = LocalCache.from_settings(settings)  # shared with the dataset cache, and with other processes
         self._filler = ThreadPoolExecutor(1, "scv-cache-fill")  # fills after downloads, one at a time
         self._suspect: set[str] = set()  # sha256 of models whose stored bytes a fill found to differ
-        self.device, self.precision = settings.device, settings.precision  # where and how loaded networks run
+        # where and how loaded networks run
+        self.device, self.precision, self.cpu_bf16 = settings.device, settings.precision, settings.cpu_bf16
 
     # -- retention -------------------------------------------------------------------------------
 
