@@ -20,7 +20,6 @@ from app.jobs.checkpoints import Checkpoints
 from app.jobs.local import LocalPool
 from app.jobs.queue import JobQueue
 from app.jobs.service import Executor, JobService
-from app.jobs.worker import worker_env
 from app.metrics import Metrics
 from app.registry.service import ModelRegistry
 from app.settings import Settings, get_settings
@@ -97,7 +96,7 @@ def make_executor(settings: Settings, queue: JobQueue) -> Executor | None:
         from app.jobs.ray_cluster import RayDispatcher  # plain HTTP: the API needs no `ray` package
 
         return RayDispatcher.from_settings(settings, queue)
-    return LocalPool(queue=queue, worker_env=worker_env(settings), slots=settings.max_concurrent_jobs)
+    return LocalPool(queue=queue, env=settings.to_env(), slots=settings.max_concurrent_jobs)
 
 
 def migrate(db: Database, *, patience_s: float = 60.0) -> None:

@@ -1,5 +1,6 @@
-"""Service configuration, read once from the environment and an optional `.env` file."""
+"""Service configuration, read once from the environment and an optional `.env` file, and handed on to workers."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -7,9 +8,12 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the lines of every scv process, workers too
+
 
 class Settings(BaseSettings):
-    """Every variable of SPEC §3; field aliases are the environment names."""
+    """Every variable of SPEC §3; field aliases are the environment names. Fields with `exclude=True` belong to the
+    process that runs the API and the dispatcher: they are never handed on to a worker (`to_env`)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
@@ -25,14 +29,15 @@ class Settings(BaseSettings):
     minio_model_bucket: str = Field("models", alias="MINIO_MODEL_BUCKET", min_length=3, max_length=63)
     minio_dataset_bucket: str = Field("datasets", alias="MINIO_DATASET_BUCKET", min_length=3, max_length=63)
     data_dir: Path = Field(Path(".scv"), alias="SCV_DATA_DIR")
-    api_token: SecretStr | None = Field(None, alias="SCV_API_TOKEN")
+    api_token: SecretStr | None = Field(None, alias="SCV_API_TOKEN", exclude=True)
     executor: Literal["local", "ray"] = Field("local", alias="SCV_EXECUTOR")
     max_concurrent_jobs: int = Field(1, alias="SCV_MAX_CONCURRENT_JOBS", ge=0, le=64)
     model_ttl_days: int = Field(0, alias="SCV_MODEL_TTL_DAYS", ge=0, le=36500)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", alias="SCV_DEVICE")
     max_body_bytes: int = Field(16 * 1024 * 1024, alias="SCV_MAX_BODY_BYTES", ge=1024)
-    ray_address: str | None = Field(None, alias="RAY_ADDRESS")
-    ray_auth_token: SecretStr | None = Field(None, alias="RAY_AUTH_TOKEN")
+    # Inside a Ray job, RAY_ADDRESS is Ray's own variable (the cluster's address, set by Ray).
+    ray_address: str | None = Field(None, alias="RAY_ADDRESS", exclude=True)
+    ray_auth_token: SecretStr | None = Field(None, alias="RAY_AUTH_TOKEN", exclude=True)
     storage_timeout_s: float = Field(5.0, alias="SCV_STORAGE_TIMEOUT", gt=0)
     database_url: SecretStr | None = Field(None, alias="SCV_DATABASE_URL")
     lease_seconds: float = Field(30.0, alias="SCV_LEASE_SECONDS", ge=1, le=3600)
@@ -73,6 +78,25 @@ class Settings(BaseSettings):
         """True when no external S3 endpoint is configured."""
         return self.minio_endpoint is None
 
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the environment variable that sets it, for a worker that reads them back (a training
+        child, a Ray job): paths made absolute (a worker may start elsewhere), secrets in clear (never log it);
+        unset ones and `exclude=True` ones are left out."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, Path):
+                value = value.resolve()
+            env[env_name(name)] = json.dumps(value) if isinstance(value, bool) else str(value)
+        return env
+
+
+def env_name(field: str) -> str:
+    """The environment name of a Settings field: its alias, or the first of its alias choices."""
+    info = Settings.model_fields[field]
+    return info.alias or info.validation_alias.choices[0]
+
 
 class SettingsError(RuntimeError):
     """A configuration variable is invalid; the message names it and never echoes secrets."""
@@ -86,8 +110,7 @@ def load_settings(**overrides) -> Settings:
         lines = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"
-            name = Settings.model_fields[field].alias if field in Settings.model_fields else field
-            lines.append(f"{name or field.upper()}: {err['msg']}")
+            lines.append(f"{env_name(field) if field in Settings.model_fields else field.upper()}: {err['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(lines)) from None
 
 

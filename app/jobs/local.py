@@ -29,8 +29,8 @@ def exit_reason(exitcode: int | None) -> str:
 class LocalPool:
     """`slots` jobs at once, each in a forked child of a forkserver that has torch preloaded (fast start-up)."""
 
-    def __init__(self, *, queue: JobQueue, worker_env: dict[str, str], slots: int):
-        self.queue, self.worker_env, self.slots = queue, worker_env, slots
+    def __init__(self, *, queue: JobQueue, env: dict[str, str], slots: int):
+        self.queue, self.env, self.slots = queue, env, slots  # env: Settings.to_env(), every child's settings
         self._ctx = multiprocessing.get_context("forkserver")
         self._running: dict[str, tuple[Claim, multiprocessing.Process]] = {}
         self._cond = threading.Condition()
@@ -89,7 +89,7 @@ class LocalPool:
 
     def _launch_locked(self, claim: Claim) -> None:
         process = self._ctx.Process(target=run_in_child, name=f"scv-train-{claim.version}",
-                                    args=(claim, self.worker_env, self.slots), daemon=False)
+                                    args=(claim, self.env, self.slots), daemon=False)
         try:
             process.start()
         except OSError as exc:

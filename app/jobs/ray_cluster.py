@@ -136,14 +136,14 @@ class RayDispatcher:
     starting), this renews its lease; then the worker does. A Ray job that ends without recording an end (its node
     was lost, it was stopped from outside) gives the job back as a lost attempt."""
 
-    def __init__(self, *, queue: JobQueue, address: str | None, worker_env: dict[str, str], token: str | None = None,
+    def __init__(self, *, queue: JobQueue, address: str | None, env: dict[str, str], token: str | None = None,
                  num_cpus: float = 1, num_gpus: float = 0):
         self.queue = queue
-        masked = [token or "", worker_env.get("MINIO_SECRET_KEY", ""), worker_env.get("MINIO_ACCESS_KEY", ""),
-                  worker_env.get("SCV_DATABASE_URL", "")]
+        masked = [token or "", env.get("MINIO_SECRET_KEY", ""), env.get("MINIO_ACCESS_KEY", ""),
+                  env.get("SCV_DATABASE_URL", "")]
         self.ray = RayJobs(address=dashboard_url(address), token=token, secrets=masked)
         # Torch would use every core of the node while Ray counted only num_cpus of them.
-        self.env = {**worker_env, "OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
+        self.env = {**env, "OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self._lock = threading.Lock()
         self._inflight: dict[str, Claim] = {}  # Ray submission id -> the claim it runs
@@ -153,13 +153,11 @@ class RayDispatcher:
 
     @classmethod
     def from_settings(cls, settings: Settings, queue: JobQueue) -> RayDispatcher:
-        from app.jobs.worker import worker_env
-
         token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
         if settings.database_url is None and httpx.URL(dashboard_url(settings.ray_address)).host not in LOOPBACK:
             log.warning("the catalog is SQLite in SCV_DATA_DIR: Ray jobs reach it only on this machine; for a "
                         "Ray head elsewhere set SCV_DATABASE_URL to a PostgreSQL database every Ray node reaches")
-        return cls(queue=queue, address=settings.ray_address, worker_env=worker_env(settings), token=token,
+        return cls(queue=queue, address=settings.ray_address, env=settings.to_env(), token=token,
                    num_gpus=1 if settings.device == "cuda" else 0)
 
     def start(self) -> None:

@@ -26,7 +26,7 @@ from app.errors import ServiceError, Unavailable
 from app.jobs.checkpoints import Checkpoints
 from app.jobs.queue import Claim, JobQueue, LeaseLost
 from app.registry.catalog import model_values
-from app.settings import Settings, load_settings
+from app.settings import LOG_FORMAT, Settings, load_settings
 from app.storage import layout
 from app.storage.s3 import Store, store_from_settings
 
@@ -255,13 +255,15 @@ def _keep_freed_memory() -> None:
 
 
 def run_in_child(claim: Claim, env: dict[str, str], concurrency: int) -> None:
-    """Entry point of a local pool's child process."""
+    """Entry point of a local pool's child process; `env` is the pool's `Settings.to_env()`."""
     _die_with_parent()
     _keep_freed_memory()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the pool decides
+    settings = Settings(_env_file=None, **env)
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     threads = max(1, (os.cpu_count() or 1) // max(1, concurrency))
-    sys.exit(run(claim, Settings(_env_file=None, **env), threads=threads))
+    sys.exit(run(claim, settings, threads=threads))
 
 
 def main() -> None:
@@ -270,30 +272,13 @@ def main() -> None:
     parser.add_argument("version")
     parser.add_argument("attempt", type=int)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
     settings = load_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     url = make_url(settings.catalog_url)
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
         sys.exit(f"the catalog {url.database} is not on this machine: a SQLite catalog serves only workers on the "
                  "API's machine; set SCV_DATABASE_URL to a PostgreSQL database every worker reaches")
     sys.exit(run(Claim(layout.validate_version(args.version), args.attempt), settings))
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment a worker needs to reach the same storage (secrets included, never logged)."""
-    values = {
-        "MINIO_ENDPOINT": settings.minio_endpoint, "MINIO_ACCESS_KEY": settings.minio_access_key,
-        "MINIO_SECRET_KEY": settings.minio_secret_key.get_secret_value() if settings.minio_secret_key else None,
-        "MINIO_SECURE": json.dumps(settings.minio_secure),
-        "MINIO_CA_CERT": str(settings.minio_ca_cert) if settings.minio_ca_cert else None,
-        "MINIO_MODEL_BUCKET": settings.minio_model_bucket, "MINIO_DATASET_BUCKET": settings.minio_dataset_bucket,
-        "SCV_DATA_DIR": str(Path(settings.data_dir).resolve()), "SCV_DEVICE": settings.device,
-        "SCV_STORAGE_TIMEOUT": str(settings.storage_timeout_s), "SCV_DATABASE_URL": settings.catalog_url,
-        "SCV_LEASE_SECONDS": str(settings.lease_seconds), "SCV_MAX_ATTEMPTS": str(settings.max_attempts),
-        "SCV_CHECKPOINT_SECONDS": str(settings.checkpoint_seconds), "SCV_PRECISION": settings.precision,
-        "SCV_CPU_BF16": json.dumps(settings.cpu_bf16) if settings.cpu_bf16 is not None else None,
-    }
-    return {k: v for k, v in values.items() if v is not None}
 
 
 if __name__ == "__main__":
