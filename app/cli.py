@@ -6,16 +6,13 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from app.errors import ServiceError
-from app.settings import SettingsError, load_settings
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from app.settings import LOG_FORMAT, SettingsError, load_settings
 
 
 def _serve(args) -> int:
@@ -114,8 +111,9 @@ def _datasets_ls(args) -> int:
 def _client():
     import httpx
 
-    token = os.environ.get("SCV_API_TOKEN")
-    return httpx.Client(base_url=os.environ.get("SCV_URL", "http://127.0.0.1:8000"), timeout=30.0,
+    settings = load_settings()  # SCV_URL and SCV_API_TOKEN, from the environment or `.env`
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return httpx.Client(base_url=settings.service_url, timeout=30.0,
                         headers={"Authorization": f"Bearer {token}"} if token else {})
 
 
@@ -220,15 +218,14 @@ def _logging(args) -> str:
     --verbose means debug; else SCV_LOG_LEVEL, whose default is info for the service and warning for the clients of
     one, so that their output is only what they report. Libraries' per-request lines need debug.
     """
+    settings = load_settings()
     if args.verbose:
         level = "debug"
-    elif args.run in (_train, _models_ls, _models_pull, _models_rm):
-        level = os.environ.get("SCV_LOG_LEVEL", "warning").lower()  # a client reads no storage settings
-        if level not in LOG_LEVELS:
-            raise SettingsError(f"invalid configuration: SCV_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}")
+    elif args.run in (_train, _models_ls, _models_pull, _models_rm) and "log_level" not in settings.model_fields_set:
+        level = "warning"
     else:
-        level = load_settings().log_level
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        level = settings.log_level
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
     for name in ("httpx", "httpcore", "urllib3", "minio"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     return level

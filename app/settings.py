@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="SCV_LOG_LEVEL")
     # Whether this CPU computes bfloat16 natively, for `auto` precision; unset: its flags say (for comparisons, tests).
     cpu_bf16: bool | None = Field(None, alias="SCV_CPU_BF16")
+    service_url: str = Field("http://127.0.0.1:8000", alias="SCV_URL")  # what the `scv` client commands talk to
 
     @field_validator("minio_endpoint", "minio_access_key", "ray_address", "database_url", mode="before")
     @classmethod

@@ -72,3 +72,12 @@ def test_request_lines_only_when_verbose(served, tmp_path, flags, env):
     assert listed.returncode == 0 and "HTTP Request: GET" in listed.stderr and "HTTP Request" not in listed.stdout
     refused = _scv(served, tmp_path, "train", "imagenet", *flags, **env)  # after the subcommand too
     assert "HTTP Request: POST" in refused.stderr and "error 404" in refused.stderr
+
+
+def test_clients_read_their_settings_from_dot_env_too(served, tmp_path):
+    (tmp_path / ".env").write_text(f"SCV_URL={served.url}\nSCV_LOG_LEVEL=debug\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
+    listed = subprocess.run([sys.executable, "-m", "app.cli", "models", "ls"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert f"HTTP Request: GET {served.url}/models" in listed.stderr  # the service of SCV_URL, at debug level

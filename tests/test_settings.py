@@ -23,7 +23,7 @@ EVERY_SETTING = {  # none at its default
     "RAY_ADDRESS": "http://ray-head:8265", "RAY_AUTH_TOKEN": "ray-token", "SCV_STORAGE_TIMEOUT": "2.5",
     "SCV_DATABASE_URL": "postgresql+psycopg://scv:pw@db:5432/scv", "SCV_LEASE_SECONDS": "12",
     "SCV_MAX_ATTEMPTS": "5", "SCV_CHECKPOINT_SECONDS": "9", "SCV_CACHE_MAX_BYTES": "1000", "SCV_PRECISION": "bf16",
-    "SCV_LOG_LEVEL": "debug", "SCV_CPU_BF16": "0",
+    "SCV_LOG_LEVEL": "debug", "SCV_CPU_BF16": "0", "SCV_URL": "http://scv.example.com:8000",
 }
 KEPT_BY_THE_API = {"SCV_API_TOKEN", "RAY_ADDRESS", "RAY_AUTH_TOKEN"}  # the fields marked exclude=True
 
