@@ -216,7 +216,8 @@ def _logging(args) -> str:
     """Configure logging once for every command and return the level (debug, info, warning or error).
 
     --verbose means debug; else SCV_LOG_LEVEL, whose default is info for the service and warning for the clients of
-    one, so that their output is only what they report. Libraries' per-request lines need debug.
+    one, so that their output is only what they report. Libraries' per-request (and alembic's set-up) lines need
+    debug.
     """
     settings = load_settings()
     if args.verbose:
@@ -226,7 +227,7 @@ def _logging(args) -> str:
     else:
         level = settings.log_level
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-    for name in ("httpx", "httpcore", "urllib3", "minio"):
+    for name in ("httpx", "httpcore", "urllib3", "minio", "alembic"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     return level
 

@@ -88,15 +88,25 @@ class Database:
             conn.execute(text("SELECT 1"))
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration; safe when several processes start at once."""
+        """Bring the schema to the newest migration, logging one line that says what it did; safe when several
+        processes start at once."""
         from alembic import command
         from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(config).get_current_head()
         with self._migration_lock(), self.write() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+            found = MigrationContext.configure(conn).get_current_revision()
+            if found != head:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        if found == head:
+            log.info("catalog schema up to date at %s", head)
+        else:
+            log.info("catalog schema: migrated %s → %s", found or "empty", head)
 
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
