@@ -11,8 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.deps import ModelRoute, ModelVersion, RegistryDep
-from app.api.labels import LabelFilter
+from app.api.deps import LabelFilter, ModelRoute, ModelVersion, RegistryDep
 from app.api.problems import problem
 from app.api.server import FileSliceResponse, pumped
 from app.errors import InvalidInput, ServiceError

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 import models
 from app.api import train
-from app.api.deps import DatasetsDep, JobsDep, SettingsDep
-from app.api.labels import parse_label_filter
+from app.api.deps import DatasetsDep, JobsDep, SettingsDep, parse_label_filter
 from app.errors import InvalidInput, ServiceError
 from app.jobs.queue import STATUSES, TERMINAL
+from app.jobs.request import TrainRequest
 from app.jobs.service import JobService
 from app.ui.rendering import PageRoute, current_session, is_htmx, render, safe_next
 
@@ -86,7 +86,7 @@ def _submit(values: dict, rows: list[dict], *, jobs, datasets, settings) -> str:
     body["layers"] = [{"type": row["type"], **parse_args(index, row["args"])} for index, row in enumerate(rows)]
     body["labels"] = parse_labels(values.get("labels", ""))
     try:
-        request = train.TrainRequest.model_validate(body)
+        request = TrainRequest.model_validate(body)
     except ValidationError as exc:
         errors = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
         problem = InvalidInput(errors[0]["message"], field=errors[0]["field"])

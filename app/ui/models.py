@@ -11,8 +11,7 @@ from starlette.datastructures import UploadFile
 import models as networks
 from app.analysis.maths import layer_names
 from app.api import models as models_api
-from app.api.deps import AnalysesDep, DatasetsDep, RegistryDep
-from app.api.labels import parse_label_filter
+from app.api.deps import AnalysesDep, DatasetsDep, RegistryDep, parse_label_filter
 from app.errors import InvalidInput
 from app.registry import inference
 from app.ui.pictures import activation_pngs, image_png, symmetric_scale
