@@ -45,6 +45,14 @@ def _model_version(version: str, request: Request, registry: RegistryDep) -> str
 ModelVersion = Annotated[str, Depends(_model_version)]
 
 
+def _existing_job(version: str, jobs: JobsDep) -> JobService:
+    jobs.get(version)  # an unknown job is a 404 before an event stream starts
+    return jobs
+
+
+ExistingJobDep = Annotated[JobService, Depends(_existing_job)]
+
+
 def parse_label_filter(label: Annotated[list[str] | None, Query(
         description="`key:value`; repeat to require several labels", max_length=16)] = None) -> list[tuple[str, str]]:
     pairs = []

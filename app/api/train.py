@@ -1,22 +1,17 @@
 """Training routes: submit, inspect, follow (SSE) and cancel jobs."""
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
-from app.api.deps import DatasetsDep, JobsDep, LabelFilter, SettingsDep
-from app.errors import ServiceError
-from app.jobs.queue import STATUSES, TERMINAL, new_record
+from app.api.deps import ExistingJobDep, JobsDep, LabelFilter
+from app.jobs.queue import STATUSES
 from app.jobs.request import TrainRequest
-from app.jobs.service import JobService, prepare
 
 router = APIRouter(prefix="/train", tags=["training"])
-EVENT_POLL_S = 0.5
 
 
 class Progress(BaseModel):
@@ -58,18 +53,10 @@ class JobPage(BaseModel):
 
 
 @router.post("", status_code=202, response_model=JobRecord)
-def submit(body: TrainRequest, response: Response, jobs: JobsDep, datasets: DatasetsDep,
-           settings: SettingsDep) -> dict:
+def submit(body: TrainRequest, response: Response, jobs: JobsDep) -> dict:
     """Queue a training job; 202 with `Location: /train/{version}`."""
-    manifest = datasets.manifest(body.dataset)
-    request = body.model_dump(exclude={"labels"})
-    request["precision"] = body.precision or settings.precision
-    if body.train_subset is not None and body.train_subset > manifest["train_size"]:
-        request["train_subset"] = None  # more than there is: train on everything
-    version, layers = prepare(request, manifest=manifest)
-    record = jobs.submit(new_record(version=version, dataset=body.dataset, request={**request, "version": version},
-                                    layers=layers, labels=body.labels))
-    response.headers["Location"] = f"/train/{version}"
+    record = jobs.submit(body)
+    response.headers["Location"] = f"/train/{record['version']}"
     return record
 
 
@@ -99,30 +86,14 @@ def cancel_job(version: str, jobs: JobsDep) -> dict:
     return jobs.cancel(version)
 
 
-def _existing_job(version: str, jobs: JobsDep) -> JobService:
-    jobs.get(version)  # 404 as problem+json, before the stream starts
-    return jobs
-
-
 @router.get("/{version}/events", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(
     version: str,
-    jobs: Annotated[JobService, Depends(_existing_job)],
+    jobs: ExistingJobDep,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: the job record on every change (`id` = its revision), ending after a terminal status.
     A client reconnecting with `Last-Event-ID` receives only newer records."""
-    seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    while True:
-        try:
-            record, revision = await run_in_threadpool(jobs.queue.get_with_revision, version)
-        except ServiceError as exc:  # the stream has started: report in-band, the client may retry
-            yield ServerSentEvent(event="error", data={"status": exc.status, "detail": exc.detail})
-            return
-        if revision > seen:
-            seen = revision
-            yield ServerSentEvent(event="job", id=str(revision), data=record)
-        if record["status"] in TERMINAL:
-            return
-        await asyncio.sleep(EVENT_POLL_S)
+    async for event in jobs.events(version, last_event_id=last_event_id):
+        yield ServerSentEvent(event=event.event, id=event.id, data=event.data)
