@@ -1,4 +1,4 @@
-"""Every error of every route rendered once, as RFC 9457 application/problem+json."""
+"""Every error of every route and guard rendered once, as RFC 9457 application/problem+json."""
 
 import logging
 
