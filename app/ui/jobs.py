@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 import models
 from app.api.deps import DatasetsDep, ExistingJobDep, JobsDep, parse_label_filter
+from app.api.problems import invalid_fields
 from app.errors import InvalidInput, ServiceError
 from app.jobs.queue import STATUSES, TERMINAL
 from app.jobs.request import TrainRequest
@@ -86,7 +87,7 @@ def _submit(values: dict, rows: list[dict], *, jobs) -> str:
     try:
         request = TrainRequest.model_validate(body)
     except ValidationError as exc:
-        errors = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        _, errors = invalid_fields(exc.errors())
         problem = InvalidInput(errors[0]["message"], field=errors[0]["field"])
         problem.extra["errors"] = errors  # every field at once, as the API's 422 lists them
         raise problem from None
@@ -141,11 +142,6 @@ def parse_labels(text: str) -> dict[str, str]:
             raise InvalidInput(f"label line {line[:40]!r} has no '=': write key=value, one per line", field="labels")
         labels[key.strip()] = value.strip()
     return labels
-
-
-def _field(loc: tuple) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else (f".{part}" if i else str(part))
-                   for i, part in enumerate(loc))
 
 
 @router.get("/jobs/{version}")
