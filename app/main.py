@@ -48,10 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.db = db = Database(resolved.catalog_url)
             migrate(db)
             app.state.registry = ModelRegistry(store=store, settings=resolved, db=db)
-            app.state.jobs = job_service(resolved, store=store, db=db,
+            app.state.datasets = DatasetService(store=store, settings=resolved)
+            app.state.jobs = job_service(resolved, store=store, db=db, datasets=app.state.datasets,
                                          housekeeping=[app.state.registry.finish_deletions])
             app.state.jobs.start()
-            app.state.datasets = DatasetService(store=store, settings=resolved)
             app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets)
             app.state.registry.apply_retention()
             try:
@@ -79,13 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def job_service(settings: Settings, *, store: Store, db: Database,
+def job_service(settings: Settings, *, store: Store, db: Database, datasets: DatasetService | None = None,
                 housekeeping: Sequence[Callable[[], object]] = ()) -> JobService:
-    """The job service of `scv serve` and `scv worker`: the queue, this process's executor, and housekeeping
-    (lapsed leases, checkpoints of ended jobs, and whatever else the caller adds)."""
+    """The job service of `scv serve` and `scv worker`: the queue, this process's executor, the datasets jobs are
+    checked against, and housekeeping (lapsed leases, checkpoints of ended jobs, and whatever else the caller adds)."""
     queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
     checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
     return JobService(queue=queue, executor=make_executor(settings, queue),
+                      datasets=datasets or DatasetService(store=store, settings=settings), precision=settings.precision,
                       housekeeping=[queue.reap, checkpoints.sweep, *housekeeping])
 
 

@@ -1,20 +1,13 @@
 """ASGI guards in front of every route: bearer-token auth and the request body size cap."""
 
 import hmac
-import json
 
 from starlette.exceptions import HTTPException
 
+from app.api.problems import problem
+
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 UI_PREFIX = "/ui"  # the dashboard checks its own session cookie (app/ui/rendering.py)
-
-
-async def _send_problem(send, status: int, title: str, detail: str, headers=()) -> None:
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
-        *headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _open(scope) -> bool:
@@ -36,10 +29,10 @@ class BearerAuth:
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
-            return await _send_problem(
-                send, 401, "Unauthorized",
-                "missing or wrong bearer token; send `Authorization: Bearer <SCV_API_TOKEN>`",
-                headers=[(b"www-authenticate", b'Bearer realm="scv"')])
+            refused = problem(401, title="Unauthorized",
+                              detail="missing or wrong bearer token; send `Authorization: Bearer <SCV_API_TOKEN>`",
+                              headers={"WWW-Authenticate": 'Bearer realm="scv"'})
+            return await refused(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -48,14 +41,14 @@ class BodyLimit:
 
     def __init__(self, app, *, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
+        self.too_big = f"request body exceeds {max_bytes} bytes (SCV_MAX_BODY_BYTES)"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = f"request body exceeds {self.max_bytes} bytes (SCV_MAX_BODY_BYTES)"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_problem(send, 413, "Payload too large", too_big)
+            return await self._refuse(scope, receive, send)
         seen = 0
         started = False
 
@@ -66,7 +59,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     # An HTTPException passes FastAPI's body parsing untouched and renders as 413.
-                    raise HTTPException(status_code=413, detail=too_big)
+                    raise HTTPException(status_code=413, detail=self.too_big)
             return message
 
         async def tracking_send(message):
@@ -79,5 +72,8 @@ class BodyLimit:
         except HTTPException as exc:
             if started or exc.status_code != 413:
                 raise
-            await _send_problem(send, 413, "Payload too large", too_big)
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        await problem(413, title="Payload too large", detail=self.too_big)(scope, receive, send)
 

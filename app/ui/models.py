@@ -10,9 +10,8 @@ from starlette.datastructures import UploadFile
 
 import models as networks
 from app.analysis.maths import layer_names
-from app.api import models as models_api
-from app.api.deps import AnalysesDep, DatasetsDep, RegistryDep
-from app.api.labels import parse_label_filter
+from app.api.deps import AnalysesDep, DatasetsDep, RegistryDep, parse_label_filter
+from app.api.downloads import model_file
 from app.errors import InvalidInput
 from app.registry import inference
 from app.ui.pictures import activation_pngs, image_png, symmetric_scale
@@ -68,7 +67,7 @@ def layer_table(meta: dict) -> list[dict]:
 @router.get("/models/{version}/download")
 def download(version: str, request: Request, registry: RegistryDep) -> Response:
     """The model file, as `GET /models/{version}` sends it."""
-    return models_api.download(registry.resolve(version), request, registry)
+    return model_file(registry.resolve(version), request, registry)
 
 
 @router.get("/models/{version}/cka")
