@@ -122,7 +122,8 @@ async def predict(request: Request, version: str, registry: RegistryDep) -> Resp
 
     def classify() -> tuple[dict, list[str]]:
         model, meta = registry.load(registry.resolve(version))
-        return inference.predict(model, meta, inference.decode_files([blob], meta["input_shape"]))[0], meta["classes"]
+        return inference.predict(model, meta, inference.decode_files([blob], meta["input_shape"]),
+                                 precision=registry.precision)[0], meta["classes"]
 
     prediction, classes = await run_in_threadpool(classify)
     ranked = sorted(zip(classes, prediction["probabilities"], strict=True), key=lambda pair: -pair[1])
