@@ -12,7 +12,7 @@ from app.analysis.service import Analyses
 from app.api import aliases, health, models, problems, train
 from app.api import analysis as analysis_api
 from app.api import datasets as datasets_api
-from app.api.guards import BearerAuth, BodyLimit
+from app.api.guards import BearerAuth, BodyLimit, LoopbackHosts
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable, ServiceError
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:
         app.add_middleware(BearerAuth, token=settings.api_token.get_secret_value())
+    app.add_middleware(LoopbackHosts, allowed=settings.allowed_hosts)
     app.add_middleware(metrics.middleware)
     return app
 

@@ -2,10 +2,12 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_TOKEN = 16  # characters of SCV_API_TOKEN: shorter ones are guessed, and an empty one is a mistake
 
 
 class Settings(BaseSettings):
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(10 * 1024**3, alias="SCV_CACHE_MAX_BYTES", ge=0)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", alias="SCV_PRECISION")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="SCV_LOG_LEVEL")
+    allow_no_token: bool = Field(False, alias="SCV_ALLOW_NO_TOKEN")
+    # Host names a loopback-bound service answers besides localhost, 127.0.0.1 and [::1] (comma-separated)
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field((), alias="SCV_ALLOWED_HOSTS")
 
     @field_validator("minio_endpoint", "minio_access_key", "ray_address", "database_url", mode="before")
     @classmethod
@@ -52,6 +57,21 @@ class Settings(BaseSettings):
     def _host_port(cls, value: str | None) -> str | None:
         if value is not None and ("/" in value or ":" not in value):
             raise ValueError("must be host:port, without a scheme or path (e.g. minio:9000)")
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _long_token(cls, value):
+        if value is not None and len(value.get_secret_value() if isinstance(value, SecretStr) else value) < MIN_TOKEN:
+            raise ValueError(f"must be at least {MIN_TOKEN} characters when set (empty too: unset it for an "
+                             "open API on loopback); make one with `openssl rand -hex 32`")
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            return tuple(name.strip().lower() for name in value.split(",") if name.strip())
         return value
 
     @field_validator("log_level", mode="before")

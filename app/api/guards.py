@@ -1,6 +1,7 @@
-"""ASGI guards in front of every route: bearer-token auth and the request body size cap."""
+"""ASGI guards in front of every route: the loopback Host check, bearer-token auth and the request body size cap."""
 
 import hmac
+import ipaddress
 
 from starlette.exceptions import HTTPException
 
@@ -77,3 +78,34 @@ class BodyLimit:
     async def _refuse(self, scope, receive, send) -> None:
         await problem(413, title="Payload too large", detail=self.too_big)(scope, receive, send)
 
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+class LoopbackHosts:
+    """421 for a request to a loopback-bound server whose Host is not a loopback name or one of `allowed`: a page
+    on another site that renamed itself to 127.0.0.1 (DNS rebinding) cannot reach the service through a browser."""
+
+    def __init__(self, app, *, allowed: tuple[str, ...] = ()):
+        self.app, self.allowed = app, LOOPBACK_NAMES | {name.lower() for name in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or not _loopback(scope.get("server")):
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        name = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]  # the port aside
+        if name not in self.allowed:
+            refused = problem(421, title="Misdirected request",
+                              detail=f"this service is bound to a loopback address and answers only for "
+                                     f"{', '.join(sorted(self.allowed))}; add the name to SCV_ALLOWED_HOSTS")
+            return await refused(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _loopback(server) -> bool:
+    """Whether the address the server accepted this connection on (ASGI scope["server"]) is a loopback one."""
+    try:
+        return server is not None and ipaddress.ip_address(server[0]).is_loopback
+    except ValueError:
+        return False  # a Unix socket or a name (the test client's "testserver"): no address to rebind
