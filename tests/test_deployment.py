@@ -12,6 +12,7 @@ import fnmatch
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -44,6 +45,9 @@ CORE_SERVICES = {"minio", "postgres", "init", "api", "worker"}
 ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 HEALTHY = {"condition": "service_healthy"}
+LOOPBACK = {"127.0.0.1", "::1", "[::1]"}
+# What a user must fill in before `docker compose up` starts: .env.example leaves them empty on purpose.
+REQUIRED_SECRETS = {"SCV_API_TOKEN", "MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"}
 # The oldest Kubernetes release the manifests target, and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 LEASE_SECONDS = Settings.model_fields["lease_seconds"].default
@@ -99,19 +103,65 @@ def service_env(service: dict) -> dict:
     return env if isinstance(env, dict) else dict(item.partition("=")[::2] for item in env)
 
 
+class RequiredVariableUnset(Exception):
+    """A `${VAR:?message}` whose variable is unset (or empty): `docker compose` refuses the file with `message`."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name, self.message = name, message
+
+
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` against `env`; a missing required one fails."""
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` against `env`; a missing required one raises."""
     def one(match: re.Match) -> str:
         name, operator, argument = match.groups()
         current = env.get(name)
         if operator in (":-", ":?") and current == "":
             current = None
         if current is None and operator in (":?", "?"):
-            pytest.fail(f"{name}: {argument}")
+            raise RequiredVariableUnset(name, argument)
         if current is None and operator in (":-", "-"):
             return argument
         return current or ""
     return INTERPOLATION.sub(one, value)
+
+
+def compose_values(node) -> list[str]:
+    """Every string value of the compose file, where Compose interpolates (not its comments)."""
+    if isinstance(node, dict):
+        return [text for value in node.values() for text in compose_values(value)]
+    if isinstance(node, list):
+        return [text for value in node for text in compose_values(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def compose_refusals(compose: dict, env: dict[str, str]) -> dict[str, str]:
+    """{variable: message} of every required variable `env` leaves unset or empty: `docker compose` refuses to
+    start (it interpolates the whole file, profiles included, before it starts anything)."""
+    refusals = {}
+    for value in compose_values(compose):
+        for match in INTERPOLATION.finditer(value):
+            try:
+                interpolate(match[0], env)
+            except RequiredVariableUnset as unset:
+                refusals[unset.name] = unset.message
+    return refusals
+
+
+def published_ports(service: dict) -> list[dict]:
+    """A service's published ports as Compose's long syntax: host_ip (None: every interface), published, target."""
+    ports = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ports.append({"host_ip": port.get("host_ip"), "published": str(port.get("published")),
+                          "target": str(port["target"])})
+            continue
+        # [[HOST_IP:]PUBLISHED:]TARGET[/PROTOCOL]; an IPv6 host address is bracketed.
+        parts = str(port).split("/")[0].rsplit(":", 2)
+        host_ip = parts[0] if len(parts) == 3 else None
+        published = parts[-2] if len(parts) >= 2 else None
+        ports.append({"host_ip": host_ip, "published": published, "target": parts[-1]})
+    return ports
 
 
 def seconds(duration: str | int) -> float:
@@ -124,8 +174,19 @@ def seconds(duration: str | int) -> float:
 
 @pytest.fixture(scope="module")
 def example_env(env_example) -> dict[str, str]:
-    """The variables a `.env` copied from .env.example sets."""
+    """The variables a `.env` copied from .env.example sets, as shipped."""
     return {name: value for name, (value, active) in env_example.items() if active}
+
+
+def filled_in(env: dict[str, str]) -> dict[str, str]:
+    """`env` with every empty value filled in as .env.example asks (`openssl rand -hex 24`-like: URL-safe)."""
+    return {name: value or secrets.token_hex(24) for name, value in env.items()}
+
+
+@pytest.fixture(scope="module")
+def user_env(example_env) -> dict[str, str]:
+    """The variables of a `.env` copied from .env.example once its user has filled in the empty secrets."""
+    return filled_in(example_env)
 
 
 # --- docker-compose.yml ------------------------------------------------------------------------------
@@ -145,10 +206,40 @@ def test_minio_exposes_api_on_9002_and_console_on_9003_with_a_volume_and_healthc
     assert minio["command"][:2] == ["server", "/data"]
     assert "--console-address" in minio["command"]
     assert minio["command"][minio["command"].index("--console-address") + 1] == ":9001"
-    assert set(minio["ports"]) == {"9002:9000", "9003:9001"}
+    assert {(port["published"], port["target"]) for port in published_ports(minio)} == {("9002", "9000"),
+                                                                                         ("9003", "9001")}
     volume = minio["volumes"][0].split(":")
     assert volume[1] == "/data" and volume[0] in compose["volumes"]
     assert minio["healthcheck"]["test"][0] == "CMD" and "ready" in minio["healthcheck"]["test"]
+
+
+def test_compose_requires_an_api_token_and_says_how_to_make_one(compose):
+    token = service_env(compose["services"]["api"])["SCV_API_TOKEN"]
+    assert token.startswith("${SCV_API_TOKEN:?"), "the api must not start without a token"
+    for name in ("init", "worker"):
+        assert service_env(compose["services"][name])["SCV_API_TOKEN"] == token, name
+    message = compose_refusals(compose, {})["SCV_API_TOKEN"]
+    assert "openssl rand" in message and "16" in message, f"say how to make a token: {message!r}"
+
+
+def test_compose_refuses_the_example_env_until_the_token_and_passwords_are_filled_in(compose, example_env,
+                                                                                       user_env):
+    # `cp .env.example .env && docker compose up` must not start an open service or one with known passwords.
+    refused = compose_refusals(compose, example_env)
+    assert REQUIRED_SECRETS <= set(refused), f"compose accepts .env.example as shipped: refuses only {refused}"
+    for name in REQUIRED_SECRETS:
+        assert example_env[name] == "", f"{name}: .env.example must leave it empty"
+        assert "openssl rand" in refused[name], f"{name}: say how to make one: {refused[name]!r}"
+    assert compose_refusals(compose, user_env) == {}, "filled in, the example env must be enough"
+
+
+def test_compose_publishes_the_api_and_minio_on_loopback_only(compose):
+    services = compose["services"]
+    assert [(port["published"], port["target"]) for port in published_ports(services["api"])] == [("8000", "8000")]
+    assert {port["target"] for port in published_ports(services["minio"])} == {"9000", "9001"}
+    for name, service in services.items():
+        for port in published_ports(service):
+            assert port["host_ip"] in LOOPBACK, f"{name} publishes {port} beyond this host"
 
 
 def test_credentials_come_from_env_and_are_required(compose):
@@ -175,8 +266,8 @@ def test_postgres_keeps_the_catalog_on_a_volume_and_reports_health_with_pg_isrea
 
 
 @pytest.mark.parametrize("postgres_db", ["scv-catalog", None], ids=["POSTGRES_DB-set", "POSTGRES_DB-unset"])
-def test_every_scv_service_reaches_the_compose_postgres_with_its_credentials(compose, example_env, postgres_db):
-    env = {name: value for name, value in example_env.items() if name != "POSTGRES_DB"}
+def test_every_scv_service_reaches_the_compose_postgres_with_its_credentials(compose, user_env, postgres_db):
+    env = {name: value for name, value in user_env.items() if name != "POSTGRES_DB"}
     if postgres_db:
         env["POSTGRES_DB"] = postgres_db
     postgres = {name: interpolate(value, env) for name, value in service_env(compose["services"]["postgres"]).items()}
@@ -199,7 +290,6 @@ def test_api_builds_from_the_dockerfile_serves_only_and_starts_after_minio_postg
     api = compose["services"]["api"]
     assert (ROOT / api["build"]["context"] / api["build"]["dockerfile"]).resolve() == DOCKERFILE
     assert api["command"] == ["scv", "serve", "--host", "0.0.0.0", "--port", "8000"]
-    assert "8000:8000" in api["ports"]
     assert api["depends_on"] == {"minio": HEALTHY, "postgres": HEALTHY,
                                  "init": {"condition": "service_completed_successfully"}}
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
@@ -340,21 +430,24 @@ def test_env_example_names_only_known_variables(env_example):
     assert not unknown, f".env.example names variables nothing reads: {sorted(unknown)}"
 
 
-def test_env_example_holds_placeholders_not_secrets(env_example):
+def test_env_example_leaves_every_secret_empty(env_example):
+    # A placeholder (`change-me-...`) passes compose's `:?` checks and becomes a password everyone knows; an empty
+    # value makes compose refuse to start until the user fills it in.
     for name, (value, _) in env_example.items():
-        if re.search(r"PASSWORD|SECRET|TOKEN", name) or name == "MINIO_ROOT_USER":
-            assert value.startswith("change-me"), f"{name} must be a change-me placeholder"
+        if re.search(r"PASSWORD|SECRET|TOKEN", name):
+            assert value == "", f"{name} must be empty in .env.example, not {value!r}"
         if "://" in value and make_url(value).password is not None:
             assert make_url(value).password.startswith("change-me"), f"{name}: the URL's password must be a placeholder"
+    assert {name for name, (value, active) in env_example.items() if active and not value} == REQUIRED_SECRETS
 
 
-@pytest.mark.parametrize("uncomment", [False, True], ids=["as-shipped", "all-set"])
+@pytest.mark.parametrize("uncomment", [False, True], ids=["filled-in", "all-set"])
 def test_env_example_values_are_valid_settings(env_example, tmp_path, monkeypatch, uncomment):
     for name in settings_variables():
         monkeypatch.delenv(name, raising=False)
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{name}={value}\n" for name, (value, active) in env_example.items()
-                                if active or uncomment))
+    env = filled_in({name: value for name, (value, active) in env_example.items() if active or uncomment})
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
     settings = Settings(_env_file=env_file)
     assert settings.minio_access_key == (env_example["MINIO_ACCESS_KEY"][0] if uncomment
                                          else env_example["MINIO_ROOT_USER"][0])
@@ -375,9 +468,18 @@ def _docker_compose(*args: str, env_file: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def example_env_file(env_example, tmp_path) -> Path:
+def shipped_env_file(example_env, tmp_path) -> Path:
+    """A `.env` copied from .env.example and not edited."""
+    path = tmp_path / "shipped.env"
+    path.write_text("".join(f"{name}={value}\n" for name, value in example_env.items()))
+    return path
+
+
+@pytest.fixture
+def example_env_file(user_env, tmp_path) -> Path:
+    """A `.env` copied from .env.example with its empty secrets filled in."""
     path = tmp_path / "compose.env"
-    path.write_text("".join(f"{name}={value}\n" for name, (value, active) in env_example.items() if active))
+    path.write_text("".join(f"{name}={value}\n" for name, value in user_env.items()))
     return path
 
 
@@ -394,17 +496,18 @@ def test_docker_compose_starts_only_the_core_services_without_the_ray_profile(ex
     assert set(with_ray.stdout.split()) == CORE_SERVICES | RAY_SERVICES
 
 
-def test_docker_compose_resolves_api_environment_from_the_env_file(example_env_file, env_example):
+def test_docker_compose_resolves_api_environment_from_the_env_file(example_env_file, user_env):
     result = _docker_compose("config", "--format", "json", env_file=example_env_file)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     env = services["api"]["environment"]
     assert env["MINIO_ENDPOINT"] == "minio:9000" and env["SCV_DATA_DIR"] == "/data"
-    assert env["MINIO_ROOT_USER"] == env_example["MINIO_ROOT_USER"][0]
-    assert env["SCV_API_TOKEN"] is None, "a variable unset in .env stays unset in the container"
+    assert env["MINIO_ROOT_USER"] == user_env["MINIO_ROOT_USER"]
+    assert env["SCV_API_TOKEN"] == user_env["SCV_API_TOKEN"]
+    assert env["MINIO_ACCESS_KEY"] is None, "a variable unset in .env stays unset in the container"
     assert env["SCV_MAX_CONCURRENT_JOBS"] == "0"
     url = make_url(env["SCV_DATABASE_URL"])
-    assert (url.host, url.password) == ("postgres", env_example["POSTGRES_PASSWORD"][0])
+    assert (url.host, url.password) == ("postgres", user_env["POSTGRES_PASSWORD"])
     assert services["worker"]["environment"]["SCV_DATABASE_URL"] == env["SCV_DATABASE_URL"]
 
 
@@ -414,7 +517,15 @@ def test_docker_compose_refuses_to_start_without_minio_credentials(tmp_path):
     result = _docker_compose("config", "-q", env_file=empty)
     # Compose names whichever of the required variables it meets first.
     assert result.returncode != 0
-    assert re.search(r"(MINIO_ROOT|POSTGRES)_(USER|PASSWORD) in \.env", result.stderr), result.stderr
+    assert re.search(r"(SCV_API_TOKEN|(MINIO_ROOT|POSTGRES)_(USER|PASSWORD)) in \.env", result.stderr), result.stderr
+
+
+def test_docker_compose_refuses_the_example_env_until_it_is_filled_in(shipped_env_file):
+    for profile in ([], ["--profile", "ray"]):
+        result = _docker_compose(*profile, "config", "-q", env_file=shipped_env_file)
+        assert result.returncode != 0, "compose accepts .env.example as shipped"
+        assert re.search(r"(SCV_API_TOKEN|MINIO_ROOT_PASSWORD|POSTGRES_PASSWORD) in \.env", result.stderr), \
+            result.stderr
 
 
 def test_docker_compose_refuses_to_start_without_a_postgres_password(example_env_file, tmp_path):
