@@ -23,6 +23,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from pydantic import AliasChoices
 from sqlalchemy.engine import make_url
 
@@ -96,6 +98,42 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
             logical.append(current.strip())
             current = ""
     return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
+
+
+SHELL_SEPARATORS = {"&&", "||", ";", "|", ">", ">>", "<"}
+
+
+def pip_installs(instructions: list[tuple[str, str]]) -> list[tuple[int, list[str]]]:
+    """(instruction index, arguments) of every `pip install` / `python -m pip install` the Dockerfile runs."""
+    installs = []
+    for index, (kind, args) in enumerate(instructions):
+        if kind != "RUN":
+            continue
+        words = shlex.split(args)
+        for start in (i + 1 for i, word in enumerate(words[:-1]) if word == "pip" and words[i + 1] == "install"):
+            end = next((i for i in range(start, len(words)) if words[i] in SHELL_SEPARATORS), len(words))
+            installs.append((index, words[start + 1:end]))
+    return installs
+
+
+def constraint_files(args: list[str]) -> list[str]:
+    """The constraint files (`-c FILE`, `--constraint FILE`, `--constraint=FILE`) of pip install arguments."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--constraint") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--constraint="):
+            files.append(arg.partition("=")[2])
+    return files
+
+
+def lock_pins() -> dict[str, str]:
+    """{package: version} of requirements.lock."""
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line):
+            pins[match[1].lower()] = match[2]
+    return pins
 
 
 def service_env(service: dict) -> dict:
@@ -377,14 +415,40 @@ def test_dockerfile_runs_as_a_non_root_user_with_a_healthcheck():
 
 
 def test_dockerfile_installs_cpu_torch_before_the_project_with_the_project_pins():
-    runs = [args for kind, args in dockerfile_instructions() if kind == "RUN"]
-    torch_run = next(i for i, run in enumerate(runs) if "download.pytorch.org/whl/cpu" in run)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_run]
-    project_runs = [i for i, run in enumerate(runs) if "pyproject.toml" in run or re.search(r"pip install \S*\.", run)]
-    assert project_runs and min(project_runs) > torch_run
+    installs = pip_installs(dockerfile_instructions())
+    [(torch_run, torch_args)] = [(i, args) for i, args in installs if "https://download.pytorch.org/whl/cpu" in args]
+    assert torch_args[torch_args.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    project = [i for i, args in installs if any(arg.startswith(".") for arg in args if not arg.startswith("-"))]
+    assert project and min(project) > torch_run
     pins = {dep for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
             if dep.startswith(("torch==", "torchvision=="))}
-    assert pins and pins <= set(shlex.split(runs[torch_run])), "Dockerfile torch pins differ from pyproject.toml"
+    assert pins and pins <= set(torch_args), "Dockerfile torch pins differ from pyproject.toml"
+
+
+def test_dockerfile_installs_every_package_through_the_lock():
+    instructions = dockerfile_instructions()
+    installs = pip_installs(instructions)
+    # Torch, the dependency layer and the project: a pip call this test cannot read (inside `python -c`, say)
+    # would escape the check, so every mention of pip installing must be one of those it parsed.
+    runs = " ".join(args for kind, args in instructions if kind == "RUN")
+    assert len(installs) >= 3 and len(re.findall(r"\bpip\W{1,6}install\b", runs)) == len(installs)
+    lock_copy = next(i for i, (kind, args) in enumerate(instructions)
+                     if kind == "COPY" and "requirements.lock" in args.split()[:-1])
+    for index, args in installs:
+        assert constraint_files(args) == ["requirements.lock"], f"add -c requirements.lock: pip install {args}"
+        assert lock_copy < index, "COPY requirements.lock before the first pip install"
+
+
+def test_the_lock_admits_the_cpu_torch_wheels_the_image_installs():
+    # PyTorch's CPU index serves `2.14.1+cpu`; `==2.14.1` ignores the local label, a lock made against a CUDA
+    # index (`==2.14.1+cu128`) would not, and the image build would fail.
+    pins = lock_pins()
+    [(_, torch_args)] = [(i, args) for i, args in pip_installs(dockerfile_instructions())
+                         if "https://download.pytorch.org/whl/cpu" in args]
+    for name in ("torch", "torchvision"):
+        assert f"{name}=={pins[name]}" in torch_args, f"the Dockerfile's {name} pin differs from requirements.lock"
+        cpu_build = Version(f"{Version(pins[name]).public}+cpu")
+        assert SpecifierSet(f"=={pins[name]}").contains(cpu_build), f"requirements.lock's {name} refuses {cpu_build}"
 
 
 def test_dockerfile_copies_only_what_exists_and_is_not_dockerignored():
