@@ -838,3 +838,81 @@ def test_k8s_secret_example_holds_placeholders(k8s):
                 secret_part = make_url(value).password if "://" in value else value
                 if re.search(r"PASSWORD|SECRET|TOKEN|KEY|URL", key):
                     assert secret_part.startswith("change-me"), f"{name}.{key} must be a change-me placeholder"
+
+
+# --- k8s/: the "restricted" Pod Security Standard ------------------------------------------------------------
+
+# Volume types the restricted profile allows (hostPath and the like are refused).
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+
+
+def pod_containers(template: dict) -> list[dict]:
+    """Every container of a pod template: init containers too, which the standard holds to the same rules."""
+    spec = template["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"], *spec.get("ephemeralContainers", [])]
+
+
+def test_k8s_every_container_meets_the_restricted_pod_security_standard(k8s):
+    # What `pod-security.kubernetes.io/enforce: restricted` on the namespace would refuse, checked here so the
+    # manifests apply there. runAsNonRoot, runAsUser and seccompProfile may sit on the pod or the container (the
+    # container's wins); allowPrivilegeEscalation and capabilities exist on containers only.
+    templates = pod_templates(k8s)
+    assert {"Deployment/scv-api", "Deployment/scv-worker", "StatefulSet/scv-postgres"} <= set(templates)
+    for key, template in templates.items():
+        spec = template["spec"]
+        assert not any(spec.get(field) for field in ("hostNetwork", "hostPID", "hostIPC")), key
+        for volume in spec.get("volumes", []):
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUME_TYPES, f"{key}: volume {volume['name']}"
+        pod = spec.get("securityContext", {})
+        for container in pod_containers(template):
+            where, own = f"{key} container {container['name']}", container.get("securityContext", {})
+            context = {**pod, **own}
+            assert context.get("runAsNonRoot") is True, f"{where}: runAsNonRoot"
+            assert context.get("runAsUser") != 0 and context.get("runAsGroup") != 0, f"{where}: runs as root"
+            assert context.get("seccompProfile", {}).get("type") in {"RuntimeDefault", "Localhost"}, \
+                f"{where}: seccompProfile RuntimeDefault"
+            assert own.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation: false"
+            assert not own.get("privileged"), f"{where}: privileged"
+            capabilities = own.get("capabilities", {})
+            assert "ALL" in capabilities.get("drop", []), f"{where}: capabilities drop ALL"
+            assert set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}, f"{where}: adds capabilities"
+            assert not any("hostPort" in port for port in container.get("ports", [])), f"{where}: hostPort"
+            # Not part of the standard, but asked of every container that can run so (SPEC §8): all of these can.
+            assert own.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem"
+
+
+def test_k8s_read_only_containers_can_write_where_their_process_writes(k8s):
+    templates = pod_templates(k8s)
+    for key, template in templates.items():
+        volumes = {volume["name"]: volume for volume in template["spec"].get("volumes", [])}
+        claims = {claim["metadata"]["name"] for (kind, _), doc in k8s.items() if kind == "StatefulSet"
+                  for claim in doc["spec"].get("volumeClaimTemplates", [])}
+        for container in pod_containers(template):
+            where = f"{key} container {container['name']}"
+            mounts = {mount["mountPath"]: mount for mount in container.get("volumeMounts", [])}
+            for mount in mounts.values():
+                assert not mount.get("readOnly"), f"{where}: {mount['mountPath']} is mounted read-only"
+                assert mount["name"] in volumes or mount["name"] in claims, f"{where}: {mount['name']} is no volume"
+            # Python's tempfile, multipart uploads, dataset downloads, Ray's sessions (/tmp/ray), PostgreSQL.
+            assert "/tmp" in mounts, f"{where}: mount a volume at /tmp"
+            env = container_env(k8s, container)
+            if "SCV_DATA_DIR" in env:
+                assert env["SCV_DATA_DIR"] in mounts, f"{where}: mount a volume at SCV_DATA_DIR"
+            if container["image"].split(":")[0] == "postgres":
+                assert "/var/run/postgresql" in mounts, f"{where}: PostgreSQL's socket and lock file directory"
+    # A Ray job runs the service's worker, which caches datasets under the service's SCV_DATA_DIR.
+    data_dir = k8s["ConfigMap", "scv-config"]["data"]["SCV_DATA_DIR"]
+    for key in ray_job_runners(k8s):
+        assert data_dir in {mount["mountPath"] for mount in only_container(templates[key])["volumeMounts"]}, key
+
+
+def ray_job_runners(k8s: dict) -> set[str]:
+    """The Ray pod templates (keys of pod_templates) whose nodes run jobs: those with CPUs (every job asks for one)."""
+    runners = set()
+    for (kind, name), doc in k8s.items():
+        if kind == "RayCluster":
+            groups = [doc["spec"]["headGroupSpec"], *doc["spec"]["workerGroupSpecs"]]
+            runners |= {f"{kind}/{name}[{i}]" for i, group in enumerate(groups)
+                        if group.get("rayStartParams", {}).get("num-cpus") != "0"}
+    return runners
