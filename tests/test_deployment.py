@@ -916,3 +916,90 @@ def ray_job_runners(k8s: dict) -> set[str]:
             runners |= {f"{kind}/{name}[{i}]" for i, group in enumerate(groups)
                         if group.get("rayStartParams", {}).get("num-cpus") != "0"}
     return runners
+
+
+# --- k8s/: NetworkPolicies -----------------------------------------------------------------------------------
+
+ANYONE = "anyone"  # in admitted(): a source outside these manifests' pods (no `from`, a namespace, an IP block)
+MINIO_LABELS = {"app.kubernetes.io/name": "minio"}  # MinIO is not deployed here: network-policies.yaml names it so
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a pod's labels; {} selects all."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        holds = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+                 "Exists": key in labels, "DoesNotExist": key not in labels}[operator]
+        if not holds:
+            return False
+    return True
+
+
+def admitted(k8s: dict, labels: dict, port: int, named_ports: dict[str, int] | None = None) -> set[str]:
+    """Which pods (keys of pod_templates, or ANYONE) the NetworkPolicies let connect to a pod with `labels` on TCP
+    `port`: everyone when no policy isolates it, else the union of the rules of the policies that select it."""
+    policies = [doc["spec"] for (kind, _), doc in k8s.items() if kind == "NetworkPolicy"]
+    policies = [policy for policy in policies
+                if "Ingress" in policy.get("policyTypes", ["Ingress"]) and selects(policy["podSelector"], labels)]
+    if not policies:
+        return {ANYONE}
+    sources = set()
+    for rule in (rule for policy in policies for rule in policy.get("ingress", [])):
+        ports = [(entry.get("protocol", "TCP"), entry.get("port")) for entry in rule.get("ports", [])]
+        if ports and not any(protocol == "TCP" and (number is None or number == port or
+                                                    (named_ports or {}).get(number) == port)
+                             for protocol, number in ports):
+            continue
+        peers = rule.get("from", [])
+        if not peers or any(set(peer) != {"podSelector"} for peer in peers):
+            sources.add(ANYONE)
+        sources |= {key for key, template in pod_templates(k8s).items()
+                    if any(selects(peer.get("podSelector", {}), template["metadata"]["labels"]) for peer in peers)}
+    return sources
+
+
+def pod_target(k8s: dict, key: str) -> tuple[dict, dict[str, int]]:
+    """A workload's pod labels and named container ports, as admitted() takes them."""
+    template = pod_templates(k8s)[key]
+    ports = {port["name"]: port["containerPort"] for container in template["spec"]["containers"]
+             for port in container.get("ports", []) if "name" in port}
+    return template["metadata"]["labels"], ports
+
+
+def test_k8s_network_policies_are_applied(k8s):
+    policies = {name for kind, name in k8s if kind == "NetworkPolicy"}
+    assert {"scv-postgres", "scv-ray-nodes", "scv-ray-job-api", "scv-minio"} <= policies
+    assert "network-policies.yaml" in yaml.safe_load(KUSTOMIZATION.read_text())["resources"]
+
+
+def test_k8s_only_the_api_the_workers_and_ray_jobs_reach_postgres_and_minio(k8s):
+    # The pods that use the catalog and the buckets: the API, the workers, and the Ray nodes that run jobs (the
+    # head has no CPUs, so no job lands there).
+    users = {"Deployment/scv-api", "Deployment/scv-worker"} | ray_job_runners(k8s)
+    labels, ports = pod_target(k8s, "StatefulSet/scv-postgres")
+    assert admitted(k8s, labels, 5432, ports) == users
+    # MinIO lives outside these manifests; its policy holds for MinIO pods labelled as the file says.
+    assert admitted(k8s, MINIO_LABELS, 9000) == users
+    assert admitted(k8s, MINIO_LABELS, 9001) == set(), "the console is not for the service's pods"
+
+
+def test_k8s_only_the_dispatching_workers_reach_the_ray_job_api_and_ray_nodes_reach_each_other(k8s):
+    templates = pod_templates(k8s)
+    ray_pods = {key for key in templates if key.startswith("RayCluster/")}
+    head = next(key for key in ray_pods if only_container(templates[key])["name"] == "ray-head")
+    # Whoever submits jobs: the service's pods that train (SCV_MAX_CONCURRENT_JOBS > 0) with SCV_EXECUTOR=ray.
+    # The API trains nothing, so it is not one of them: the pods that face clients cannot reach the cluster.
+    dispatchers = {key for key, template in templates.items() if key.startswith("Deployment/")
+                   and container_env(k8s, only_container(template)).get("SCV_EXECUTOR") == "ray"
+                   and container_env(k8s, only_container(template)).get("SCV_MAX_CONCURRENT_JOBS", "1") != "0"}
+    assert dispatchers == {"Deployment/scv-worker"}
+    labels, ports = pod_target(k8s, head)
+    assert admitted(k8s, labels, ports["dashboard"], ports) == dispatchers | ray_pods, "the job API (RAY_ADDRESS)"
+    assert admitted(k8s, labels, ports["gcs-server"], ports) == ray_pods, "the GCS: Ray nodes only"
+    assert admitted(k8s, labels, ports["client"], ports) == ray_pods, "the Ray client port: Ray nodes only"
+    for key in ray_pods - {head}:
+        labels, ports = pod_target(k8s, key)
+        for port in (10002, 52365, 8080):  # a worker process, the dashboard agent, metrics: any port of a node
+            assert admitted(k8s, labels, port, ports) == ray_pods, f"{key}: port {port}"
