@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path
+from typing import get_args
 
 import jsonschema
 import kubernetes_validate
@@ -25,7 +26,7 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-from pydantic import AliasChoices
+from pydantic import AliasChoices, SecretStr, ValidationError
 from sqlalchemy.engine import make_url
 
 from app.settings import Settings
@@ -55,10 +56,13 @@ K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 LEASE_SECONDS = Settings.model_fields["lease_seconds"].default
 
 
-def settings_variables() -> set[str]:
-    """Every environment name Settings reads: aliases and validation-alias choices."""
+def settings_variables(*, secret_only: bool = False) -> set[str]:
+    """Every environment name Settings reads (aliases and validation-alias choices); the secret ones only with
+    `secret_only`."""
     names = set()
     for field in Settings.model_fields.values():
+        if secret_only and SecretStr not in (field.annotation, *get_args(field.annotation)):
+            continue
         for alias in (field.alias, field.validation_alias):
             choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
             names.update(choice for choice in choices if isinstance(choice, str))
@@ -373,8 +377,11 @@ def test_service_environment_uses_only_variables_the_settings_know(compose, name
 
 @pytest.mark.parametrize("name", ["api", "worker"])
 def test_every_setting_reaches_the_api_and_the_workers(compose, name):
-    # MINIO_CA_CERT alone is left out: the compose MinIO speaks plain HTTP (MINIO_SECURE is pinned false).
-    missing = settings_variables() - set(service_env(compose["services"][name])) - {"MINIO_CA_CERT"}
+    # Left out: MINIO_CA_CERT, as the compose MinIO speaks plain HTTP (MINIO_SECURE is pinned false);
+    # SCV_ALLOW_NO_TOKEN, as compose requires a token; SCV_ALLOWED_HOSTS, as the api binds 0.0.0.0 in its container
+    # (the Host check guards loopback-bound servers) and the token guards it.
+    missing = settings_variables() - set(service_env(compose["services"][name])) - {
+        "MINIO_CA_CERT", "SCV_ALLOW_NO_TOKEN", "SCV_ALLOWED_HOSTS"}
     assert not missing, f"add to the {name}'s environment in docker-compose.yml: {sorted(missing)}"
     assert service_env(compose["services"][name])["MINIO_SECURE"] == "false"
 
@@ -497,8 +504,9 @@ def test_env_example_names_only_known_variables(env_example):
 def test_env_example_leaves_every_secret_empty(env_example):
     # A placeholder (`change-me-...`) passes compose's `:?` checks and becomes a password everyone knows; an empty
     # value makes compose refuse to start until the user fills it in.
+    secret = settings_variables(secret_only=True) | {name for name in env_example if "PASSWORD" in name}
     for name, (value, _) in env_example.items():
-        if re.search(r"PASSWORD|SECRET|TOKEN", name):
+        if name in secret and "://" not in value:
             assert value == "", f"{name} must be empty in .env.example, not {value!r}"
         if "://" in value and make_url(value).password is not None:
             assert make_url(value).password.startswith("change-me"), f"{name}: the URL's password must be a placeholder"
@@ -825,10 +833,19 @@ def test_k8s_pods_environment_is_valid_settings(k8s, workload, tmp_path, monkeyp
     for name in settings_variables():
         monkeypatch.delenv(name, raising=False)
     env = container_env(k8s, only_container(k8s["Deployment", workload]["spec"]["template"]))
+    # As the operator creates the Secret: random values where the example has placeholders.
+    env = {name: secrets.token_hex(24) if value.startswith("change-me") else value for name, value in env.items()}
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
     settings = Settings(_env_file=env_file)
     assert settings.catalog_url == env["SCV_DATABASE_URL"] and settings.minio_endpoint == env["MINIO_ENDPOINT"]
+
+
+def test_k8s_secret_example_token_cannot_start_an_api(k8s):
+    # `kubectl apply -f k8s/` would create the example Secret too: its placeholder token is too short to be
+    # accepted, so no API starts with a token anyone can read here.
+    with pytest.raises(ValidationError, match="SCV_API_TOKEN"):
+        Settings(_env_file=None, SCV_API_TOKEN=k8s["Secret", "scv-secrets"]["stringData"]["SCV_API_TOKEN"])
 
 
 def test_k8s_secret_example_holds_placeholders(k8s):
