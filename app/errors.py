@@ -85,6 +85,13 @@ class DatabaseUnavailable(Unavailable):
     title, slug = "Catalog database unavailable", "database-unavailable"
 
 
+class NotReady(Unavailable):
+    """/readyz: a dependency did not answer; says which (`storage` or `database`), never where it is."""
+
+    def __init__(self, dependency: str):
+        super().__init__(f"{dependency} did not answer; see the service's log", dependency=dependency)
+
+
 class ObjectMissing(ServiceError):
     """A storage key that does not exist; callers usually turn it into a more specific NotFound."""
 

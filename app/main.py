@@ -12,7 +12,7 @@ from app.analysis.service import Analyses
 from app.api import aliases, health, models, problems, train
 from app.api import analysis as analysis_api
 from app.api import datasets as datasets_api
-from app.api.guards import BearerAuth, BodyLimit
+from app.api.guards import BearerAuth, BodyLimit, LoopbackHosts
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable, ServiceError
@@ -47,10 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.db = db = Database(resolved.catalog_url)
             migrate(db)
             app.state.registry = ModelRegistry(store=store, settings=resolved, db=db)
-            app.state.jobs = job_service(resolved, store=store, db=db,
+            app.state.datasets = DatasetService(store=store, settings=resolved)
+            app.state.jobs = job_service(resolved, store=store, db=db, datasets=app.state.datasets,
                                          housekeeping=[app.state.registry.finish_deletions])
             app.state.jobs.start()
-            app.state.datasets = DatasetService(store=store, settings=resolved)
             app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets)
             app.state.registry.apply_retention()
             try:
@@ -74,17 +74,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:
         app.add_middleware(BearerAuth, token=settings.api_token.get_secret_value())
+    app.add_middleware(LoopbackHosts, allowed=settings.allowed_hosts)
     app.add_middleware(metrics.middleware)
     return app
 
 
-def job_service(settings: Settings, *, store: Store, db: Database,
+def job_service(settings: Settings, *, store: Store, db: Database, datasets: DatasetService | None = None,
                 housekeeping: Sequence[Callable[[], object]] = ()) -> JobService:
-    """The job service of `scv serve` and `scv worker`: the queue, this process's executor, and housekeeping
-    (lapsed leases, checkpoints of ended jobs, and whatever else the caller adds)."""
+    """The job service of `scv serve` and `scv worker`: the queue, this process's executor, the datasets jobs are
+    checked against, and housekeeping (lapsed leases, checkpoints of ended jobs, and whatever else the caller adds)."""
     queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
     checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
     return JobService(queue=queue, executor=make_executor(settings, queue),
+                      datasets=datasets or DatasetService(store=store, settings=settings), precision=settings.precision,
                       housekeeping=[queue.reap, checkpoints.sweep, *housekeeping])
 
 

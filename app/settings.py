@@ -3,10 +3,12 @@
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_TOKEN = 16  # characters of SCV_API_TOKEN: shorter ones are guessed, and an empty one is a mistake
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the lines of every scv process, workers too
 
@@ -49,6 +51,9 @@ class Settings(BaseSettings):
     # Whether this CPU computes bfloat16 natively, for `auto` precision; unset: its flags say (for comparisons, tests).
     cpu_bf16: bool | None = Field(None, alias="SCV_CPU_BF16")
     service_url: str = Field("http://127.0.0.1:8000", alias="SCV_URL")  # what the `scv` client commands talk to
+    allow_no_token: bool = Field(False, alias="SCV_ALLOW_NO_TOKEN", exclude=True)
+    # Host names a loopback-bound service answers besides localhost, 127.0.0.1 and [::1] (comma-separated)
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field((), alias="SCV_ALLOWED_HOSTS", exclude=True)
 
     @field_validator("minio_endpoint", "minio_access_key", "ray_address", "database_url", mode="before")
     @classmethod
@@ -60,6 +65,21 @@ class Settings(BaseSettings):
     def _host_port(cls, value: str | None) -> str | None:
         if value is not None and ("/" in value or ":" not in value):
             raise ValueError("must be host:port, without a scheme or path (e.g. minio:9000)")
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _long_token(cls, value):
+        if value is not None and len(value.get_secret_value() if isinstance(value, SecretStr) else value) < MIN_TOKEN:
+            raise ValueError(f"must be at least {MIN_TOKEN} characters when set (empty too: unset it for an "
+                             "open API on loopback); make one with `openssl rand -hex 32`")
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            return tuple(name.strip().lower() for name in value.split(",") if name.strip())
         return value
 
     @field_validator("log_level", mode="before")

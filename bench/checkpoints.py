@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -39,7 +40,8 @@ def measure(ctx) -> dict[str, float]:
     queue = JobQueue(db, lease_seconds=600, max_attempts=1)
     checkpoints = Checkpoints(store=ctx.store, bucket=ctx.settings.minio_model_bucket, queue=queue)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a worker on a busy 2-core machine; the storing thread gets the other core
+    # a worker's own thread count (app.jobs.worker.run_in_child, one job at a time): the storing thread competes
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.settings.max_concurrent_jobs)))
     stored: list[int] = []
 
     def epoch(with_checkpoints: bool, run: int) -> float:

@@ -42,11 +42,15 @@ def resolve_precision(requested: str, device: str | torch.device, *, cpu_bf16: b
     return "bf16" if native else "fp32"
 
 
-def autocast(device: str | torch.device, precision: str) -> torch.autocast:
-    """The context a forward pass (and its loss) runs in: bfloat16 autocast for bf16, a no-op for fp32."""
+def autocast(device: str | torch.device, precision: str, *, cache: bool = True) -> torch.autocast:
+    """The context a forward pass (and its loss) runs in: bfloat16 autocast for bf16, a no-op for fp32.
+
+    `cache=False` casts the weights afresh at each use, as CUDA graph capture needs (the same numbers).
+    """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision {precision!r} is not resolved; pass it through resolve_precision first")
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                          cache_enabled=cache)
 
 
 def memory_format(model: nn.Module) -> torch.memory_format:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +18,10 @@ from torch.nn import functional as F
 from models.checkpoint import Checkpoint, capture, restore
 from models.layers import build_sequential
 from models.precision import autocast, memory_format
+from models.steps import GraphedStep, Step
 
 Progress = Callable[[dict[str, Any]], None]
+NONDETERMINISTIC = "does not have a deterministic implementation"  # how torch words the alert for such an op
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -36,6 +41,9 @@ class TrainConfig:
     eval_batch_size: int = 256  # on CPU, 1024-image activations (100 MB) cost 1.7x the time
     checkpoint_every_s: float = 60.0  # mid-epoch checkpoints at least this often (with on_checkpoint)
     progress_every_s: float = 0.5  # a report reads the running sums back: on a GPU, a sync not worth making per step
+    # On CUDA, each full batch's step replays one captured graph (models/steps.py). Off until a GPU run shows it
+    # trains exactly as the eager step and pays (bench/gpu.sh measures both; README, Benchmarks).
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -121,13 +129,58 @@ def evaluate(
     return loss.item() / len(images), (output.argmax(1) == labels).sum().item() / len(images)
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _after(first: Callable[[], None], then: Step) -> Step:
+    def both(index: torch.Tensor) -> None:
+        first()
+        then(index)
+    return both
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """On CUDA, torch's deterministic kernels wherever it has them (restored after); a no-op on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    # cuBLAS reads this when it first makes a handle: a job's own process sets it before its first product
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark, deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns (see _watch) instead
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    # filling every new tensor with NaN finds reads of unwritten memory; a kernel per allocation is too dear here
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+@contextlib.contextmanager
+def _watch(found: set[str]) -> Iterator[None]:
+    """Collect the ops that torch reports as having no deterministic kernel while the block runs."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        text = str(warning.message)
+        if NONDETERMINISTIC in text:
+            found.add(text.split(" ", 1)[0])
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig, *, graphed: bool) -> torch.optim.Optimizer:
     params, lr, decay = model.parameters(), config.learning_rate, config.weight_decay
-    # fused: one kernel for all parameters, on CPU and GPU alike; Adam's step drops from 1.7 ms to 0.3 ms here
+    # fused: one kernel for all parameters, on CPU and GPU alike; Adam's step drops from 1.7 ms to 0.3 ms here.
+    # capturable: Adam's step count stays on the device, where a CUDA graph can advance it
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay, fused=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay, fused=True, capturable=graphed)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True, capturable=graphed)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=decay, fused=True)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; use one of {', '.join(_OPTIMIZERS)}")
@@ -156,6 +209,8 @@ def train(
     stay float32. For bit-identical weights, build the model with `seeded_model(layers, seed=config.seed)`
     and keep data, config, device and torch's thread count the same. A last batch of a single image is
     skipped: BatchNorm cannot train on one sample. The model is left on the CPU, in eval mode, contiguous.
+    On CUDA the run uses torch's deterministic kernels; `reproducible` in the result is False, and
+    `nondeterministic` names the ops, where one of the network's ops has none (so the weights may differ per run).
 
     `on_checkpoint` gets a Checkpoint (already copied to the CPU) at every epoch end but the last and at least every
     `config.checkpoint_every_s` at a step boundary; `resume` continues from one: the epoch's order is drawn again
@@ -166,17 +221,15 @@ def train(
     if len(train_images) == 0 or config.epochs < 1 or config.batch_size < 1:
         raise ValueError("training needs images, epochs >= 1 and batch_size >= 1")
     autocast(device, config.precision)  # refuses an unresolved precision before any work
-    if device.type == "cuda":  # deterministic kernels cost little for these small networks
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
     torch.manual_seed(config.seed)  # dropout draws from the global generators
     # the uint8 splits are small; keeping them on the device saves a host copy per batch
     train_images, train_labels = train_images.to(device), train_labels.to(device, torch.int64)
     mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
     n, size, layout = len(train_images), config.batch_size, memory_format(model)
     steps = math.ceil(n / size) - (1 if n > size and n % size == 1 else 0)
-    zero = torch.zeros((), device=device)
-    run = RunState(shuffler=torch.Generator().manual_seed(config.seed), loss_sum=zero, correct=zero.long())
+    run = RunState(shuffler=torch.Generator().manual_seed(config.seed), loss_sum=torch.zeros((), device=device),
+                   correct=torch.zeros((), dtype=torch.int64, device=device))  # updated in place: graphs hold them
+    graphed = config.cuda_graphs and device.type == "cuda"
     next_report = 0.0
 
     def report() -> dict[str, Any]:
@@ -191,55 +244,72 @@ def train(
         return capture(model, optimizer, epoch=epoch, step=step, run=sums,
                        meta={"seen": run.seen if step else 0, "history": list(run.history), "setup": setup})
 
+    nondeterministic: set[str] = set()  # ops of this run without a deterministic kernel on its device
     try:
-        model.to(device, memory_format=layout)
-        optimizer = _optimizer(model, config)
-        first, done = 1, 0  # where the loop starts: epoch `first` with `done` of its steps already trained
-        if resume is not None:
-            saved = restore(resume, model, optimizer, device)
-            run.shuffler.set_state(saved["shuffler"].cpu())  # as it was when that epoch's order was drawn
-            run.loss_sum, run.correct, run.seen = saved["loss_sum"], saved["correct"], resume.meta["seen"]
-            run.history, first, done = list(resume.meta["history"]), resume.epoch, resume.step
-        next_checkpoint = time.monotonic() + config.checkpoint_every_s
-        for run.epoch in range(first, config.epochs + 1):  # the loop's position lives in `run`, with the rest
-            model.train()
-            epoch_shuffler = run.shuffler.get_state()
-            order = torch.randperm(n, generator=run.shuffler).to(device)
-            if not done:
-                run.loss_sum, run.correct, run.seen = zero.clone(), zero.long(), 0
-            for run.step in range(done + 1, steps + 1):
-                index = order[(run.step - 1) * size : run.step * size]
+        with _deterministic(device):  # deterministic kernels cost little for these small networks
+            model.to(device, memory_format=layout)
+            optimizer = _optimizer(model, config, graphed=graphed)
+
+            def train_step(index: torch.Tensor) -> None:
                 x = normalize(train_images[index], mean_t, std_t).contiguous(memory_format=layout)
                 y = train_labels[index]
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, config.precision):
+                with autocast(device, config.precision, cache=not graphed):  # a graph cannot keep autocast's cache
                     output = model(x)
                     loss = F.cross_entropy(output, y)
                 loss.backward()
                 optimizer.step()
-                run.loss_sum += loss.detach() * len(index)
-                run.correct += (output.detach().argmax(1) == y).sum()
-                run.seen += len(index)
-                if on_progress is not None and (run.step == steps or time.monotonic() >= next_report):
-                    on_progress(report())
-                    next_report = time.monotonic() + config.progress_every_s
-                if on_checkpoint is not None and run.step < steps and time.monotonic() >= next_checkpoint:
-                    on_checkpoint(snapshot(run.epoch, run.step, epoch_shuffler))
+                run.loss_sum.add_(loss.detach() * len(index))
+                run.correct.add_((output.detach().argmax(1) == y).sum())
+
+            def zero_grad() -> None:
+                optimizer.zero_grad(set_to_none=True)
+
+            step = (GraphedStep(train_step, size=size, zero_grad=zero_grad, device=device) if graphed
+                    else _after(zero_grad, train_step))
+            first, done = 1, 0  # where the loop starts: epoch `first` with `done` of its steps already trained
+            if resume is not None:
+                saved = restore(resume, model, optimizer, device)
+                run.shuffler.set_state(saved["shuffler"].cpu())  # as it was when that epoch's order was drawn
+                run.loss_sum.copy_(saved["loss_sum"])
+                run.correct.copy_(saved["correct"])
+                run.seen = resume.meta["seen"]
+                run.history, first, done = list(resume.meta["history"]), resume.epoch, resume.step
+            next_checkpoint = time.monotonic() + config.checkpoint_every_s
+            for run.epoch in range(first, config.epochs + 1):  # the loop's position lives in `run`, with the rest
+                model.train()
+                epoch_shuffler = run.shuffler.get_state()
+                order = torch.randperm(n, generator=run.shuffler).to(device)
+                if not done:
+                    run.loss_sum.zero_()
+                    run.correct.zero_()
+                    run.seen = 0
+                for run.step in range(done + 1, steps + 1):
+                    index = order[(run.step - 1) * size : run.step * size]
+                    # every step runs the same ops, so the first one shows which of them have no deterministic kernel
+                    with _watch(nondeterministic) if run.step == done + 1 else contextlib.nullcontext():
+                        step(index)
+                    run.seen += len(index)
+                    if on_progress is not None and (run.step == steps or time.monotonic() >= next_report):
+                        on_progress(report())
+                        next_report = time.monotonic() + config.progress_every_s
+                    if on_checkpoint is not None and run.step < steps and time.monotonic() >= next_checkpoint:
+                        on_checkpoint(snapshot(run.epoch, run.step, epoch_shuffler))
+                        next_checkpoint = time.monotonic() + config.checkpoint_every_s
+                done = 0
+                test_loss, test_accuracy = evaluate(model, test_images, test_labels, mean=mean_t, std=std_t,
+                                                    device=device, precision=config.precision,
+                                                    batch_size=config.eval_batch_size)
+                record = {"epoch": run.epoch, "train_loss": run.loss_sum.item() / run.seen,
+                          "train_accuracy": run.correct.item() / run.seen, "test_loss": test_loss,
+                          "test_accuracy": test_accuracy}
+                run.history.append(record)
+                if on_progress is not None:
+                    on_progress({**report(), "epoch_done": record})
+                if on_checkpoint is not None and run.epoch < config.epochs:  # the next epoch, not yet begun
+                    on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state()))
                     next_checkpoint = time.monotonic() + config.checkpoint_every_s
-            done = 0
-            test_loss, test_accuracy = evaluate(model, test_images, test_labels, mean=mean_t, std=std_t,
-                                                device=device, precision=config.precision,
-                                                batch_size=config.eval_batch_size)
-            record = {"epoch": run.epoch, "train_loss": run.loss_sum.item() / run.seen,
-                      "train_accuracy": run.correct.item() / run.seen, "test_loss": test_loss,
-                      "test_accuracy": test_accuracy}
-            run.history.append(record)
-            if on_progress is not None:
-                on_progress({**report(), "epoch_done": record})
-            if on_checkpoint is not None and run.epoch < config.epochs:  # the next epoch, not yet begun
-                on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state()))
-                next_checkpoint = time.monotonic() + config.checkpoint_every_s
     finally:
         model.to("cpu", memory_format=torch.contiguous_format)
     metrics = {key: value for key, value in run.history[-1].items() if key != "epoch"}
-    return {"metrics": metrics, "history": run.history}
+    return {"metrics": metrics, "history": run.history, "reproducible": not nondeterministic,
+            "nondeterministic": sorted(nondeterministic)}

@@ -10,6 +10,7 @@ import logging
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -87,8 +88,10 @@ def test_database_outage_is_503_naming_the_database_and_every_route_recovers(
             assert r.headers["content-type"] == "application/problem+json"
             assert int(r.headers["retry-after"]) > 0
             assert r.json()["title"] == "Catalog database unavailable"
-        r = call(client, "GET", "/readyz")
-        assert r.status_code == 503 and shown in r.json()["detail"]
+        r = call(client, "GET", "/readyz")  # open to anyone: which dependency, never its host, port or user
+        assert r.status_code == 503 and r.json()["dependency"] == "database"
+        assert not {make_url(database_url).host, str(make_url(database_url).port), make_url(database_url).username
+                    } & set(r.text.replace('"', " ").replace(":", " ").split())
         # Housekeeping (the reaper) meets the outage, says so, and keeps going; so does the pool (it runs the
         # queued job below).
         _logged(caplog, "housekeeping:", after=outage)
@@ -115,3 +118,28 @@ def test_database_outage_is_503_naming_the_database_and_every_route_recovers(
 
     assert not [b for b in bodies if PASSWORD in b]
     assert PASSWORD not in caplog.text
+
+
+def test_a_database_that_stops_answering_is_503_within_15_s_and_the_service_recovers_by_itself(
+        cut_database, seeded_settings, tmp_path):
+    """The relay stops forwarding (a frozen primary, a stuck proxy: packets acknowledged, never answered)."""
+    proxy, database_url = cut_database
+    settings = seeded_settings.model_copy(update={
+        "database_url": SecretStr(database_url), "minio_model_bucket": f"models-dbstall-{secrets.token_hex(4)}",
+        "data_dir": tmp_path / "data", "max_concurrent_jobs": 0})
+    routes = [("GET", "/train", {}), ("POST", "/train", {"json": {"dataset": "mnist", "layers": SMALL_NET}}),
+              ("GET", "/models", {}), ("GET", "/readyz", {})]
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(len(routes)) as pool:
+        assert client.get("/train").status_code == 200  # pooled connections exist: they stall too
+        proxy.stalled = True
+        # Every request at once, each given 15 s: a request still waiting then fails the test.
+        answers = [pool.submit(client.request, method, path, **kwargs) for method, path, kwargs in routes]
+        for (method, path, _), answer in zip(routes, answers, strict=True):
+            r = answer.result(timeout=15)
+            assert r.status_code == 503, (method, path, r.status_code, r.text[:300])
+            assert r.headers["content-type"] == "application/problem+json" and int(r.headers["retry-after"]) > 0
+        proxy.heal()
+        for method, path, kwargs in routes:
+            r = pool.submit(client.request, method, path, **kwargs).result(timeout=15)
+            assert r.status_code in (200, 202), (method, path, r.status_code, r.text[:300])
+        assert client.get("/train").json()["items"][0]["status"] == "queued"  # the job posted after recovery

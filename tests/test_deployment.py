@@ -12,17 +12,21 @@ import fnmatch
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
 import tomllib
 from pathlib import Path
+from typing import get_args
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import AliasChoices
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+from pydantic import AliasChoices, SecretStr, ValidationError
 from sqlalchemy.engine import make_url
 
 from app.settings import Settings
@@ -44,15 +48,21 @@ CORE_SERVICES = {"minio", "postgres", "init", "api", "worker"}
 ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 HEALTHY = {"condition": "service_healthy"}
+LOOPBACK = {"127.0.0.1", "::1", "[::1]"}
+# What a user must fill in before `docker compose up` starts: .env.example leaves them empty on purpose.
+REQUIRED_SECRETS = {"SCV_API_TOKEN", "MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"}
 # The oldest Kubernetes release the manifests target, and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 LEASE_SECONDS = Settings.model_fields["lease_seconds"].default
 
 
-def settings_variables() -> set[str]:
-    """Every environment name Settings reads: aliases and validation-alias choices."""
+def settings_variables(*, secret_only: bool = False) -> set[str]:
+    """Every environment name Settings reads (aliases and validation-alias choices); the secret ones only with
+    `secret_only`."""
     names = set()
     for field in Settings.model_fields.values():
+        if secret_only and SecretStr not in (field.annotation, *get_args(field.annotation)):
+            continue
         for alias in (field.alias, field.validation_alias):
             choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
             names.update(choice for choice in choices if isinstance(choice, str))
@@ -94,24 +104,106 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
 
 
+SHELL_SEPARATORS = {"&&", "||", ";", "|", ">", ">>", "<"}
+
+
+def pip_installs(instructions: list[tuple[str, str]]) -> list[tuple[int, list[str]]]:
+    """(instruction index, arguments) of every `pip install` / `python -m pip install` the Dockerfile runs."""
+    installs = []
+    for index, (kind, args) in enumerate(instructions):
+        if kind != "RUN":
+            continue
+        words = shlex.split(args)
+        for start in (i + 1 for i, word in enumerate(words[:-1]) if word == "pip" and words[i + 1] == "install"):
+            end = next((i for i in range(start, len(words)) if words[i] in SHELL_SEPARATORS), len(words))
+            installs.append((index, words[start + 1:end]))
+    return installs
+
+
+def constraint_files(args: list[str]) -> list[str]:
+    """The constraint files (`-c FILE`, `--constraint FILE`, `--constraint=FILE`) of pip install arguments."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--constraint") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--constraint="):
+            files.append(arg.partition("=")[2])
+    return files
+
+
+def lock_pins() -> dict[str, str]:
+    """{package: version} of requirements.lock."""
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line):
+            pins[match[1].lower()] = match[2]
+    return pins
+
+
 def service_env(service: dict) -> dict:
     env = service.get("environment") or {}
     return env if isinstance(env, dict) else dict(item.partition("=")[::2] for item in env)
 
 
+class RequiredVariableUnset(Exception):
+    """A `${VAR:?message}` whose variable is unset (or empty): `docker compose` refuses the file with `message`."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name, self.message = name, message
+
+
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` against `env`; a missing required one fails."""
+    """Compose's `${VAR}`, `${VAR:-default}` and `${VAR:?error}` against `env`; a missing required one raises."""
     def one(match: re.Match) -> str:
         name, operator, argument = match.groups()
         current = env.get(name)
         if operator in (":-", ":?") and current == "":
             current = None
         if current is None and operator in (":?", "?"):
-            pytest.fail(f"{name}: {argument}")
+            raise RequiredVariableUnset(name, argument)
         if current is None and operator in (":-", "-"):
             return argument
         return current or ""
     return INTERPOLATION.sub(one, value)
+
+
+def compose_values(node) -> list[str]:
+    """Every string value of the compose file, where Compose interpolates (not its comments)."""
+    if isinstance(node, dict):
+        return [text for value in node.values() for text in compose_values(value)]
+    if isinstance(node, list):
+        return [text for value in node for text in compose_values(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def compose_refusals(compose: dict, env: dict[str, str]) -> dict[str, str]:
+    """{variable: message} of every required variable `env` leaves unset or empty: `docker compose` refuses to
+    start (it interpolates the whole file, profiles included, before it starts anything)."""
+    refusals = {}
+    for value in compose_values(compose):
+        for match in INTERPOLATION.finditer(value):
+            try:
+                interpolate(match[0], env)
+            except RequiredVariableUnset as unset:
+                refusals[unset.name] = unset.message
+    return refusals
+
+
+def published_ports(service: dict) -> list[dict]:
+    """A service's published ports as Compose's long syntax: host_ip (None: every interface), published, target."""
+    ports = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ports.append({"host_ip": port.get("host_ip"), "published": str(port.get("published")),
+                          "target": str(port["target"])})
+            continue
+        # [[HOST_IP:]PUBLISHED:]TARGET[/PROTOCOL]; an IPv6 host address is bracketed.
+        parts = str(port).split("/")[0].rsplit(":", 2)
+        host_ip = parts[0] if len(parts) == 3 else None
+        published = parts[-2] if len(parts) >= 2 else None
+        ports.append({"host_ip": host_ip, "published": published, "target": parts[-1]})
+    return ports
 
 
 def seconds(duration: str | int) -> float:
@@ -124,8 +216,19 @@ def seconds(duration: str | int) -> float:
 
 @pytest.fixture(scope="module")
 def example_env(env_example) -> dict[str, str]:
-    """The variables a `.env` copied from .env.example sets."""
+    """The variables a `.env` copied from .env.example sets, as shipped."""
     return {name: value for name, (value, active) in env_example.items() if active}
+
+
+def filled_in(env: dict[str, str]) -> dict[str, str]:
+    """`env` with every empty value filled in as .env.example asks (`openssl rand -hex 24`-like: URL-safe)."""
+    return {name: value or secrets.token_hex(24) for name, value in env.items()}
+
+
+@pytest.fixture(scope="module")
+def user_env(example_env) -> dict[str, str]:
+    """The variables of a `.env` copied from .env.example once its user has filled in the empty secrets."""
+    return filled_in(example_env)
 
 
 # --- docker-compose.yml ------------------------------------------------------------------------------
@@ -145,10 +248,40 @@ def test_minio_exposes_api_on_9002_and_console_on_9003_with_a_volume_and_healthc
     assert minio["command"][:2] == ["server", "/data"]
     assert "--console-address" in minio["command"]
     assert minio["command"][minio["command"].index("--console-address") + 1] == ":9001"
-    assert set(minio["ports"]) == {"9002:9000", "9003:9001"}
+    assert {(port["published"], port["target"]) for port in published_ports(minio)} == {("9002", "9000"),
+                                                                                         ("9003", "9001")}
     volume = minio["volumes"][0].split(":")
     assert volume[1] == "/data" and volume[0] in compose["volumes"]
     assert minio["healthcheck"]["test"][0] == "CMD" and "ready" in minio["healthcheck"]["test"]
+
+
+def test_compose_requires_an_api_token_and_says_how_to_make_one(compose):
+    token = service_env(compose["services"]["api"])["SCV_API_TOKEN"]
+    assert token.startswith("${SCV_API_TOKEN:?"), "the api must not start without a token"
+    for name in ("init", "worker"):
+        assert service_env(compose["services"][name])["SCV_API_TOKEN"] == token, name
+    message = compose_refusals(compose, {})["SCV_API_TOKEN"]
+    assert "openssl rand" in message and "16" in message, f"say how to make a token: {message!r}"
+
+
+def test_compose_refuses_the_example_env_until_the_token_and_passwords_are_filled_in(compose, example_env,
+                                                                                       user_env):
+    # `cp .env.example .env && docker compose up` must not start an open service or one with known passwords.
+    refused = compose_refusals(compose, example_env)
+    assert REQUIRED_SECRETS <= set(refused), f"compose accepts .env.example as shipped: refuses only {refused}"
+    for name in REQUIRED_SECRETS:
+        assert example_env[name] == "", f"{name}: .env.example must leave it empty"
+        assert "openssl rand" in refused[name], f"{name}: say how to make one: {refused[name]!r}"
+    assert compose_refusals(compose, user_env) == {}, "filled in, the example env must be enough"
+
+
+def test_compose_publishes_the_api_and_minio_on_loopback_only(compose):
+    services = compose["services"]
+    assert [(port["published"], port["target"]) for port in published_ports(services["api"])] == [("8000", "8000")]
+    assert {port["target"] for port in published_ports(services["minio"])} == {"9000", "9001"}
+    for name, service in services.items():
+        for port in published_ports(service):
+            assert port["host_ip"] in LOOPBACK, f"{name} publishes {port} beyond this host"
 
 
 def test_credentials_come_from_env_and_are_required(compose):
@@ -175,8 +308,8 @@ def test_postgres_keeps_the_catalog_on_a_volume_and_reports_health_with_pg_isrea
 
 
 @pytest.mark.parametrize("postgres_db", ["scv-catalog", None], ids=["POSTGRES_DB-set", "POSTGRES_DB-unset"])
-def test_every_scv_service_reaches_the_compose_postgres_with_its_credentials(compose, example_env, postgres_db):
-    env = {name: value for name, value in example_env.items() if name != "POSTGRES_DB"}
+def test_every_scv_service_reaches_the_compose_postgres_with_its_credentials(compose, user_env, postgres_db):
+    env = {name: value for name, value in user_env.items() if name != "POSTGRES_DB"}
     if postgres_db:
         env["POSTGRES_DB"] = postgres_db
     postgres = {name: interpolate(value, env) for name, value in service_env(compose["services"]["postgres"]).items()}
@@ -199,7 +332,6 @@ def test_api_builds_from_the_dockerfile_serves_only_and_starts_after_minio_postg
     api = compose["services"]["api"]
     assert (ROOT / api["build"]["context"] / api["build"]["dockerfile"]).resolve() == DOCKERFILE
     assert api["command"] == ["scv", "serve", "--host", "0.0.0.0", "--port", "8000"]
-    assert "8000:8000" in api["ports"]
     assert api["depends_on"] == {"minio": HEALTHY, "postgres": HEALTHY,
                                  "init": {"condition": "service_completed_successfully"}}
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
@@ -245,9 +377,11 @@ def test_service_environment_uses_only_variables_the_settings_know(compose, name
 
 @pytest.mark.parametrize("name", ["api", "worker"])
 def test_every_setting_reaches_the_api_and_the_workers(compose, name):
-    # MINIO_CA_CERT is left out: the compose MinIO speaks plain HTTP (MINIO_SECURE is pinned false); and the
-    # client commands' SCV_URL.
-    missing = settings_variables() - set(service_env(compose["services"][name])) - {"MINIO_CA_CERT"} - CLIENT_VARIABLES
+    # Left out: MINIO_CA_CERT, as the compose MinIO speaks plain HTTP (MINIO_SECURE is pinned false);
+    # SCV_ALLOW_NO_TOKEN, as compose requires a token; SCV_ALLOWED_HOSTS, as the api binds 0.0.0.0 in its container
+    # (the Host check guards loopback-bound servers) and the token guards it; the client commands' SCV_URL.
+    missing = settings_variables() - set(service_env(compose["services"][name])) - {
+        "MINIO_CA_CERT", "SCV_ALLOW_NO_TOKEN", "SCV_ALLOWED_HOSTS"} - CLIENT_VARIABLES
     assert not missing, f"add to the {name}'s environment in docker-compose.yml: {sorted(missing)}"
     assert service_env(compose["services"][name])["MINIO_SECURE"] == "false"
 
@@ -288,14 +422,40 @@ def test_dockerfile_runs_as_a_non_root_user_with_a_healthcheck():
 
 
 def test_dockerfile_installs_cpu_torch_before_the_project_with_the_project_pins():
-    runs = [args for kind, args in dockerfile_instructions() if kind == "RUN"]
-    torch_run = next(i for i, run in enumerate(runs) if "download.pytorch.org/whl/cpu" in run)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_run]
-    project_runs = [i for i, run in enumerate(runs) if "pyproject.toml" in run or re.search(r"pip install \S*\.", run)]
-    assert project_runs and min(project_runs) > torch_run
+    installs = pip_installs(dockerfile_instructions())
+    [(torch_run, torch_args)] = [(i, args) for i, args in installs if "https://download.pytorch.org/whl/cpu" in args]
+    assert torch_args[torch_args.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    project = [i for i, args in installs if any(arg.startswith(".") for arg in args if not arg.startswith("-"))]
+    assert project and min(project) > torch_run
     pins = {dep for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
             if dep.startswith(("torch==", "torchvision=="))}
-    assert pins and pins <= set(shlex.split(runs[torch_run])), "Dockerfile torch pins differ from pyproject.toml"
+    assert pins and pins <= set(torch_args), "Dockerfile torch pins differ from pyproject.toml"
+
+
+def test_dockerfile_installs_every_package_through_the_lock():
+    instructions = dockerfile_instructions()
+    installs = pip_installs(instructions)
+    # Torch, the dependency layer and the project: a pip call this test cannot read (inside `python -c`, say)
+    # would escape the check, so every mention of pip installing must be one of those it parsed.
+    runs = " ".join(args for kind, args in instructions if kind == "RUN")
+    assert len(installs) >= 3 and len(re.findall(r"\bpip\W{1,6}install\b", runs)) == len(installs)
+    lock_copy = next(i for i, (kind, args) in enumerate(instructions)
+                     if kind == "COPY" and "requirements.lock" in args.split()[:-1])
+    for index, args in installs:
+        assert constraint_files(args) == ["requirements.lock"], f"add -c requirements.lock: pip install {args}"
+        assert lock_copy < index, "COPY requirements.lock before the first pip install"
+
+
+def test_the_lock_admits_the_cpu_torch_wheels_the_image_installs():
+    # PyTorch's CPU index serves `2.14.1+cpu`; `==2.14.1` ignores the local label, a lock made against a CUDA
+    # index (`==2.14.1+cu128`) would not, and the image build would fail.
+    pins = lock_pins()
+    [(_, torch_args)] = [(i, args) for i, args in pip_installs(dockerfile_instructions())
+                         if "https://download.pytorch.org/whl/cpu" in args]
+    for name in ("torch", "torchvision"):
+        assert f"{name}=={pins[name]}" in torch_args, f"the Dockerfile's {name} pin differs from requirements.lock"
+        cpu_build = Version(f"{Version(pins[name]).public}+cpu")
+        assert SpecifierSet(f"=={pins[name]}").contains(cpu_build), f"requirements.lock's {name} refuses {cpu_build}"
 
 
 def test_dockerfile_copies_only_what_exists_and_is_not_dockerignored():
@@ -341,21 +501,25 @@ def test_env_example_names_only_known_variables(env_example):
     assert not unknown, f".env.example names variables nothing reads: {sorted(unknown)}"
 
 
-def test_env_example_holds_placeholders_not_secrets(env_example):
+def test_env_example_leaves_every_secret_empty(env_example):
+    # A placeholder (`change-me-...`) passes compose's `:?` checks and becomes a password everyone knows; an empty
+    # value makes compose refuse to start until the user fills it in.
+    secret = settings_variables(secret_only=True) | {name for name in env_example if "PASSWORD" in name}
     for name, (value, _) in env_example.items():
-        if re.search(r"PASSWORD|SECRET|TOKEN", name) or name == "MINIO_ROOT_USER":
-            assert value.startswith("change-me"), f"{name} must be a change-me placeholder"
+        if name in secret and "://" not in value:
+            assert value == "", f"{name} must be empty in .env.example, not {value!r}"
         if "://" in value and make_url(value).password is not None:
             assert make_url(value).password.startswith("change-me"), f"{name}: the URL's password must be a placeholder"
+    assert {name for name, (value, active) in env_example.items() if active and not value} == REQUIRED_SECRETS
 
 
-@pytest.mark.parametrize("uncomment", [False, True], ids=["as-shipped", "all-set"])
+@pytest.mark.parametrize("uncomment", [False, True], ids=["filled-in", "all-set"])
 def test_env_example_values_are_valid_settings(env_example, tmp_path, monkeypatch, uncomment):
     for name in settings_variables():
         monkeypatch.delenv(name, raising=False)
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{name}={value}\n" for name, (value, active) in env_example.items()
-                                if active or uncomment))
+    env = filled_in({name: value for name, (value, active) in env_example.items() if active or uncomment})
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
     settings = Settings(_env_file=env_file)
     assert settings.minio_access_key == (env_example["MINIO_ACCESS_KEY"][0] if uncomment
                                          else env_example["MINIO_ROOT_USER"][0])
@@ -376,9 +540,18 @@ def _docker_compose(*args: str, env_file: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def example_env_file(env_example, tmp_path) -> Path:
+def shipped_env_file(example_env, tmp_path) -> Path:
+    """A `.env` copied from .env.example and not edited."""
+    path = tmp_path / "shipped.env"
+    path.write_text("".join(f"{name}={value}\n" for name, value in example_env.items()))
+    return path
+
+
+@pytest.fixture
+def example_env_file(user_env, tmp_path) -> Path:
+    """A `.env` copied from .env.example with its empty secrets filled in."""
     path = tmp_path / "compose.env"
-    path.write_text("".join(f"{name}={value}\n" for name, (value, active) in env_example.items() if active))
+    path.write_text("".join(f"{name}={value}\n" for name, value in user_env.items()))
     return path
 
 
@@ -395,17 +568,18 @@ def test_docker_compose_starts_only_the_core_services_without_the_ray_profile(ex
     assert set(with_ray.stdout.split()) == CORE_SERVICES | RAY_SERVICES
 
 
-def test_docker_compose_resolves_api_environment_from_the_env_file(example_env_file, env_example):
+def test_docker_compose_resolves_api_environment_from_the_env_file(example_env_file, user_env):
     result = _docker_compose("config", "--format", "json", env_file=example_env_file)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     env = services["api"]["environment"]
     assert env["MINIO_ENDPOINT"] == "minio:9000" and env["SCV_DATA_DIR"] == "/data"
-    assert env["MINIO_ROOT_USER"] == env_example["MINIO_ROOT_USER"][0]
-    assert env["SCV_API_TOKEN"] is None, "a variable unset in .env stays unset in the container"
+    assert env["MINIO_ROOT_USER"] == user_env["MINIO_ROOT_USER"]
+    assert env["SCV_API_TOKEN"] == user_env["SCV_API_TOKEN"]
+    assert env["MINIO_ACCESS_KEY"] is None, "a variable unset in .env stays unset in the container"
     assert env["SCV_MAX_CONCURRENT_JOBS"] == "0"
     url = make_url(env["SCV_DATABASE_URL"])
-    assert (url.host, url.password) == ("postgres", env_example["POSTGRES_PASSWORD"][0])
+    assert (url.host, url.password) == ("postgres", user_env["POSTGRES_PASSWORD"])
     assert services["worker"]["environment"]["SCV_DATABASE_URL"] == env["SCV_DATABASE_URL"]
 
 
@@ -415,7 +589,15 @@ def test_docker_compose_refuses_to_start_without_minio_credentials(tmp_path):
     result = _docker_compose("config", "-q", env_file=empty)
     # Compose names whichever of the required variables it meets first.
     assert result.returncode != 0
-    assert re.search(r"(MINIO_ROOT|POSTGRES)_(USER|PASSWORD) in \.env", result.stderr), result.stderr
+    assert re.search(r"(SCV_API_TOKEN|(MINIO_ROOT|POSTGRES)_(USER|PASSWORD)) in \.env", result.stderr), result.stderr
+
+
+def test_docker_compose_refuses_the_example_env_until_it_is_filled_in(shipped_env_file):
+    for profile in ([], ["--profile", "ray"]):
+        result = _docker_compose(*profile, "config", "-q", env_file=shipped_env_file)
+        assert result.returncode != 0, "compose accepts .env.example as shipped"
+        assert re.search(r"(SCV_API_TOKEN|MINIO_ROOT_PASSWORD|POSTGRES_PASSWORD) in \.env", result.stderr), \
+            result.stderr
 
 
 def test_docker_compose_refuses_to_start_without_a_postgres_password(example_env_file, tmp_path):
@@ -651,10 +833,19 @@ def test_k8s_pods_environment_is_valid_settings(k8s, workload, tmp_path, monkeyp
     for name in settings_variables():
         monkeypatch.delenv(name, raising=False)
     env = container_env(k8s, only_container(k8s["Deployment", workload]["spec"]["template"]))
+    # As the operator creates the Secret: random values where the example has placeholders.
+    env = {name: secrets.token_hex(24) if value.startswith("change-me") else value for name, value in env.items()}
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items()))
     settings = Settings(_env_file=env_file)
     assert settings.catalog_url == env["SCV_DATABASE_URL"] and settings.minio_endpoint == env["MINIO_ENDPOINT"]
+
+
+def test_k8s_secret_example_token_cannot_start_an_api(k8s):
+    # `kubectl apply -f k8s/` would create the example Secret too: its placeholder token is too short to be
+    # accepted, so no API starts with a token anyone can read here.
+    with pytest.raises(ValidationError, match="SCV_API_TOKEN"):
+        Settings(_env_file=None, SCV_API_TOKEN=k8s["Secret", "scv-secrets"]["stringData"]["SCV_API_TOKEN"])
 
 
 def test_k8s_secret_example_holds_placeholders(k8s):
@@ -664,3 +855,168 @@ def test_k8s_secret_example_holds_placeholders(k8s):
                 secret_part = make_url(value).password if "://" in value else value
                 if re.search(r"PASSWORD|SECRET|TOKEN|KEY|URL", key):
                     assert secret_part.startswith("change-me"), f"{name}.{key} must be a change-me placeholder"
+
+
+# --- k8s/: the "restricted" Pod Security Standard ------------------------------------------------------------
+
+# Volume types the restricted profile allows (hostPath and the like are refused).
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+
+
+def pod_containers(template: dict) -> list[dict]:
+    """Every container of a pod template: init containers too, which the standard holds to the same rules."""
+    spec = template["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"], *spec.get("ephemeralContainers", [])]
+
+
+def test_k8s_every_container_meets_the_restricted_pod_security_standard(k8s):
+    # What `pod-security.kubernetes.io/enforce: restricted` on the namespace would refuse, checked here so the
+    # manifests apply there. runAsNonRoot, runAsUser and seccompProfile may sit on the pod or the container (the
+    # container's wins); allowPrivilegeEscalation and capabilities exist on containers only.
+    templates = pod_templates(k8s)
+    assert {"Deployment/scv-api", "Deployment/scv-worker", "StatefulSet/scv-postgres"} <= set(templates)
+    for key, template in templates.items():
+        spec = template["spec"]
+        assert not any(spec.get(field) for field in ("hostNetwork", "hostPID", "hostIPC")), key
+        for volume in spec.get("volumes", []):
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUME_TYPES, f"{key}: volume {volume['name']}"
+        pod = spec.get("securityContext", {})
+        for container in pod_containers(template):
+            where, own = f"{key} container {container['name']}", container.get("securityContext", {})
+            context = {**pod, **own}
+            assert context.get("runAsNonRoot") is True, f"{where}: runAsNonRoot"
+            assert context.get("runAsUser") != 0 and context.get("runAsGroup") != 0, f"{where}: runs as root"
+            assert context.get("seccompProfile", {}).get("type") in {"RuntimeDefault", "Localhost"}, \
+                f"{where}: seccompProfile RuntimeDefault"
+            assert own.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation: false"
+            assert not own.get("privileged"), f"{where}: privileged"
+            capabilities = own.get("capabilities", {})
+            assert "ALL" in capabilities.get("drop", []), f"{where}: capabilities drop ALL"
+            assert set(capabilities.get("add", [])) <= {"NET_BIND_SERVICE"}, f"{where}: adds capabilities"
+            assert not any("hostPort" in port for port in container.get("ports", [])), f"{where}: hostPort"
+            # Not part of the standard, but asked of every container that can run so (SPEC §8): all of these can.
+            assert own.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem"
+
+
+def test_k8s_read_only_containers_can_write_where_their_process_writes(k8s):
+    templates = pod_templates(k8s)
+    for key, template in templates.items():
+        volumes = {volume["name"]: volume for volume in template["spec"].get("volumes", [])}
+        claims = {claim["metadata"]["name"] for (kind, _), doc in k8s.items() if kind == "StatefulSet"
+                  for claim in doc["spec"].get("volumeClaimTemplates", [])}
+        for container in pod_containers(template):
+            where = f"{key} container {container['name']}"
+            mounts = {mount["mountPath"]: mount for mount in container.get("volumeMounts", [])}
+            for mount in mounts.values():
+                assert not mount.get("readOnly"), f"{where}: {mount['mountPath']} is mounted read-only"
+                assert mount["name"] in volumes or mount["name"] in claims, f"{where}: {mount['name']} is no volume"
+            # Python's tempfile, multipart uploads, dataset downloads, Ray's sessions (/tmp/ray), PostgreSQL.
+            assert "/tmp" in mounts, f"{where}: mount a volume at /tmp"
+            env = container_env(k8s, container)
+            if "SCV_DATA_DIR" in env:
+                assert env["SCV_DATA_DIR"] in mounts, f"{where}: mount a volume at SCV_DATA_DIR"
+            if container["image"].split(":")[0] == "postgres":
+                assert "/var/run/postgresql" in mounts, f"{where}: PostgreSQL's socket and lock file directory"
+    # A Ray job runs the service's worker, which caches datasets under the service's SCV_DATA_DIR.
+    data_dir = k8s["ConfigMap", "scv-config"]["data"]["SCV_DATA_DIR"]
+    for key in ray_job_runners(k8s):
+        assert data_dir in {mount["mountPath"] for mount in only_container(templates[key])["volumeMounts"]}, key
+
+
+def ray_job_runners(k8s: dict) -> set[str]:
+    """The Ray pod templates (keys of pod_templates) whose nodes run jobs: those with CPUs (every job asks for one)."""
+    runners = set()
+    for (kind, name), doc in k8s.items():
+        if kind == "RayCluster":
+            groups = [doc["spec"]["headGroupSpec"], *doc["spec"]["workerGroupSpecs"]]
+            runners |= {f"{kind}/{name}[{i}]" for i, group in enumerate(groups)
+                        if group.get("rayStartParams", {}).get("num-cpus") != "0"}
+    return runners
+
+
+# --- k8s/: NetworkPolicies -----------------------------------------------------------------------------------
+
+ANYONE = "anyone"  # in admitted(): a source outside these manifests' pods (no `from`, a namespace, an IP block)
+MINIO_LABELS = {"app.kubernetes.io/name": "minio"}  # MinIO is not deployed here: network-policies.yaml names it so
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a pod's labels; {} selects all."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        holds = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+                 "Exists": key in labels, "DoesNotExist": key not in labels}[operator]
+        if not holds:
+            return False
+    return True
+
+
+def admitted(k8s: dict, labels: dict, port: int, named_ports: dict[str, int] | None = None) -> set[str]:
+    """Which pods (keys of pod_templates, or ANYONE) the NetworkPolicies let connect to a pod with `labels` on TCP
+    `port`: everyone when no policy isolates it, else the union of the rules of the policies that select it."""
+    policies = [doc["spec"] for (kind, _), doc in k8s.items() if kind == "NetworkPolicy"]
+    policies = [policy for policy in policies
+                if "Ingress" in policy.get("policyTypes", ["Ingress"]) and selects(policy["podSelector"], labels)]
+    if not policies:
+        return {ANYONE}
+    sources = set()
+    for rule in (rule for policy in policies for rule in policy.get("ingress", [])):
+        ports = [(entry.get("protocol", "TCP"), entry.get("port")) for entry in rule.get("ports", [])]
+        if ports and not any(protocol == "TCP" and (number is None or number == port or
+                                                    (named_ports or {}).get(number) == port)
+                             for protocol, number in ports):
+            continue
+        peers = rule.get("from", [])
+        if not peers or any(set(peer) != {"podSelector"} for peer in peers):
+            sources.add(ANYONE)
+        sources |= {key for key, template in pod_templates(k8s).items()
+                    if any(selects(peer.get("podSelector", {}), template["metadata"]["labels"]) for peer in peers)}
+    return sources
+
+
+def pod_target(k8s: dict, key: str) -> tuple[dict, dict[str, int]]:
+    """A workload's pod labels and named container ports, as admitted() takes them."""
+    template = pod_templates(k8s)[key]
+    ports = {port["name"]: port["containerPort"] for container in template["spec"]["containers"]
+             for port in container.get("ports", []) if "name" in port}
+    return template["metadata"]["labels"], ports
+
+
+def test_k8s_network_policies_are_applied(k8s):
+    policies = {name for kind, name in k8s if kind == "NetworkPolicy"}
+    assert {"scv-postgres", "scv-ray-nodes", "scv-ray-job-api", "scv-minio"} <= policies
+    assert "network-policies.yaml" in yaml.safe_load(KUSTOMIZATION.read_text())["resources"]
+
+
+def test_k8s_only_the_api_the_workers_and_ray_jobs_reach_postgres_and_minio(k8s):
+    # The pods that use the catalog and the buckets: the API, the workers, and the Ray nodes that run jobs (the
+    # head has no CPUs, so no job lands there).
+    users = {"Deployment/scv-api", "Deployment/scv-worker"} | ray_job_runners(k8s)
+    labels, ports = pod_target(k8s, "StatefulSet/scv-postgres")
+    assert admitted(k8s, labels, 5432, ports) == users
+    # MinIO lives outside these manifests; its policy holds for MinIO pods labelled as the file says.
+    assert admitted(k8s, MINIO_LABELS, 9000) == users
+    assert admitted(k8s, MINIO_LABELS, 9001) == set(), "the console is not for the service's pods"
+
+
+def test_k8s_only_the_dispatching_workers_reach_the_ray_job_api_and_ray_nodes_reach_each_other(k8s):
+    templates = pod_templates(k8s)
+    ray_pods = {key for key in templates if key.startswith("RayCluster/")}
+    head = next(key for key in ray_pods if only_container(templates[key])["name"] == "ray-head")
+    # Whoever submits jobs: the service's pods that train (SCV_MAX_CONCURRENT_JOBS > 0) with SCV_EXECUTOR=ray.
+    # The API trains nothing, so it is not one of them: the pods that face clients cannot reach the cluster.
+    dispatchers = {key for key, template in templates.items() if key.startswith("Deployment/")
+                   and container_env(k8s, only_container(template)).get("SCV_EXECUTOR") == "ray"
+                   and container_env(k8s, only_container(template)).get("SCV_MAX_CONCURRENT_JOBS", "1") != "0"}
+    assert dispatchers == {"Deployment/scv-worker"}
+    labels, ports = pod_target(k8s, head)
+    assert admitted(k8s, labels, ports["dashboard"], ports) == dispatchers | ray_pods, "the job API (RAY_ADDRESS)"
+    assert admitted(k8s, labels, ports["gcs-server"], ports) == ray_pods, "the GCS: Ray nodes only"
+    assert admitted(k8s, labels, ports["client"], ports) == ray_pods, "the Ray client port: Ray nodes only"
+    for key in ray_pods - {head}:
+        labels, ports = pod_target(k8s, key)
+        for port in (10002, 52365, 8080):  # a worker process, the dashboard agent, metrics: any port of a node
+            assert admitted(k8s, labels, port, ports) == ray_pods, f"{key}: port {port}"

@@ -22,16 +22,16 @@ def test_unknown_route_and_method_are_problem_json(client):
 
 
 def test_token_guards_everything_but_health(s3, tmp_path):
-    settings = make_settings(s3, tmp_path, SCV_API_TOKEN="s3cret-token")
+    settings = make_settings(s3, tmp_path, SCV_API_TOKEN="s3cret-token-0123")
     with TestClient(create_app(settings)) as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 200
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token-0123"}):
             r = c.get("/metrics", headers=headers)
             assert r.status_code == 401
             assert r.headers["content-type"] == "application/problem+json"
-            assert "s3cret-token" not in r.text
-        ok = c.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+            assert "s3cret-token-0123" not in r.text
+        ok = c.get("/metrics", headers={"Authorization": "Bearer s3cret-token-0123"})
         assert ok.status_code == 200 and "scv_http_requests_total" in ok.text
 
 

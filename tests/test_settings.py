@@ -24,8 +24,9 @@ EVERY_SETTING = {  # none at its default
     "SCV_DATABASE_URL": "postgresql+psycopg://scv:pw@db:5432/scv", "SCV_LEASE_SECONDS": "12",
     "SCV_MAX_ATTEMPTS": "5", "SCV_CHECKPOINT_SECONDS": "9", "SCV_CACHE_MAX_BYTES": "1000", "SCV_PRECISION": "bf16",
     "SCV_LOG_LEVEL": "debug", "SCV_CPU_BF16": "0", "SCV_URL": "http://scv.example.com:8000",
+    "SCV_ALLOW_NO_TOKEN": "true", "SCV_ALLOWED_HOSTS": "scv.example.com",
 }
-KEPT_BY_THE_API = {"SCV_API_TOKEN", "RAY_ADDRESS", "RAY_AUTH_TOKEN"}  # the fields marked exclude=True
+KEPT_BY_THE_API = {"SCV_API_TOKEN", "RAY_ADDRESS", "RAY_AUTH_TOKEN", "SCV_ALLOW_NO_TOKEN", "SCV_ALLOWED_HOSTS"}
 
 
 def test_a_worker_reads_back_every_setting_but_the_api_s_own(tmp_path, monkeypatch):
@@ -41,6 +42,7 @@ def test_a_worker_reads_back_every_setting_but_the_api_s_own(tmp_path, monkeypat
                                  "minio_ca_cert": tmp_path / "ca.pem"}
     assert back.minio_secret_key.get_secret_value() == "secret"
     assert back.api_token is back.ray_address is back.ray_auth_token is None
+    assert not back.allow_no_token and back.allowed_hosts == ()
 
 
 def test_an_invalid_setting_is_named(monkeypatch):

@@ -164,7 +164,7 @@ def test_pages_need_the_session_when_a_token_is_set(lab):
 def test_a_forged_or_expired_session_is_refused(lab):
     browser = signed_in(lab)
     good = browser.cookies[COOKIE]
-    payload, mac = good.split(".")
+    payload, mac = good.split(".", 1)  # the signed JSON, then its timestamp and signature
     for forged in (f"{payload}.{mac[:-2]}AA", f"{payload[:-2]}AA.{mac}", "garbage", SessionSigner("other").issue()[1]):
         response = TestClient(lab.app).get("/ui", headers={"Cookie": f"{COOKIE}={forged}"}, follow_redirects=False)
         assert response.status_code == 303
@@ -244,3 +244,22 @@ def test_an_open_dashboard_still_wants_the_csrf_token(client):
 def test_the_dashboard_is_not_in_the_api_schema(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith("/ui") or path == "/"]
+
+
+def test_the_form_queues_the_job_post_train_queues(settings, seeded_settings):
+    """Both skins submit through the job service: a precision left out is SCV_PRECISION, a subset larger than the
+    split trains on all of it, and the form's job asks for what the same JSON asks for."""
+    quiet = settings.model_copy(update={"minio_dataset_bucket": seeded_settings.minio_dataset_bucket,
+                                        "precision": "fp32", "max_concurrent_jobs": 0})  # jobs stay queued
+    with TestClient(create_app(quiet)) as client:
+        api = client.post("/train", json={"dataset": "mnist", "version": "via-api", "train_subset": 10**6,
+                                          "layers": SMALL, "labels": {"owner": "carol"}})
+        assert api.status_code == 202 and api.headers["location"] == "/train/via-api"
+        form = {"csrf_token": csrf_of(client.get("/ui/jobs/new")), "dataset": "mnist", "version": "via-form",
+                "train_subset": str(10**6), "labels": "owner=carol", "layer_type": [layer["type"] for layer in SMALL],
+                "layer_args": ["out_channels=4, kernel_size=3, padding=1", "", "kernel_size=2", ""]}
+        assert client.post("/ui/jobs/new", data=form, follow_redirects=False).status_code == 303
+        via_api, via_form = api.json(), client.get("/train/via-form").json()
+    assert via_api["request"]["precision"] == "fp32" and via_api["request"]["train_subset"] is None
+    assert {**via_form["request"], "version": "via-api"} == via_api["request"]
+    assert via_form["layers"] == via_api["layers"] and via_form["labels"] == via_api["labels"] == {"owner": "carol"}

@@ -9,7 +9,6 @@ from safetensors.torch import save
 
 from app.api.deps import DatasetsDep
 from app.datasets import definitions
-from app.datasets.images import grid_png
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 NOT_FOUND = {404: {"description": "unknown dataset, or not seeded yet (the detail says how to seed it)"}}
@@ -58,14 +57,13 @@ def get_manifest(name: str, datasets: DatasetsDep) -> Manifest:
 def get_cka(name: str, datasets: DatasetsDep,
             format: Literal["safetensors", "json", "png"] = "safetensors") -> Response:
     """The CKA sample set (first k test images per class, by class then index) in the chosen format."""
+    if format == "png":
+        return Response(datasets.cka_grid_png(name), media_type="image/png")
     images, labels, indices = datasets.cka_set(name)
     if format == "safetensors":
         # Same bytes as the stored cka.safetensors: serialisation is deterministic.
         body = save({"images": images, "labels": labels, "indices": indices})
         return Response(body, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{name}-cka.safetensors"'})
-    if format == "png":
-        # One row per class: the set holds the same number of images for every class.
-        return Response(grid_png(images, ncols=int((labels == 0).sum())), media_type="image/png")
     return JSONResponse({"classes": list(definitions.info(name).classes), "image_shape": list(images.shape[1:]),
                          "labels": labels.tolist(), "indices": indices.tolist(), "images": images.tolist()})

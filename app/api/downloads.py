@@ -1,17 +1,39 @@
-"""How a model file goes out: a cached copy as Starlette's FileResponse, a first download streamed from storage
-by a thread that reads ahead of the client."""
+"""How a stored model's file goes out, for the API's download route and the dashboard's alike: a cached copy as
+Starlette's FileResponse, a first download streamed from storage by a thread that reads ahead of the client."""
 
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from email.utils import formatdate
 
+from fastapi import Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api.problems import problem
-from app.registry.service import CHUNK_BYTES
+from app.registry.service import CHUNK_BYTES, ModelRegistry
 
 OCTET_STREAM = "application/octet-stream"
 READ_AHEAD = 4  # pieces a download reads from storage ahead of the client
+
+
+def model_file(version: str, request: Request, registry: ModelRegistry) -> Response:
+    """The model file, from the local cache when it holds it (a `Range` fetches it there first), else streamed
+    from storage; ETag = sha256, `Range` → 206, `If-None-Match` → 304."""
+    model = registry.get(version)
+    etag = f'"{model["sha256"]}"'
+    headers = {"ETag": etag, "Content-Disposition": f'attachment; filename="{version}.safetensors"',
+               "Last-Modified": formatdate(datetime.fromisoformat(model["created_at"]).timestamp(), usegmt=True)}
+    if not_modified(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    if path := registry.cached_file(model, fetch=request.method == "GET" and "range" in request.headers):
+        return ModelFile(path, headers=headers, media_type=OCTET_STREAM)
+    # Not cached (or too large to keep, so a Range is ignored, as RFC 9110 allows): the whole file from storage.
+    keeps = registry.cache.keeps(model["sha256"], model["size_bytes"])
+    headers.update({"Content-Length": str(model["size_bytes"]), "Accept-Ranges": "bytes" if keeps else "none"})
+    if request.method == "HEAD":
+        return Response(headers=headers, media_type=OCTET_STREAM)
+    return from_storage(registry.download(model), headers=headers)
 
 
 class ModelFile(FileResponse):

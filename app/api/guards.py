@@ -1,20 +1,14 @@
-"""ASGI guards in front of every route: bearer-token auth and the request body size cap."""
+"""ASGI guards in front of every route: the loopback Host check, bearer-token auth and the request body size cap."""
 
 import hmac
-import json
+import ipaddress
 
 from starlette.exceptions import HTTPException
 
+from app.api.problems import problem
+
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 UI_PREFIX = "/ui"  # the dashboard checks its own session cookie (app/ui/rendering.py)
-
-
-async def _send_problem(send, status: int, title: str, detail: str, headers=()) -> None:
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
-        *headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _open(scope) -> bool:
@@ -36,10 +30,10 @@ class BearerAuth:
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
-            return await _send_problem(
-                send, 401, "Unauthorized",
-                "missing or wrong bearer token; send `Authorization: Bearer <SCV_API_TOKEN>`",
-                headers=[(b"www-authenticate", b'Bearer realm="scv"')])
+            refused = problem(401, title="Unauthorized",
+                              detail="missing or wrong bearer token; send `Authorization: Bearer <SCV_API_TOKEN>`",
+                              headers={"WWW-Authenticate": 'Bearer realm="scv"'})
+            return await refused(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -48,14 +42,14 @@ class BodyLimit:
 
     def __init__(self, app, *, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
+        self.too_big = f"request body exceeds {max_bytes} bytes (SCV_MAX_BODY_BYTES)"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = f"request body exceeds {self.max_bytes} bytes (SCV_MAX_BODY_BYTES)"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_problem(send, 413, "Payload too large", too_big)
+            return await self._refuse(scope, receive, send)
         seen = 0
         started = False
 
@@ -66,7 +60,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     # An HTTPException passes FastAPI's body parsing untouched and renders as 413.
-                    raise HTTPException(status_code=413, detail=too_big)
+                    raise HTTPException(status_code=413, detail=self.too_big)
             return message
 
         async def tracking_send(message):
@@ -79,5 +73,39 @@ class BodyLimit:
         except HTTPException as exc:
             if started or exc.status_code != 413:
                 raise
-            await _send_problem(send, 413, "Payload too large", too_big)
+            await self._refuse(scope, receive, send)
 
+    async def _refuse(self, scope, receive, send) -> None:
+        await problem(413, title="Payload too large", detail=self.too_big)(scope, receive, send)
+
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+class LoopbackHosts:
+    """421 for a request to a loopback-bound server whose Host is not a loopback name or one of `allowed`: a page
+    on another site that renamed itself to 127.0.0.1 (DNS rebinding) cannot reach the service through a browser."""
+
+    def __init__(self, app, *, allowed: tuple[str, ...] = ()):
+        self.app, self.allowed = app, LOOPBACK_NAMES | {name.lower() for name in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or not _loopback(scope.get("server")):
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        name = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]  # the port aside
+        if name not in self.allowed:
+            refused = problem(421, title="Misdirected request",
+                              detail=f"this service is bound to a loopback address and answers only for "
+                                     f"{', '.join(sorted(self.allowed))}; add the name to SCV_ALLOWED_HOSTS")
+            return await refused(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _loopback(server) -> bool:
+    """Whether the address the server accepted this connection on (ASGI scope["server"]) is a loopback one."""
+    try:
+        return server is not None and ipaddress.ip_address(server[0]).is_loopback
+    except ValueError:
+        return False  # a Unix socket or a name (the test client's "testserver"): no address to rebind

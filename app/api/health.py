@@ -1,12 +1,16 @@
 """Liveness, readiness and Prometheus metrics."""
 
+import logging
+
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import DatabaseDep, SettingsDep, StoreDep
-from app.errors import ServiceError, StorageUnavailable
+from app.errors import NotReady, ServiceError
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
+OPEN_API = "SCV_API_TOKEN is unset and SCV_ALLOW_NO_TOKEN=1: anyone who reaches this service can use it"
 
 
 @router.get("/healthz")
@@ -17,16 +21,22 @@ async def healthz() -> dict:
 
 @router.get("/readyz", responses={503: {"description": "storage or the catalog database unreachable"}})
 def readyz(request: Request, store: StoreDep, settings: SettingsDep, db: DatabaseDep) -> dict:
-    """200 when storage answers, both buckets exist (they are created if missing) and the catalog answers."""
-    buckets = (settings.minio_model_bucket, settings.minio_dataset_bucket)
+    """200 when storage answers, both buckets exist (they are created if missing) and the catalog answers; else 503
+    naming which of the two failed. Open to anyone, so it never says where they are or who connects."""
     try:
-        store.ensure_buckets(*buckets)
+        store.ensure_buckets(settings.minio_model_bucket, settings.minio_dataset_bucket)
     except ServiceError as exc:
         request.app.state.metrics.storage_ready.set(0)
-        raise StorageUnavailable(exc.detail, endpoint=store.endpoint) from None
+        log.warning("not ready: %s", exc.detail)  # the log, for operators, says where
+        raise NotReady("storage") from None
     request.app.state.metrics.storage_ready.set(1)
-    db.ping()  # DatabaseUnavailable names the database, never its password
-    return {"status": "ready", "endpoint": store.endpoint, "buckets": list(buckets), "database": db.shown}
+    try:
+        db.ping()
+    except ServiceError as exc:
+        log.warning("not ready: %s", exc.detail)
+        raise NotReady("database") from None
+    return {"status": "ready", **({"warning": OPEN_API} if settings.api_token is None and settings.allow_no_token
+                                  else {})}
 
 
 @router.get("/metrics", response_class=Response)

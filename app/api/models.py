@@ -1,8 +1,6 @@
 """Model routes: pages, download (ETag, Range, HEAD), metadata, delete and predict; `@alias` for any version."""
 
 from collections.abc import Callable
-from datetime import datetime
-from email.utils import formatdate
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -12,9 +10,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api import downloads
-from app.api.deps import ModelRoute, ModelVersion, RegistryDep
-from app.api.labels import LabelFilter
+from app.api.deps import LabelFilter, ModelRoute, ModelVersion, RegistryDep
+from app.api.downloads import model_file
 from app.errors import InvalidInput, ServiceError
 from app.registry import inference
 from app.registry.service import ModelRegistry
@@ -96,20 +93,7 @@ def list_models(
 def download(version: ModelVersion, request: Request, registry: RegistryDep) -> Response:
     """The model file, from the local cache when it holds it (a `Range` fetches it there first), else streamed
     from storage; ETag = sha256, `Range` → 206, `If-None-Match` → 304."""
-    model = registry.get(version)
-    etag = f'"{model["sha256"]}"'
-    headers = {"ETag": etag, "Content-Disposition": f'attachment; filename="{version}.safetensors"',
-               "Last-Modified": formatdate(datetime.fromisoformat(model["created_at"]).timestamp(), usegmt=True)}
-    if downloads.not_modified(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers)
-    if path := registry.cached_file(model, fetch=request.method == "GET" and "range" in request.headers):
-        return downloads.ModelFile(path, headers=headers, media_type=downloads.OCTET_STREAM)
-    # Not cached (or too large to keep, so a Range is ignored, as RFC 9110 allows): the whole file from storage.
-    keeps = registry.cache.keeps(model["sha256"], model["size_bytes"])
-    headers.update({"Content-Length": str(model["size_bytes"]), "Accept-Ranges": "bytes" if keeps else "none"})
-    if request.method == "HEAD":
-        return Response(headers=headers, media_type=downloads.OCTET_STREAM)
-    return downloads.from_storage(registry.download(model), headers=headers)
+    return model_file(version, request, registry)
 
 
 @router.get("/{version}/metadata")

@@ -1,6 +1,7 @@
-"""Every error of every route rendered once, as RFC 9457 application/problem+json."""
+"""Every error of every route and guard rendered once, as RFC 9457 application/problem+json."""
 
 import logging
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -55,6 +56,13 @@ def _field(loc) -> str:
     return out or "body"
 
 
+def invalid_fields(errors: Iterable[dict]) -> tuple[str, list[dict]]:
+    """Pydantic's errors as a 422 states them: a one-line detail and the `errors` member, each `{field, message}`
+    naming the field as the client (or the dashboard's form) sent it."""
+    listed = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in errors]
+    return "; ".join(f"{e['field']}: {e['message']}" for e in listed) or "invalid request", listed
+
+
 async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Unavailable) else None
     if exc.status >= 500:
@@ -64,8 +72,7 @@ async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "")} for e in exc.errors()]
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
+    detail, errors = invalid_fields(exc.errors())
     return problem(422, title="Invalid request", detail=detail,
                    type_="https://scv.dev/problems/invalid-input", extra={"errors": errors})
 

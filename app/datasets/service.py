@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from app.datasets import definitions
+from app.datasets.images import grid_png
 from app.errors import DatasetNotSeeded, IntegrityError, InvalidInput, ObjectMissing
 from app.storage.cache import SHA256, CacheMismatch, LocalCache
 from app.storage.s3 import Store
@@ -64,6 +65,11 @@ class DatasetService:
         """(images, labels, indices into the test split) of the CKA sample set, by class then index."""
         tensors = self._tensors(name, "cka.safetensors")
         return tensors["images"], tensors["labels"], tensors["indices"]
+
+    def cka_grid_png(self, name: str) -> bytes:
+        """The CKA sample set drawn as a PNG, one row per class (the set holds as many images of every class)."""
+        images, labels, _ = self.cka_set(name)
+        return grid_png(images, ncols=int((labels == 0).sum()))
 
     # -- internals ----------------------------------------------------------------------------
 

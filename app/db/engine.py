@@ -5,20 +5,26 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import Connection, Float, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
+from app.db.watchdog import Watchdog
 from app.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 IDLE_IN_TX_MS = 10_000
+# A stalled PostgreSQL answers a request with 503 within CALL_S + CONNECT_S (a dead pooled connection, then a
+# new one that cannot connect); the server itself ends a slow statement a second before the watchdog would.
+CALL_S, CONNECT_S, STATEMENT_MS = 5.0, 3, 4_000
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+             "tcp_user_timeout": 10_000}  # a network path that drops packets is given up after ~10-25 s
 _ADVISORY_KEY = 0x5C7_CA7A  # one PostgreSQL advisory lock for every process migrating this catalog
 
 
@@ -50,26 +56,45 @@ class Database:
             self.engine = create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
+            self.watchdog = None
         else:
             # A client frozen inside a transaction (SIGSTOP, a hung VM) must not hold its row locks for ever:
             # the server ends such a session, and the lease of the job it held lapses as usual.
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={
-                "connect_timeout": 5, "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TX_MS}"})
+            options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TX_MS} -c statement_timeout={STATEMENT_MS}"
+            self.engine = create_engine(self.url, pool_size=5, max_overflow=10, connect_args={
+                "connect_timeout": CONNECT_S, "options": options, **KEEPALIVE})
+            self.watchdog = Watchdog(CALL_S)
+            event.listen(self.engine, "connect", _mark_fresh)
+            event.listen(self.engine, "checkout", self._checkout)
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read-only transaction."""
-        with self._translated(), self.engine.connect() as conn, conn.begin():
+    def read(self, *, bounded: bool = True) -> Iterator[Connection]:
+        """A read-only transaction; `bounded`: on PostgreSQL it must end within CALL_S (else 503)."""
+        with self._translated(), self._deadline(bounded), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, bounded: bool = True) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so it never
-        fails half-way on a lock upgrade and waits its turn instead."""
-        with self._translated(), self.engine.connect() as conn:
+        fails half-way on a lock upgrade and waits its turn instead. `bounded` as for `read`."""
+        with self._translated(), self._deadline(bounded), self.engine.connect() as conn:
             conn.execution_options(scv_write=True)
             with conn.begin():
                 yield conn
+
+    def _deadline(self, bounded: bool):
+        return self.watchdog.armed() if bounded and self.watchdog is not None else nullcontext()
+
+    def _checkout(self, dbapi_connection, record, _proxy) -> None:
+        """Put a pooled connection under the transaction's deadline and make sure it still answers (what
+        `pool_pre_ping` does, but under the deadline); a dead one is replaced once by the pool."""
+        self.watchdog.attach(dbapi_connection.fileno())
+        if record.info.pop("fresh", False):
+            return
+        try:
+            self.engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -98,9 +123,11 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         head = ScriptDirectory.from_config(config).get_current_head()
-        with self._migration_lock(), self.write() as conn:
+        with self._migration_lock(), self.write(bounded=False) as conn:
             found = MigrationContext.configure(conn).get_current_revision()
             if found != head:
+                if not self.sqlite:
+                    conn.execute(text("SET LOCAL statement_timeout = 0"))  # a migration may rewrite a big table
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
         if found == head:
@@ -121,6 +148,7 @@ class Database:
                 yield
             return
         with self.engine.connect() as conn:  # a session-level lock on its own connection, held until done
+            conn.execute(text("SET LOCAL statement_timeout = 0"))  # another process may migrate for a while
             conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_KEY})
             try:
                 yield
@@ -131,6 +159,10 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections (at shutdown, and in a forked child before first use)."""
         self.engine.dispose()
+
+
+def _mark_fresh(_dbapi_connection, record) -> None:
+    record.info["fresh"] = True  # just connected: no need to ping it at its first checkout
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:

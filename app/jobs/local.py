@@ -34,7 +34,7 @@ class LocalPool:
         self._ctx = multiprocessing.get_context("forkserver")
         self._running: dict[str, tuple[Claim, multiprocessing.Process]] = {}
         self._cond = threading.Condition()
-        self._stopped = False
+        self._stopped = self._woken = False
         self._backoff, self._paused_until = 0.0, 0.0
         self._thread = threading.Thread(target=self._supervise, name="scv-pool", daemon=True)
 
@@ -48,6 +48,7 @@ class LocalPool:
     def wake(self) -> None:
         """Look for queued jobs now (a job was just submitted)."""
         with self._cond:
+            self._woken = True
             self._cond.notify()
 
     def cancel(self, version: str) -> bool:
@@ -74,44 +75,56 @@ class LocalPool:
             self._thread.join(5)
 
     def _supervise(self) -> None:
+        # The lock guards `_running` only: the catalog calls (claim, release) happen outside it, so cancel()
+        # and stop() never wait behind a database that is slow to answer.
         while True:
             with self._cond:
                 if self._stopped:
                     return
-                self._reap_locked()
-                try:
-                    while (len(self._running) < self.slots and time.monotonic() >= self._paused_until
-                           and (claim := self.queue.claim())):
-                        self._launch_locked(claim)
-                except ServiceError as exc:
-                    log.warning("could not claim jobs: %s", exc.detail)
-                self._cond.wait(POLL_S)
+                ended = [held for held in self._running.values() if held[1].exitcode is not None]
+                for claim, _ in ended:
+                    del self._running[claim.version]
+                free = self.slots - len(self._running) if time.monotonic() >= self._paused_until else 0
+            for claim, process in ended:
+                self._ended(claim, process)
+            try:
+                while free > 0 and (claim := self.queue.claim()):
+                    free -= self._launch(claim)
+            except ServiceError as exc:
+                log.warning("could not claim jobs: %s", exc.detail)
+            with self._cond:
+                if not self._woken and not self._stopped:
+                    self._cond.wait(POLL_S)
+                self._woken = False
 
-    def _launch_locked(self, claim: Claim) -> None:
+    def _launch(self, claim: Claim) -> int:
+        """Start the claimed job's child; 1 when it runs, 0 when the job was handed back."""
         process = self._ctx.Process(target=run_in_child, name=f"scv-train-{claim.version}",
                                     args=(claim, self.env, self.slots), daemon=False)
-        try:
-            process.start()
-        except OSError as exc:
-            self._release(claim, f"could not start a worker process: {exc}")
-            return
-        self._running[claim.version] = (claim, process)
-        log.info("job %s attempt %d started in worker pid %s", claim.version, claim.attempt, process.pid)
+        failure = None  # stop() hands every job back: one claimed while it did goes back too
+        with self._cond:
+            if not self._stopped:
+                try:
+                    process.start()
+                except OSError as exc:
+                    failure = f"could not start a worker process: {exc}"
+                else:
+                    self._running[claim.version] = (claim, process)
+                    log.info("job %s attempt %d started in worker pid %s", claim.version, claim.attempt, process.pid)
+                    return 1
+        self._release(claim, failure)
+        return 0
 
-    def _reap_locked(self) -> None:
-        for version, (claim, process) in list(self._running.items()):
-            if process.exitcode is None:
-                continue
-            del self._running[version]
-            process.join()
-            # A child that recorded its end changed the status already: this fenced release changes nothing.
-            self._release(claim, exit_reason(process.exitcode))
-            if process.exitcode == EXIT_UNAVAILABLE:  # storage or the catalog is away: back off before claiming
-                self._backoff = min(MAX_BACKOFF_S, self._backoff * 2 or 1.0)
-                self._paused_until = time.monotonic() + self._backoff
-                log.warning("storage or the catalog was unavailable; claiming again in %.0f s", self._backoff)
-            elif process.exitcode == 0:
-                self._backoff = 0.0
+    def _ended(self, claim: Claim, process: multiprocessing.Process) -> None:
+        process.join()
+        # A child that recorded its end changed the status already: this fenced release changes nothing.
+        self._release(claim, exit_reason(process.exitcode))
+        if process.exitcode == EXIT_UNAVAILABLE:  # storage or the catalog is away: back off before claiming
+            self._backoff = min(MAX_BACKOFF_S, self._backoff * 2 or 1.0)
+            self._paused_until = time.monotonic() + self._backoff
+            log.warning("storage or the catalog was unavailable; claiming again in %.0f s", self._backoff)
+        elif process.exitcode == 0:
+            self._backoff = 0.0
 
     def _release(self, claim: Claim, reason: str | None) -> None:
         try:

@@ -1,20 +1,27 @@
-"""Training jobs: the service that submits, pages and cancels them and keeps the queue healthy."""
+"""Training jobs: the service that submits, follows, pages and cancels them and keeps the queue healthy."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.errors import InvalidInput, ServiceError
-from app.jobs.queue import JobQueue
+from app.jobs.queue import TERMINAL, JobQueue, new_record
+from app.jobs.request import TrainRequest
 from app.storage import layout
+
+if TYPE_CHECKING:
+    from app.datasets.service import DatasetService
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 2.0
 CANCEL_WAIT_S = 5.0  # how long DELETE /train/{version} waits for another process to stop the job
+EVENT_POLL_S = 0.5  # how often a followed job's record is read for changes
 
 
 class Executor(Protocol):
@@ -26,11 +33,22 @@ class Executor(Protocol):
     def stop(self) -> None: ...
 
 
-class JobService:
-    """Submit, inspect, page and cancel jobs; runs this process's housekeeping (lapsed leases, deletions)."""
+@dataclass(frozen=True)
+class JobEvent:
+    """One event of a followed job: `job` with the record (`id` its revision), or `error` with status and detail."""
 
-    def __init__(self, *, queue: JobQueue, executor: Executor | None, housekeeping: list[Callable[[], object]]):
+    event: str
+    data: dict[str, Any]
+    id: str | None = None
+
+
+class JobService:
+    """Submit, follow, inspect, page and cancel jobs; runs this process's housekeeping (lapsed leases, deletions)."""
+
+    def __init__(self, *, queue: JobQueue, executor: Executor | None, datasets: DatasetService, precision: str,
+                 housekeeping: list[Callable[[], object]]):
         self.queue, self.executor, self.housekeeping = queue, executor, housekeeping
+        self.datasets, self.precision = datasets, precision  # precision: SCV_PRECISION, for requests naming none
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._housekeep, name="scv-housekeeping", daemon=True)
 
@@ -55,8 +73,17 @@ class JobService:
                 except ServiceError as exc:
                     log.warning("housekeeping: %s", exc.detail)
 
-    def submit(self, record: dict) -> dict:
-        """Queue a job; 409 when the version is taken."""
+    def submit(self, body: TrainRequest) -> dict:
+        """Queue a job and return its record; 404 for an unknown or unseeded dataset, 422 naming a bad layer,
+        409 when the version is taken."""
+        manifest = self.datasets.manifest(body.dataset)
+        request = body.model_dump(exclude={"labels"})
+        request["precision"] = body.precision or self.precision
+        if body.train_subset is not None and body.train_subset > manifest["train_size"]:
+            request["train_subset"] = None  # more than there is: train on everything
+        version, layers = prepare(request, manifest=manifest)
+        record = new_record(version=version, dataset=body.dataset, request={**request, "version": version},
+                            layers=layers, labels=body.labels)
         self.queue.add(record)
         if self.executor is not None:
             self.executor.wake()
@@ -67,6 +94,23 @@ class JobService:
 
     def page(self, **filters) -> tuple[list[dict], str | None]:
         return self.queue.page(**filters)
+
+    async def events(self, version: str, *, last_event_id: str | None = None) -> AsyncIterator[JobEvent]:
+        """The job's record on every change, ending after a terminal status; given the last event id seen (a
+        reconnecting client's `Last-Event-ID`), only newer records."""
+        seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        while True:
+            try:
+                record, revision = await asyncio.to_thread(self.queue.get_with_revision, version)
+            except ServiceError as exc:  # the stream has started: report in-band, the client may retry
+                yield JobEvent("error", {"status": exc.status, "detail": exc.detail})
+                return
+            if revision > seen:
+                seen = revision
+                yield JobEvent("job", record, id=str(revision))
+            if record["status"] in TERMINAL:
+                return
+            await asyncio.sleep(EVENT_POLL_S)
 
     def cancel(self, version: str) -> dict:
         """Stop a queued or running job; it ends `cancelled` and no model is kept."""

@@ -2,7 +2,6 @@
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.api import datasets as datasets_api
 from app.api.deps import DatasetsDep
 from app.ui.rendering import PageRoute, current_session, render
 
@@ -25,4 +24,4 @@ def datasets_page(request: Request, datasets: DatasetsDep) -> Response:
 @router.get("/datasets/{name}/cka.png")
 def cka_grid(name: str, datasets: DatasetsDep) -> Response:
     """The CKA sample set as `GET /datasets/{name}/cka?format=png` draws it: one row per class."""
-    return datasets_api.get_cka(name, datasets, format="png")
+    return Response(datasets.cka_grid_png(name), media_type="image/png")

@@ -12,12 +12,11 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
 import models
-from app.api import train
-from app.api.deps import DatasetsDep, JobsDep, SettingsDep
-from app.api.labels import parse_label_filter
+from app.api.deps import DatasetsDep, ExistingJobDep, JobsDep, parse_label_filter
+from app.api.problems import invalid_fields
 from app.errors import InvalidInput, ServiceError
 from app.jobs.queue import STATUSES, TERMINAL
-from app.jobs.service import JobService
+from app.jobs.request import TrainRequest
 from app.ui.rendering import PageRoute, current_session, is_htmx, render, safe_next
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, dependencies=[Depends(current_session)],
@@ -63,14 +62,14 @@ def new_job_form(request: Request, datasets: DatasetsDep, template: str = "defau
 
 
 @router.post("/jobs/new")
-async def submit_job(request: Request, jobs: JobsDep, datasets: DatasetsDep, settings: SettingsDep) -> Response:
+async def submit_job(request: Request, jobs: JobsDep, datasets: DatasetsDep) -> Response:
     """Queue the job as `POST /train` does; a 422 comes back as the form with each message at its field."""
     form = await request.form()
     values = {key: str(form.get(key, "")).strip() for key in ("dataset", "labels", *HYPERPARAMETERS)}
     rows = [{"type": str(kind), "args": str(args)}
             for kind, args in zip(form.getlist("layer_type"), form.getlist("layer_args"), strict=False)]
     try:
-        version = await run_in_threadpool(_submit, values, rows, jobs=jobs, datasets=datasets, settings=settings)
+        version = await run_in_threadpool(_submit, values, rows, jobs=jobs)
     except ServiceError as exc:
         if exc.status not in (404, 409, 422):
             raise
@@ -81,18 +80,18 @@ async def submit_job(request: Request, jobs: JobsDep, datasets: DatasetsDep, set
     return RedirectResponse(f"/ui/jobs/{version}", status_code=303)
 
 
-def _submit(values: dict, rows: list[dict], *, jobs, datasets, settings) -> str:
+def _submit(values: dict, rows: list[dict], *, jobs) -> str:
     body: dict[str, Any] = {key: values[key] for key in ("dataset", *HYPERPARAMETERS) if values.get(key)}
     body["layers"] = [{"type": row["type"], **parse_args(index, row["args"])} for index, row in enumerate(rows)]
     body["labels"] = parse_labels(values.get("labels", ""))
     try:
-        request = train.TrainRequest.model_validate(body)
+        request = TrainRequest.model_validate(body)
     except ValidationError as exc:
-        errors = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        _, errors = invalid_fields(exc.errors())
         problem = InvalidInput(errors[0]["message"], field=errors[0]["field"])
         problem.extra["errors"] = errors  # every field at once, as the API's 422 lists them
         raise problem from None
-    return train.submit(request, Response(), jobs, datasets, settings)["version"]
+    return jobs.submit(request)["version"]
 
 
 def _form(request: Request, datasets, *, values: dict, rows: list[dict], errors: dict,
@@ -145,11 +144,6 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-def _field(loc: tuple) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else (f".{part}" if i else str(part))
-                   for i, part in enumerate(loc))
-
-
 @router.get("/jobs/{version}")
 def job_page(request: Request, version: str, jobs: JobsDep) -> Response:
     """One job: status, progress and curves, kept live over Server-Sent Events until it ends."""
@@ -159,18 +153,13 @@ def job_page(request: Request, version: str, jobs: JobsDep) -> Response:
     return render(request, "job.html", job=record)
 
 
-def _existing_job(version: str, jobs: JobsDep) -> JobService:
-    jobs.get(version)
-    return jobs
-
-
 @router.get("/jobs/{version}/events", response_class=EventSourceResponse)
-async def job_events(version: str, jobs: Annotated[JobService, Depends(_existing_job)],
+async def job_events(version: str, jobs: ExistingJobDep,
                      last_event_id: Annotated[str | None, Header(max_length=32)] = None
                      ) -> AsyncIterator[ServerSentEvent]:
     """The API's event stream of one job, for the page's session (the API itself wants a bearer token)."""
-    async for event in train.job_events(version, jobs, last_event_id):
-        yield event
+    async for event in jobs.events(version, last_event_id=last_event_id):
+        yield ServerSentEvent(event=event.event, id=event.id, data=event.data)
 
 
 @router.post("/jobs/{version}/cancel")

@@ -10,9 +10,8 @@ from starlette.datastructures import UploadFile
 
 import models as networks
 from app.analysis.maths import layer_names
-from app.api import models as models_api
-from app.api.deps import AnalysesDep, DatasetsDep, RegistryDep
-from app.api.labels import parse_label_filter
+from app.api.deps import AnalysesDep, DatasetsDep, RegistryDep, parse_label_filter
+from app.api.downloads import model_file
 from app.errors import InvalidInput
 from app.registry import inference
 from app.ui.pictures import activation_pngs, image_png, symmetric_scale
@@ -68,7 +67,7 @@ def layer_table(meta: dict) -> list[dict]:
 @router.get("/models/{version}/download")
 def download(version: str, request: Request, registry: RegistryDep) -> Response:
     """The model file, as `GET /models/{version}` sends it."""
-    return models_api.download(registry.resolve(version), request, registry)
+    return model_file(registry.resolve(version), request, registry)
 
 
 @router.get("/models/{version}/cka")
@@ -124,7 +123,8 @@ async def predict(request: Request, version: str, registry: RegistryDep) -> Resp
     def classify() -> tuple[dict, list[str]]:
         model, meta = registry.load(registry.resolve(version))
         images = inference.decode_files([blob], meta["input_shape"])
-        return inference.predict(model, meta, images, cpu_bf16=registry.cpu_bf16)[0], meta["classes"]
+        return inference.predict(model, meta, images, precision=registry.precision,
+                                 cpu_bf16=registry.cpu_bf16)[0], meta["classes"]
 
     prediction, classes = await run_in_threadpool(classify)
     ranked = sorted(zip(classes, prediction["probabilities"], strict=True), key=lambda pair: -pair[1])

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
 from app.analysis.plots import viridis
+from app.api.problems import invalid_fields
 from app.errors import ServiceError
 from app.ui.session import COOKIE, LIFETIME_S, Session, SessionSigner, csrf_matches
 
@@ -104,7 +105,7 @@ class PageRoute(APIRoute):
             except ServiceError as exc:
                 response = error_page(request, status=exc.status, title=exc.title, detail=exc.detail)
             except RequestValidationError as exc:
-                detail = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
+                detail, _ = invalid_fields(exc.errors())
                 response = error_page(request, status=422, title="Invalid request", detail=detail)
             if cookie := getattr(request.state, "ui_cookie", None):
                 set_session_cookie(request, response, cookie)
