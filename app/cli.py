@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from app.errors import ServiceError
-from app.settings import LOG_FORMAT, SettingsError, load_settings
+from app.settings import LOG_FORMAT, SettingsError, check_bind, load_settings
 
 
 def _serve(args) -> int:
@@ -20,7 +20,9 @@ def _serve(args) -> int:
 
     from app.main import create_app
 
-    uvicorn.run(create_app(load_settings()), host=args.host, port=args.port, log_level=args.log_level)
+    settings = load_settings()
+    check_bind(settings, args.host)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

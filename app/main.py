@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if settings.api_token is None:
-            log.warning("SCV_API_TOKEN is unset: the API is open to anyone who can reach it")
+            log.warning("SCV_API_TOKEN is unset: the API is open to anyone who can reach it%s",
+                        " (SCV_ALLOW_NO_TOKEN=1)" if settings.allow_no_token else "")
         with embedded.connect(settings) as (store, resolved):
             app.state.settings, app.state.store, app.state.metrics = resolved, store, metrics
             try:

@@ -1,5 +1,6 @@
 """Service configuration, read once from the environment and an optional `.env` file, and handed on to workers."""
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -133,6 +134,22 @@ def load_settings(**overrides) -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             lines.append(f"{env_name(field) if field in Settings.model_fields else field.upper()}: {err['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(lines)) from None
+
+
+def check_bind(settings: Settings, host: str) -> None:
+    """Refuse to serve an open API (no SCV_API_TOKEN) on an address other machines reach, unless asked to."""
+    if settings.api_token is None and not settings.allow_no_token and not is_loopback(host):
+        raise SettingsError(f"refusing to serve on {host} without SCV_API_TOKEN: anyone who reaches it could train, "
+                            "delete models and move aliases; set SCV_API_TOKEN (e.g. `openssl rand -hex 32`), "
+                            "bind to 127.0.0.1, or set SCV_ALLOW_NO_TOKEN=1 to serve an open API on purpose")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address (or `localhost`) is reachable from this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 @lru_cache

@@ -1,11 +1,11 @@
 """ASGI guards in front of every route: the loopback Host check, bearer-token auth and the request body size cap."""
 
 import hmac
-import ipaddress
 
 from starlette.exceptions import HTTPException
 
 from app.api.problems import problem
+from app.settings import is_loopback
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 UI_PREFIX = "/ui"  # the dashboard checks its own session cookie (app/ui/rendering.py)
@@ -104,8 +104,6 @@ class LoopbackHosts:
 
 
 def _loopback(server) -> bool:
-    """Whether the address the server accepted this connection on (ASGI scope["server"]) is a loopback one."""
-    try:
-        return server is not None and ipaddress.ip_address(server[0]).is_loopback
-    except ValueError:
-        return False  # a Unix socket or a name (the test client's "testserver"): no address to rebind
+    """Whether the address the server accepted this connection on (ASGI scope["server"]) is a loopback one; the
+    test client's "testserver" and a Unix socket have no address a page could rebind."""
+    return server is not None and server[0] != "localhost" and is_loopback(str(server[0]))
