@@ -10,6 +10,7 @@ from app.db.cursors import encode_cursor
 from app.db.engine import Database
 from app.db.tables import Alias, Job, Label, Model
 from app.errors import InvalidInput
+from app.jobs.queue import job_row, new_record
 from app.registry import catalog
 from app.registry.service import ModelRegistry
 from tests.conftest import make_settings
@@ -43,12 +44,8 @@ def model_values(version: str, *, created_at: str, dataset: str = "mnist", accur
 def job_values(version: str, *, status: str = "succeeded", dataset: str = "mnist", created_at: str | None = None,
                labels: dict | None = None) -> dict:
     """A `jobs` row with the given status."""
-    return {"version": version, "dataset": dataset, "status": status, "request": {"epochs": 1},
-            "labels": labels or {}, "layers": [], "metrics": None, "history": [], "error": None, "attempts": 1,
-            "lost": 0, "worker": None, "resumed_from": None, "lease_until": None,
-            "cancel_requested": False, "revision": 1, "created_at": created_at or catalog.iso(START),
-            "progress": {"epoch": 0, "epochs": 1, "step": 0, "steps": 0, "fraction": 0.0},
-            "started_at": None, "finished_at": None}
+    record = new_record(version=version, dataset=dataset, request={"epochs": 1}, layers=[], labels=labels or {})
+    return job_row({**record, "status": status, "attempts": 1, "created_at": created_at or catalog.iso(START)})
 
 
 def add_models(db: Database, rows: list[dict]) -> None:

@@ -13,6 +13,7 @@ from app.api.deps import DatasetsDep, JobsDep, SettingsDep
 from app.api.labels import LabelFilter
 from app.errors import ServiceError
 from app.jobs.queue import STATUSES, TERMINAL, new_record
+from app.jobs.record import JobRecord
 from app.jobs.service import JobService, prepare
 from app.storage.layout import VERSION_PATTERN
 
@@ -44,37 +45,6 @@ class TrainRequest(BaseModel):
         None, description="training precision; absent: SCV_PRECISION. The precision used is recorded")
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16,
                                                examples=[{"owner": "alice", "experiment": "lr-sweep"}])
-
-
-class Progress(BaseModel):
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    fraction: float
-
-
-class JobRecord(BaseModel):
-    """A training job; its version is the version of the model it produces."""
-
-    version: str
-    dataset: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    request: dict[str, Any]
-    labels: dict[str, str]
-    layers: list[dict[str, Any]]
-    progress: Progress
-    metrics: dict[str, float | None] | None
-    history: list[dict[str, Any]]
-    error: str | None
-    attempts: int = Field(description="attempts started so far (a lost worker's job is resumed by another)")
-    worker: dict[str, Any] | None = Field(None, description="host and pid of the attempt running now or last")
-    resumed_from: dict[str, Any] | None = Field(
-        None, description="`epoch` and `step` of the checkpoint this attempt started from; `exact` false when it "
-        "resumed on another device, precision or thread count; `note` when a checkpoint was unusable")
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
 
 
 class JobPage(BaseModel):

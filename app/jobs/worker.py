@@ -25,6 +25,7 @@ from app.db.engine import Database
 from app.errors import ServiceError, Unavailable
 from app.jobs.checkpoints import Checkpoints
 from app.jobs.queue import Claim, JobQueue, LeaseLost
+from app.jobs.record import Progress
 from app.registry.catalog import model_values
 from app.settings import Settings, load_settings
 from app.storage import layout
@@ -70,7 +71,7 @@ class Lease:
         metrics.update(train_loss=progress["train_loss"], train_accuracy=progress["train_accuracy"])
         if done:
             metrics.update(test_loss=done["test_loss"], test_accuracy=done["test_accuracy"])
-        self.state = {"progress": {k: progress[k] for k in ("epoch", "epochs", "step", "steps", "fraction")},
+        self.state = {"progress": Progress.model_validate(progress).model_dump(),
                       "metrics": {k: metrics.get(k) for k in METRICS},
                       "history": [*self.state["history"], done] if done else self.state["history"]}
         self._dirty = True
