@@ -18,13 +18,11 @@ from pathlib import Path
 import httpx
 import torch
 import urllib3
-from sqlalchemy import insert
 from torch import nn
 
 import models
 from app.db.engine import Database
-from app.db.tables import Model
-from app.registry import catalog
+from app.registry import catalog, publishing
 from app.registry.rebuild import rebuild_catalog
 from app.storage.embedded import free_ports
 
@@ -127,16 +125,12 @@ def _insert_model_rows(db: Database, count: int) -> None:
     """`count` model rows as finished jobs leave them (executemany, 10,000 a statement)."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for first in range(0, count, 10_000):
-        rows = []
-        for i in range(first, min(count, first + 10_000)):
-            version = f"bench-{i:06d}"
-            meta = {"version": version, "dataset": "mnist" if i % 3 else "cifar10", "size_bytes": 1000,
-                    "created_at": catalog.iso(start + timedelta(seconds=i)), "sha256": f"{i:064x}",
-                    "metrics": {"test_accuracy": (i * 7919 % 10_007) / 10_007}, "epochs": 1, "num_parameters": 10}
-            values = catalog.model_values(meta)
-            rows.append({**values, "metadata": values.pop("meta")})  # executemany takes column names
+        metas = [{"version": f"bench-{i:06d}", "dataset": "mnist" if i % 3 else "cifar10", "size_bytes": 1000,
+                  "created_at": catalog.iso(start + timedelta(seconds=i)), "sha256": f"{i:064x}",
+                  "metrics": {"test_accuracy": (i * 7919 % 10_007) / 10_007}, "epochs": 1, "num_parameters": 10}
+                 for i in range(first, min(count, first + 10_000))]
         with db.write() as conn:
-            conn.execute(insert(Model.__table__), rows)
+            publishing.list_models(conn, metas)
 
 
 def _timed(fn) -> float:

@@ -15,7 +15,7 @@ import models
 from app.analysis.maths import cka, record_layers
 from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
-from app.registry import catalog
+from app.registry import publishing
 from app.storage.s3 import store_from_settings
 from bench.rawdata import seed_raw, write_raw
 from tests.conftest import make_settings
@@ -66,7 +66,7 @@ def store_model(client, version: str, *, dataset: str, layers: list | None, seed
         "size_bytes": len(blob), "metrics": {}, "history": [], "request": {}}
     store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=metadata)
     store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
-    add_models(client.app.state.db, [catalog.model_values(metadata)])
+    add_models(client.app.state.db, [publishing.model_values(metadata)])
 
 
 def offline(client, version: str, split: str = "cka") -> tuple[torch.nn.Sequential, dict, dict]:

@@ -16,7 +16,7 @@ from app.db.engine import Database
 from app.db.tables import Job
 from app.errors import StorageUnavailable
 from app.main import create_app
-from app.registry import catalog
+from app.registry import publishing
 from app.registry.service import ModelRegistry
 from app.storage.cache import LocalCache
 from app.storage.s3 import Store
@@ -53,7 +53,7 @@ def put_model(store: Store, bucket: str, version: str, *, db: Database | None = 
     store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=metadata)
     store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
     if db is not None:
-        add_models(db, [catalog.model_values(metadata)])
+        add_models(db, [publishing.model_values(metadata)])
     return blob
 
 

@@ -7,7 +7,7 @@ Every write of a worker says what it expects (`WHERE version = :v AND attempts =
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError as RowExists
 
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database, db_now, insert_absent
-from app.db.tables import CheckpointRow, Deletion, Job, Label, Model
+from app.db.tables import CheckpointRow, Deletion, Job, Label
 from app.errors import Conflict, InvalidInput, NotFound
 from app.jobs.record import JobRecord, Progress
 from app.storage import layout
@@ -196,16 +196,16 @@ class JobQueue:
             raise LeaseLost(claim.version)
         return bool(row.cancel_requested)
 
-    def finish(self, claim: Claim, status: str, *, error: str | None = None, model: dict | None = None,
-               **state) -> bool:
-        """End the attempt's job with a terminal status (and, on success, list its model in the same
-        transaction); False when the attempt no longer held it, in which case nothing changed."""
+    def finish(self, claim: Claim, status: str, *, error: str | None = None,
+               publish: Callable[[Connection], object] | None = None, **state) -> bool:
+        """End the attempt's job with a terminal status (and, on success, list its model in the same transaction:
+        `publish(conn)`); False when the attempt no longer held it, in which case nothing changed."""
         with self.db.write() as conn:
             done = conn.execute(self._fenced(claim).values(
                 status=status, error=error, finished_at=layout.utcnow(), lease_until=None, cancel_requested=False,
                 revision=Job.revision + 1, **state)).rowcount == 1
-            if done and model is not None:
-                conn.execute(insert(Model).values(**model))
+            if done and publish is not None:
+                publish(conn)
         if done:
             log.info("job %s %s%s", claim.version, status, f": {error}" if error else "")
         return done

@@ -17,14 +17,14 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 
-from app.db.engine import Database, insert_absent
+from app.db.engine import Database
 from app.db.tables import Deletion, Job, Model
 from app.errors import ObjectMissing
 from app.jobs.queue import import_job
 from app.jobs.record import JobRecord
-from app.registry import catalog
+from app.registry import catalog, publishing
 from app.storage import layout
 from app.storage.s3 import ObjectInfo, Store
 
@@ -57,7 +57,7 @@ def rebuild_catalog(*, store: Store, db: Database, bucket: str) -> dict[str, int
                       and v not in deleting]
         records = dict(zip(unrecorded, pool.map(lambda v: _job_record(store, bucket, v), unrecorded), strict=True))
     counts["skipped"] = sum(meta is None for meta in metas.values()) + sum(r is None for r in records.values())
-    models = {v: catalog.model_values(meta) for v, meta in metas.items() if meta is not None}
+    models = {v: publishing.model_values(meta) for v, meta in metas.items() if meta is not None}
     gone = [v for v in rows.keys() - models.keys() - deleting
             if layout.MODEL_FILE not in objects.get(v, {}) and _model_gone(store, bucket, v)]
 
@@ -70,12 +70,12 @@ def rebuild_catalog(*, store: Store, db: Database, bucket: str) -> dict[str, int
     with db.write() as conn:
         for version, values in models.items():
             if version not in rows:
-                counts["models_added"] += insert_absent(conn, Model, values)
+                counts["models_added"] += publishing.list_models(conn, [values["meta"]], if_absent=True)
             elif {key: rows[version][key] for key in values} != values:
-                conn.execute(update(Model).where(Model.version == version).values(**values))
+                publishing.relist_model(conn, values["meta"])
                 counts["models_updated"] += 1
         for version in gone:
-            counts["models_removed"] += conn.execute(delete(Model).where(Model.version == version)).rowcount
+            counts["models_removed"] += publishing.unlist_model(conn, version)
         for job in imports:
             if job is not None:
                 counts["jobs_imported"] += import_job(conn, job)
@@ -97,7 +97,7 @@ def _metadata(store: Store, bucket: str, version: str, names: dict[str, ObjectIn
     """The model's metadata.json when it describes the listed model object, else None (logged)."""
     try:
         meta = store.get_json(bucket=bucket, key=layout.key(version, layout.METADATA_FILE))
-        values = catalog.model_values(meta)
+        values = publishing.model_values(meta)
         sha = values["sha256"]
         if values["version"] != version or not isinstance(values["dataset"], str):
             raise ValueError("it names another version or no dataset")
