@@ -1,9 +1,7 @@
 """The analysis routes through real HTTP: CKA matrices, activation maps and top images of stored models."""
 
-import hashlib
 import io
 import math
-from datetime import UTC, datetime
 
 import pytest
 import torch
@@ -59,13 +57,10 @@ def store_model(client, version: str, *, dataset: str, layers: list | None, seed
     blob = models.save_model(models.seeded_model(resolved, seed=seed), layers=resolved, input_shape=shape,
                              classes=classes, normalization=norm, dataset=dataset, version=version)
     settings = client.app.state.settings
-    store, bucket = store_from_settings(settings), settings.minio_model_bucket
-    metadata = {
-        "version": version, "dataset": dataset, "created_at": datetime.now(UTC).isoformat(), "layers": resolved,
-        "classes": classes, "normalization": norm, "input_shape": shape, "sha256": hashlib.sha256(blob).hexdigest(),
-        "size_bytes": len(blob), "metrics": {}, "history": [], "request": {}}
-    store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=metadata)
-    store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
+    metadata = publishing.describe(blob, version=version, dataset=dataset, layers=resolved, classes=classes,
+                                   normalization=norm, input_shape=shape, metrics={}, history=[], request={})
+    publishing.store_objects(store_from_settings(settings), bucket=settings.minio_model_bucket, metadata=metadata,
+                             blob=blob)
     add_models(client.app.state.db, [publishing.model_values(metadata)])
 
 
