@@ -10,6 +10,7 @@ import torch
 
 import models
 from app.analysis.maths import cka_matrix, top_images
+from app.registry import publishing
 
 CKA_SAMPLES = 100  # the default CKA set: 10 test images per class of a 10-class dataset
 CKA_RUNS = 15
@@ -54,9 +55,10 @@ def _default_cnn(ctx) -> torch.nn.Sequential:
     blob = models.save_model(models.seeded_model(layers, seed=0), layers=layers, input_shape=[1, 28, 28],
                              classes=[str(i) for i in range(10)], normalization=NORMALIZATION, dataset="mnist",
                              version="bench-analysis")
-    key = "bench-analysis/model.safetensors"
-    ctx.store.put(bucket=ctx.settings.minio_model_bucket, key=key, data=blob)
-    return models.load_model(ctx.store.get_bytes(bucket=ctx.settings.minio_model_bucket, key=key))
+    bucket = ctx.settings.minio_model_bucket
+    publishing.store_objects(ctx.store, bucket=bucket, blob=blob, metadata=publishing.describe(
+        blob, version="bench-analysis", dataset="mnist", layers=layers))
+    return models.load_model(ctx.store.get_bytes(bucket=bucket, key="bench-analysis/model.safetensors"))
 
 
 def _times(run, count: int, clock=time.perf_counter) -> list[float]:

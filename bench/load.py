@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from app.db.engine import Database
 from bench.liveserver import LiveServer
 from bench.rawdata import seed_raw, write_raw
 from bench.registry import put_wide_model
@@ -27,8 +28,11 @@ def measure(ctx) -> dict[str, float]:
     raw = ctx.scratch / "raw"
     write_raw(raw, per_class_train=6, per_class_test=3, names=["mnist"])
     seed_raw(ctx.store, ctx.settings, raw, names=["mnist"], cka_per_class=2)
+    db = Database(ctx.settings.catalog_url)  # the catalog the server below opens
+    db.migrate()
     blob = put_wide_model(ctx.store, ctx.settings.minio_model_bucket, version=VERSION, shape=[1, 28, 28],
-                          wide=5000)  # ~16 MB
+                          wide=5000, db=db)  # ~16 MB
+    db.dispose()
     expected = hashlib.sha256(blob).hexdigest()
     with LiveServer(ctx.settings) as server, server.client() as client:
         def download() -> str:

@@ -18,13 +18,11 @@ from pathlib import Path
 import httpx
 import torch
 import urllib3
-from sqlalchemy import insert
 from torch import nn
 
 import models
 from app.db.engine import Database
-from app.db.tables import Model
-from app.registry import catalog
+from app.registry import catalog, publishing
 from app.registry.rebuild import rebuild_catalog
 from app.storage.embedded import free_ports
 
@@ -127,16 +125,12 @@ def _insert_model_rows(db: Database, count: int) -> None:
     """`count` model rows as finished jobs leave them (executemany, 10,000 a statement)."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for first in range(0, count, 10_000):
-        rows = []
-        for i in range(first, min(count, first + 10_000)):
-            version = f"bench-{i:06d}"
-            meta = {"version": version, "dataset": "mnist" if i % 3 else "cifar10", "size_bytes": 1000,
-                    "created_at": catalog.iso(start + timedelta(seconds=i)), "sha256": f"{i:064x}",
-                    "metrics": {"test_accuracy": (i * 7919 % 10_007) / 10_007}, "epochs": 1, "num_parameters": 10}
-            values = catalog.model_values(meta)
-            rows.append({**values, "metadata": values.pop("meta")})  # executemany takes column names
+        metas = [{"version": f"bench-{i:06d}", "dataset": "mnist" if i % 3 else "cifar10", "size_bytes": 1000,
+                  "created_at": catalog.iso(start + timedelta(seconds=i)), "sha256": f"{i:064x}",
+                  "metrics": {"test_accuracy": (i * 7919 % 10_007) / 10_007}, "epochs": 1, "num_parameters": 10}
+                 for i in range(first, min(count, first + 10_000))]
         with db.write() as conn:
-            conn.execute(insert(Model.__table__), rows)
+            publishing.list_models(conn, metas)
 
 
 def _timed(fn) -> float:
@@ -151,8 +145,10 @@ def _put_big_model(store, bucket: str) -> tuple[int, str]:
     return len(blob), hashlib.sha256(blob).hexdigest()
 
 
-def put_wide_model(store, bucket: str, *, version: str, shape: list[int], wide: int) -> bytes:
-    """Store a valid model file (Flatten, Linear(wide), Linear(10)) and its metadata.json; returns the file."""
+def put_wide_model(store, bucket: str, *, version: str, shape: list[int], wide: int,
+                   db: Database | None = None) -> bytes:
+    """Store a valid model file (Flatten, Linear(wide), Linear(10)) and its metadata.json, and list it in `db` when
+    given; returns the file."""
     features = shape[0] * shape[1] * shape[2]
     layers = [{"type": "Flatten", "start_dim": 1, "end_dim": -1},
               {"type": "Linear", "in_features": features, "out_features": wide, "bias": True},
@@ -161,18 +157,19 @@ def put_wide_model(store, bucket: str, *, version: str, shape: list[int], wide: 
         net = nn.Sequential(nn.Flatten(), nn.Linear(features, wide), nn.Linear(wide, 10))
     blob = models.save_model(net, layers=layers, input_shape=shape, classes=[str(i) for i in range(10)],
                              normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=version)
-    store.put_json(bucket=bucket, key=f"{version}/metadata.json",
-                   value=_metadata(version, blob, hashlib.sha256(blob).hexdigest(), datetime.now(UTC), layers, shape))
-    store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
+    metadata = _metadata(blob, version=version, layers=layers, shape=shape)
+    if db is None:
+        publishing.store_objects(store, bucket=bucket, metadata=metadata, blob=blob)
+    else:
+        publishing.publish(store, db, bucket=bucket, metadata=metadata, blob=blob)
     return blob
 
 
-def _metadata(version: str, blob: bytes, digest: str, created: datetime, layers: list, shape: list) -> dict:
-    return {"version": version, "dataset": "mnist", "request": {"epochs": 1}, "layers": layers,
-            "created_at": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "metrics": {"test_accuracy": 0.5}, "history": [], "classes": [str(i) for i in range(10)],
-            "normalization": {"mean": [0.5], "std": [0.25]}, "input_shape": shape, "epochs": 1,
-            "num_parameters": 0, "sha256": digest, "size_bytes": len(blob), "libraries": {}}
+def _metadata(blob: bytes, *, version: str, layers: list, shape: list, created_at: str | None = None) -> dict:
+    return publishing.describe(blob, version=version, dataset="mnist", created_at=created_at, request={"epochs": 1},
+                               layers=layers, metrics={"test_accuracy": 0.5}, history=[],
+                               classes=[str(i) for i in range(10)], normalization={"mean": [0.5], "std": [0.25]},
+                               input_shape=shape, epochs=1, num_parameters=0)
 
 
 def _put_small_models(store, bucket: str) -> None:
@@ -185,10 +182,9 @@ def _put_small_models(store, bucket: str) -> None:
         version = f"bench-small-{i:04d}"
         blob = models.save_model(net, layers=layers, input_shape=shape, classes=[str(c) for c in range(10)],
                                  normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=version)
-        meta = _metadata(version, blob, hashlib.sha256(blob).hexdigest(), start + timedelta(seconds=i), layers,
-                         shape)
-        store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=meta)
-        store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
+        meta = _metadata(blob, version=version, layers=layers, shape=shape,
+                         created_at=catalog.iso(start + timedelta(seconds=i)))
+        publishing.store_objects(store, bucket=bucket, metadata=meta, blob=blob)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(put, range(SMALL_MODELS)))

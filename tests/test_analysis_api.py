@@ -1,9 +1,7 @@
 """The analysis routes through real HTTP: CKA matrices, activation maps and top images of stored models."""
 
-import hashlib
 import io
 import math
-from datetime import UTC, datetime
 
 import pytest
 import torch
@@ -15,7 +13,7 @@ import models
 from app.analysis.maths import cka, record_layers
 from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
-from app.registry import catalog
+from app.registry import publishing
 from app.storage.s3 import store_from_settings
 from bench.rawdata import seed_raw, write_raw
 from tests.conftest import make_settings
@@ -59,14 +57,11 @@ def store_model(client, version: str, *, dataset: str, layers: list | None, seed
     blob = models.save_model(models.seeded_model(resolved, seed=seed), layers=resolved, input_shape=shape,
                              classes=classes, normalization=norm, dataset=dataset, version=version)
     settings = client.app.state.settings
-    store, bucket = store_from_settings(settings), settings.minio_model_bucket
-    metadata = {
-        "version": version, "dataset": dataset, "created_at": datetime.now(UTC).isoformat(), "layers": resolved,
-        "classes": classes, "normalization": norm, "input_shape": shape, "sha256": hashlib.sha256(blob).hexdigest(),
-        "size_bytes": len(blob), "metrics": {}, "history": [], "request": {}}
-    store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=metadata)
-    store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
-    add_models(client.app.state.db, [catalog.model_values(metadata)])
+    metadata = publishing.describe(blob, version=version, dataset=dataset, layers=resolved, classes=classes,
+                                   normalization=norm, input_shape=shape, metrics={}, history=[], request={})
+    publishing.store_objects(store_from_settings(settings), bucket=settings.minio_model_bucket, metadata=metadata,
+                             blob=blob)
+    add_models(client.app.state.db, [publishing.model_values(metadata)])
 
 
 def offline(client, version: str, split: str = "cka") -> tuple[torch.nn.Sequential, dict, dict]:

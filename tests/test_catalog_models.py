@@ -8,9 +8,10 @@ from sqlalchemy import insert, text
 
 from app.db.cursors import encode_cursor
 from app.db.engine import Database
-from app.db.tables import Alias, Job, Label, Model
+from app.db.tables import Alias, Job, Label
 from app.errors import InvalidInput
-from app.registry import catalog
+from app.jobs.queue import job_row, new_record
+from app.registry import catalog, publishing
 from app.registry.service import ModelRegistry
 from tests.conftest import make_settings
 
@@ -35,7 +36,7 @@ def db(request, tmp_path):
 def model_values(version: str, *, created_at: str, dataset: str = "mnist", accuracy: float | None = 0.5,
                  labels: dict | None = None, size: int = 100, sha256: str = "0" * 64) -> dict:
     """A `models` row as the queue inserts it (its metadata reduced to what the catalog reads)."""
-    return catalog.model_values({"version": version, "dataset": dataset, "created_at": created_at,
+    return publishing.model_values({"version": version, "dataset": dataset, "created_at": created_at,
                                  "size_bytes": size, "sha256": sha256, "metrics": {"test_accuracy": accuracy},
                                  "epochs": 1, "num_parameters": 10, "labels": labels or {}})
 
@@ -43,18 +44,14 @@ def model_values(version: str, *, created_at: str, dataset: str = "mnist", accur
 def job_values(version: str, *, status: str = "succeeded", dataset: str = "mnist", created_at: str | None = None,
                labels: dict | None = None) -> dict:
     """A `jobs` row with the given status."""
-    return {"version": version, "dataset": dataset, "status": status, "request": {"epochs": 1},
-            "labels": labels or {}, "layers": [], "metrics": None, "history": [], "error": None, "attempts": 1,
-            "lost": 0, "worker": None, "resumed_from": None, "lease_until": None,
-            "cancel_requested": False, "revision": 1, "created_at": created_at or catalog.iso(START),
-            "progress": {"epoch": 0, "epochs": 1, "step": 0, "steps": 0, "fraction": 0.0},
-            "started_at": None, "finished_at": None}
+    record = new_record(version=version, dataset=dataset, request={"epochs": 1}, layers=[], labels=labels or {})
+    return job_row({**record, "status": status, "attempts": 1, "created_at": created_at or catalog.iso(START)})
 
 
 def add_models(db: Database, rows: list[dict]) -> None:
     """Insert model rows with their succeeded jobs and labels, as a finished job leaves them."""
     with db.write() as conn:
-        conn.execute(insert(Model.__table__), [{**r, "metadata": r["meta"]} for r in rows])  # column names
+        publishing.list_models(conn, [r["meta"] for r in rows])
         conn.execute(insert(Job), [job_values(r["version"], dataset=r["dataset"], created_at=r["created_at"],
                                               labels=r["labels"]) for r in rows])
         pairs = [{"version": r["version"], "key": k, "value": v} for r in rows for k, v in r["labels"].items()]
@@ -221,7 +218,7 @@ def test_alias_and_deletion_bookkeeping(db, mixed):
         assert catalog.aliases_by_version(conn, ["m01", "m02"]) == {"m02": ["best", "prod"]}
     with db.write() as conn:
         assert catalog.delete_alias(conn, "best") and not catalog.delete_alias(conn, "best")
-        assert catalog.remove_version(conn, "m03") and not catalog.remove_version(conn, "m03")
+        assert publishing.remove_version(conn, "m03") and not publishing.remove_version(conn, "m03")
         for _ in range(2):  # asking twice records one deletion
             catalog.begin_deletion(conn, "m03", requested_at=stamp(9))
     with db.read() as conn:

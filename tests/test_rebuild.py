@@ -51,6 +51,7 @@ def old_bucket(store, bucket: str) -> None:
     put_model(store, bucket, "half-written")
     store.delete(bucket=bucket, key="half-written/model.safetensors")  # metadata without its model
     store.put_json(bucket=bucket, key="garbled/job.json", value=["not", "a", "record"])
+    old_job(store, bucket, "misshapen", "failed", progress={"epoch": "one"})  # not a JobRecord: left out, logged
     store.put(bucket=bucket, key="notes.txt", data=b"not a version")
     store.put(bucket=bucket, key="done/checkpoint-1.safetensors", data=b"ignored")
 
@@ -66,7 +67,7 @@ def test_rebuild_lists_every_model_imports_every_job_and_changes_nothing_twice(d
     store.ensure_buckets(bucket)
     old_bucket(store, bucket)
     counts = rebuild_catalog(store=store, db=db, bucket=bucket)
-    assert counts == {"models_added": 3, "models_updated": 0, "models_removed": 0, "jobs_imported": 7, "skipped": 2}
+    assert counts == {"models_added": 3, "models_updated": 0, "models_removed": 0, "jobs_imported": 7, "skipped": 3}
 
     with db.read() as conn:
         rows, more = catalog.page_models(conn, limit=10)
@@ -84,8 +85,8 @@ def test_rebuild_lists_every_model_imports_every_job_and_changes_nothing_twice(d
 
     before = snapshot(db)
     again = rebuild_catalog(store=store, db=db, bucket=bucket)
-    assert again == {"models_added": 0, "models_updated": 0, "models_removed": 0, "jobs_imported": 0, "skipped": 2}
-    assert snapshot(db) == before  # the two bad objects are met again, and left out again
+    assert again == {"models_added": 0, "models_updated": 0, "models_removed": 0, "jobs_imported": 0, "skipped": 3}
+    assert snapshot(db) == before  # the three bad objects are met again, and left out again
 
 
 def test_rebuild_repairs_rows_that_disagree_with_the_bucket_and_leaves_the_queue_alone(db, settings, store):

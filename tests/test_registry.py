@@ -16,7 +16,7 @@ from app.db.engine import Database
 from app.db.tables import Job
 from app.errors import StorageUnavailable
 from app.main import create_app
-from app.registry import catalog
+from app.registry import publishing
 from app.registry.service import ModelRegistry
 from app.storage.cache import LocalCache
 from app.storage.s3 import Store
@@ -44,16 +44,15 @@ def put_model(store: Store, bucket: str, version: str, *, db: Database | None = 
         blob = models.save_model(models.seeded_model(layers, seed=len(version)), layers=layers,
                                  input_shape=[1, 4, 4], classes=["a", "b", "c"], normalization=norm,
                                  dataset=dataset, version=version)
-    created_at = created_at or iso(datetime.now(UTC))
-    metadata = {"version": version, "dataset": dataset, "created_at": created_at, "request": {"epochs": 1},
-                "labels": labels or {}, "layers": layers, "metrics": {"test_accuracy": accuracy}, "history": [],
-                "classes": ["a", "b", "c"], "normalization": norm, "input_shape": [1, 4, 4], "epochs": 1,
-                "num_parameters": 88, "sha256": sha256 or hashlib.sha256(blob).hexdigest(),
-                "size_bytes": len(blob), "libraries": {}}
-    store.put_json(bucket=bucket, key=f"{version}/metadata.json", value=metadata)
-    store.put(bucket=bucket, key=f"{version}/model.safetensors", data=blob)
+    metadata = publishing.describe(
+        blob, version=version, dataset=dataset, created_at=created_at, request={"epochs": 1}, labels=labels or {},
+        layers=layers, metrics={"test_accuracy": accuracy}, history=[], classes=["a", "b", "c"], normalization=norm,
+        input_shape=[1, 4, 4], epochs=1, num_parameters=88)
+    if sha256 is not None:
+        metadata["sha256"] = sha256  # metadata that does not describe the file
+    publishing.store_objects(store, bucket=bucket, metadata=metadata, blob=blob)
     if db is not None:
-        add_models(db, [catalog.model_values(metadata)])
+        add_models(db, [publishing.model_values(metadata)])
     return blob
 
 

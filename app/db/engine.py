@@ -1,4 +1,5 @@
-"""The catalog's engine: connections, read and write transactions, the database clock, migrations at start-up."""
+"""The catalog's engine: connections, read and write transactions, the database clock, insert-if-absent, migrations at
+start-up."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import Connection, Float, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.compiler import compiles
@@ -43,6 +45,13 @@ def _sqlite_now(element, compiler, **kw) -> str:
 @compiles(db_now, "postgresql")
 def _postgresql_now(element, compiler, **kw) -> str:
     return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
+def insert_absent(conn: Connection, table, values: dict) -> int:
+    """Insert a row unless its primary key exists (another process may be writing too); 1 when inserted."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(table.version)
+    return len(conn.execute(statement).all())  # rowcount is not reliable for this statement on every driver
 
 
 class Database:

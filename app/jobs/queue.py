@@ -7,17 +7,18 @@ Every write of a worker says what it expects (`WHERE version = :v AND attempts =
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as RowExists
 
 from app.db.cursors import decode_cursor, encode_cursor
-from app.db.engine import Database, db_now
-from app.db.tables import CheckpointRow, Deletion, Job, Label, Model
+from app.db.engine import Database, db_now, insert_absent
+from app.db.tables import CheckpointRow, Deletion, Job, Label
 from app.errors import Conflict, InvalidInput, NotFound
+from app.jobs.record import JobRecord, Progress
 from app.storage import layout
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = ("queued", "running", *sorted(TERMINAL))
 START_GRACE_S = 60.0  # a claimed job's first lease: its worker process may take a while to start (cold, loaded)
-PUBLIC = ("version", "dataset", "status", "request", "labels", "layers", "progress", "metrics", "history", "error",
-          "attempts", "worker", "resumed_from", "created_at", "started_at", "finished_at")
 
 
 class JobNotFound(NotFound):
@@ -47,19 +46,34 @@ class Claim:
 
 
 def record_of(row) -> dict[str, Any]:
-    """The public job record (SPEC §5) of a `jobs` row."""
-    return {name: getattr(row, name) for name in PUBLIC}
+    """The public job record (a `JobRecord`) of a `jobs` row."""
+    return {name: getattr(row, name) for name in JobRecord.model_fields}
 
 
 def new_record(*, version: str, dataset: str, request: dict, layers: list[dict], labels: dict[str, str]) -> dict:
     """The record of a freshly queued job."""
-    return {
-        "version": version, "dataset": dataset, "status": "queued", "request": request, "labels": labels,
-        "layers": layers,
-        "progress": {"epoch": 0, "epochs": request["epochs"], "step": 0, "steps": 0, "fraction": 0.0},
-        "metrics": None, "history": [], "error": None, "attempts": 0, "worker": None, "resumed_from": None,
-        "created_at": layout.utcnow(), "started_at": None, "finished_at": None,
-    }
+    return JobRecord(
+        version=version, dataset=dataset, status="queued", request=request, labels=labels, layers=layers,
+        progress=Progress(epoch=0, epochs=request["epochs"], step=0, steps=0, fraction=0.0),
+        metrics=None, history=[], error=None, attempts=0, created_at=layout.utcnow(), started_at=None,
+        finished_at=None).model_dump()
+
+
+def job_row(record: JobRecord | dict) -> dict[str, Any]:
+    """The `jobs` row of a job record that no worker holds (queued, or ended)."""
+    return {**JobRecord.model_validate(record).model_dump(), "lost": 0, "lease_until": None,
+            "cancel_requested": False, "revision": 1}
+
+
+def import_job(conn: Connection, record: JobRecord | dict) -> bool:
+    """Insert a job that no worker holds, and its labels, unless its version has a job row already (`scv catalog
+    rebuild`: the queue's own records win); True when inserted."""
+    row = job_row(record)
+    if not insert_absent(conn, Job, row):
+        return False
+    for key, value in row["labels"].items():
+        insert_absent(conn, Label, {"version": row["version"], "key": key, "value": value})
+    return True
 
 
 def _position(key: tuple) -> tuple[str, str]:
@@ -83,7 +97,7 @@ class JobQueue:
                 if conn.execute(select(Deletion.version).where(Deletion.version == record["version"])).first():
                     raise Conflict(f"version {record['version']!r} is still being deleted; retry in a few seconds "
                                    "or choose another", version=record["version"])
-                conn.execute(insert(Job).values(**record, lost=0, cancel_requested=False, revision=1))
+                conn.execute(insert(Job).values(**job_row(record)))
                 if record["labels"]:
                     conn.execute(insert(Label), [{"version": record["version"], "key": k, "value": v}
                                                  for k, v in record["labels"].items()])
@@ -182,16 +196,16 @@ class JobQueue:
             raise LeaseLost(claim.version)
         return bool(row.cancel_requested)
 
-    def finish(self, claim: Claim, status: str, *, error: str | None = None, model: dict | None = None,
-               **state) -> bool:
-        """End the attempt's job with a terminal status (and, on success, list its model in the same
-        transaction); False when the attempt no longer held it, in which case nothing changed."""
+    def finish(self, claim: Claim, status: str, *, error: str | None = None,
+               publish: Callable[[Connection], object] | None = None, **state) -> bool:
+        """End the attempt's job with a terminal status (and, on success, list its model in the same transaction:
+        `publish(conn)`); False when the attempt no longer held it, in which case nothing changed."""
         with self.db.write() as conn:
             done = conn.execute(self._fenced(claim).values(
                 status=status, error=error, finished_at=layout.utcnow(), lease_until=None, cancel_requested=False,
                 revision=Job.revision + 1, **state)).rowcount == 1
-            if done and model is not None:
-                conn.execute(insert(Model).values(**model))
+            if done and publish is not None:
+                publish(conn)
         if done:
             log.info("job %s %s%s", claim.version, status, f": {error}" if error else "")
         return done

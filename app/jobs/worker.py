@@ -13,7 +13,6 @@ import socket
 import sys
 import threading
 import time
-from importlib.metadata import version as package_version
 from pathlib import Path
 
 import torch
@@ -25,7 +24,8 @@ from app.db.engine import Database
 from app.errors import ServiceError, Unavailable
 from app.jobs.checkpoints import Checkpoints
 from app.jobs.queue import Claim, JobQueue, LeaseLost
-from app.registry.catalog import model_values
+from app.jobs.record import Progress
+from app.registry import publishing
 from app.settings import LOG_FORMAT, Settings, load_settings
 from app.storage import layout
 from app.storage.s3 import Store, store_from_settings
@@ -70,7 +70,7 @@ class Lease:
         metrics.update(train_loss=progress["train_loss"], train_accuracy=progress["train_accuracy"])
         if done:
             metrics.update(test_loss=done["test_loss"], test_accuracy=done["test_accuracy"])
-        self.state = {"progress": {k: progress[k] for k in ("epoch", "epochs", "step", "steps", "fraction")},
+        self.state = {"progress": Progress.model_validate(progress).model_dump(),
                       "metrics": {k: metrics.get(k) for k in METRICS},
                       "history": [*self.state["history"], done] if done else self.state["history"]}
         self._dirty = True
@@ -152,25 +152,17 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
         blob = models.save_model(model, layers=record["layers"], input_shape=manifest["image_shape"],
                                  classes=manifest["classes"], normalization=normalization,
                                  dataset=record["dataset"], version=version)
-        finished = layout.utcnow()
-        metadata = {
-            "version": version, "dataset": record["dataset"], "created_at": finished,
-            "request": request, "labels": record["labels"], "layers": record["layers"],
-            "metrics": result["metrics"], "history": result["history"], "classes": manifest["classes"],
-            "normalization": normalization, "input_shape": manifest["image_shape"], "epochs": request["epochs"],
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob),
-            "dataset_sha256": manifest["sha256"], "device": config.device, "precision": config.precision,
-            "libraries": {name: package_version(name) for name in ("torch", "safetensors", "scv-trainer")},
-        }
+        metadata = publishing.describe(
+            blob, version=version, dataset=record["dataset"], request=request, labels=record["labels"],
+            layers=record["layers"], metrics=result["metrics"], history=result["history"],
+            classes=manifest["classes"], normalization=normalization, input_shape=manifest["image_shape"],
+            epochs=request["epochs"], num_parameters=sum(p.numel() for p in model.parameters()),
+            dataset_sha256=manifest["sha256"], device=config.device, precision=config.precision)
         lease.renew_now()  # a worker that lost its job must not overwrite the objects of the one that holds it
-        # Metadata first, model last: a model object exists only once it is complete.
-        store.put_json(bucket=settings.minio_model_bucket, key=layout.key(version, layout.METADATA_FILE),
-                       value=metadata)
-        store.put(bucket=settings.minio_model_bucket, key=layout.key(version, layout.MODEL_FILE), data=blob)
+        publishing.store_objects(store, bucket=settings.minio_model_bucket, metadata=metadata, blob=blob)
     progress = {**lease.state["progress"], "fraction": 1.0}
     if not queue.finish(claim, "succeeded", metrics=result["metrics"], history=result["history"],
-                        progress=progress, model=model_values(metadata)):
+                        progress=progress, publish=lambda conn: publishing.list_models(conn, [metadata])):
         raise LeaseLost(version)
     checkpoints.discard(version)  # else housekeeping's sweep does it
     return queue.get(version)
@@ -219,8 +211,7 @@ def _end(queue: JobQueue, claim: Claim, status: str, reason: str | None, *, stor
     while True:
         try:
             if queue.finish(claim, status, error=reason):
-                for name in (layout.MODEL_FILE, layout.METADATA_FILE):
-                    store.delete(bucket=bucket, key=layout.key(claim.version, name))
+                publishing.delete_objects(store, bucket=bucket, version=claim.version)
                 Checkpoints(store=store, bucket=bucket, queue=queue).discard(claim.version)
             return
         except ServiceError as exc:

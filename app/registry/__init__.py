@@ -1,1 +1,1 @@
-"""The model registry: listing, downloads, deletion and expiry of stored models, and inference with them."""
+"""The model registry: publishing, listing, downloads, deletion and expiry of stored models, and inference with them."""

@@ -1,4 +1,5 @@
-"""The model catalog's queries: pages of models, one model, aliases, and deletions in progress.
+"""The model catalog's queries: pages of models, one model, aliases, and deletions in progress (`publishing` lists
+and removes the models themselves).
 
 Each function runs inside a transaction the caller opened (`Database.read()` / `write()`), so a caller can
 combine several into one atomic step. Pages are keyset pages answered from the indexes in `app.db.tables`.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Connection, Row, and_, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,15 +28,6 @@ def iso(moment: datetime | str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def model_values(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The `models` row of a stored model, from its metadata.json."""
-    return {"version": metadata["version"], "dataset": metadata["dataset"], "created_at": iso(metadata["created_at"]),
-            "size_bytes": metadata["size_bytes"], "sha256": metadata["sha256"],
-            "test_accuracy": (metadata.get("metrics") or {}).get("test_accuracy"), "epochs": metadata.get("epochs"),
-            "num_parameters": metadata.get("num_parameters"), "labels": metadata.get("labels") or {},
-            "meta": metadata}
 
 
 # -- pages -----------------------------------------------------------------------------------------------------
@@ -97,14 +88,6 @@ def model_row(conn: Connection, version: str, *, lock: bool = False) -> Row | No
 def job_status(conn: Connection, version: str) -> str | None:
     """The status of the version's training job, or None when it has no job row."""
     return conn.execute(select(Job.status).where(Job.version == version)).scalar()
-
-
-def remove_version(conn: Connection, version: str) -> bool:
-    """Delete the version's model, job and label rows; True when any existed."""
-    removed = 0
-    for table in (Model, Job, Label):
-        removed += conn.execute(delete(table).where(table.version == version)).rowcount
-    return removed > 0
 
 
 def expired_versions(conn: Connection, *, created_before: str, limit: int = 100) -> list[str]:

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from pydantic import ValidationError
+from sqlalchemy import select
 
 from app.db.engine import Database
-from app.db.tables import Deletion, Job, Label, Model
+from app.db.tables import Deletion, Job, Model
 from app.errors import ObjectMissing
-from app.registry import catalog
+from app.jobs.queue import import_job
+from app.jobs.record import JobRecord
+from app.registry import catalog, publishing
 from app.storage import layout
 from app.storage.s3 import ObjectInfo, Store
 
@@ -56,24 +57,28 @@ def rebuild_catalog(*, store: Store, db: Database, bucket: str) -> dict[str, int
                       and v not in deleting]
         records = dict(zip(unrecorded, pool.map(lambda v: _job_record(store, bucket, v), unrecorded), strict=True))
     counts["skipped"] = sum(meta is None for meta in metas.values()) + sum(r is None for r in records.values())
-    models = {v: catalog.model_values(meta) for v, meta in metas.items() if meta is not None}
+    models = {v: publishing.model_values(meta) for v, meta in metas.items() if meta is not None}
     gone = [v for v in rows.keys() - models.keys() - deleting
             if layout.MODEL_FILE not in objects.get(v, {}) and _model_gone(store, bucket, v)]
+
+    imports = [_job_values(record, models.get(version))
+               for version, record in records.items() if record is not None]
+    imports += [_job_values(None, models[version])  # a model with no job record at all
+                for version in models.keys() - jobs.keys() - records.keys()]
+    counts["skipped"] += sum(job is None for job in imports)
 
     with db.write() as conn:
         for version, values in models.items():
             if version not in rows:
-                counts["models_added"] += _insert_new(conn, Model, values)
+                counts["models_added"] += publishing.list_models(conn, [values["meta"]], if_absent=True)
             elif {key: rows[version][key] for key in values} != values:
-                conn.execute(update(Model).where(Model.version == version).values(**values))
+                publishing.relist_model(conn, values["meta"])
                 counts["models_updated"] += 1
         for version in gone:
-            counts["models_removed"] += conn.execute(delete(Model).where(Model.version == version)).rowcount
-        for version, record in records.items():
-            if record is not None:
-                counts["jobs_imported"] += _import_job(conn, _job_values(record, models.get(version)))
-        for version in models.keys() - jobs.keys() - records.keys():  # a model with no job record at all
-            counts["jobs_imported"] += _import_job(conn, _job_values(None, models[version]))
+            counts["models_removed"] += publishing.unlist_model(conn, version)
+        for job in imports:
+            if job is not None:
+                counts["jobs_imported"] += import_job(conn, job)
     log.info("catalog rebuilt from bucket %s: %s", bucket, counts)
     return counts
 
@@ -92,7 +97,7 @@ def _metadata(store: Store, bucket: str, version: str, names: dict[str, ObjectIn
     """The model's metadata.json when it describes the listed model object, else None (logged)."""
     try:
         meta = store.get_json(bucket=bucket, key=layout.key(version, layout.METADATA_FILE))
-        values = catalog.model_values(meta)
+        values = publishing.model_values(meta)
         sha = values["sha256"]
         if values["version"] != version or not isinstance(values["dataset"], str):
             raise ValueError("it names another version or no dataset")
@@ -135,8 +140,9 @@ def _model_gone(store: Store, bucket: str, version: str) -> bool:
         return True
 
 
-def _job_values(record: dict | None, model: dict | None) -> dict[str, Any]:
-    """A `jobs` row from an old job record and/or the model it produced."""
+def _job_values(record: dict | None, model: dict | None) -> JobRecord | None:
+    """The record of a job no worker holds, from an old job record and/or the model it produced; None (logged)
+    when the old record is not one."""
     meta = model["meta"] if model else {}
     record = record or {
         "version": meta["version"], "dataset": meta["dataset"], "status": "succeeded",
@@ -152,29 +158,15 @@ def _job_values(record: dict | None, model: dict | None) -> dict[str, Any]:
         status, error = "failed", NO_MODEL
     epochs = (record.get("request") or {}).get("epochs", 1)
     done = {"epoch": epochs, "epochs": epochs, "step": 0, "steps": 0, "fraction": 1.0}
-    return {
-        "version": record["version"], "dataset": record["dataset"], "status": status,
-        "request": record.get("request") or {}, "labels": record.get("labels") or meta.get("labels") or {},
-        "layers": record.get("layers") or [], "progress": record.get("progress") or done,
-        "metrics": record.get("metrics"), "history": record.get("history") or [], "error": error,
-        "attempts": 1 if record.get("started_at") or status != "queued" else 0, "lost": 0,
-        "worker": record.get("worker"), "resumed_from": None, "lease_until": None,
-        "cancel_requested": False, "revision": 1, "created_at": record["created_at"],
-        "started_at": record.get("started_at"), "finished_at": finished if status != "queued" else None,
-    }
-
-
-def _import_job(conn: Connection, values: dict[str, Any]) -> int:
-    """Insert a job row and its labels unless the version has one already; 1 when inserted."""
-    if not _insert_new(conn, Job, values):
-        return 0
-    for key, value in values["labels"].items():
-        _insert_new(conn, Label, {"version": values["version"], "key": key, "value": value})
-    return 1
-
-
-def _insert_new(conn: Connection, table, values: dict[str, Any]) -> int:
-    """Insert a row unless its primary key exists (another process may be writing too); 1 when inserted."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(table.version)
-    return len(conn.execute(statement).all())  # rowcount is not reliable for this statement on every driver
+    try:
+        return JobRecord(
+            version=record["version"], dataset=record["dataset"], status=status,
+            request=record.get("request") or {}, labels=record.get("labels") or meta.get("labels") or {},
+            layers=record.get("layers") or [], progress=record.get("progress") or done,
+            metrics=record.get("metrics"), history=record.get("history") or [], error=error,
+            attempts=1 if record.get("started_at") or status != "queued" else 0, worker=record.get("worker"),
+            created_at=record["created_at"], started_at=record.get("started_at"),
+            finished_at=finished if status != "queued" else None)
+    except ValidationError as exc:
+        log.warning("job record %s not imported: %s", record["version"], str(exc).replace("\n", "; "))
+        return None

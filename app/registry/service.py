@@ -14,7 +14,7 @@ from pathlib import Path
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database
 from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, ServiceError
-from app.registry import catalog
+from app.registry import catalog, publishing
 from app.settings import Settings
 from app.storage import layout
 from app.storage.cache import CacheMismatch, LocalCache
@@ -304,7 +304,7 @@ class ModelRegistry:
             if (status := catalog.job_status(conn, version)) in catalog.ACTIVE:
                 raise Conflict(f"the training job of {version!r} is {status}; cancel it first with "
                                f"DELETE /train/{version}", version=version, job=f"/train/{version}")
-            if found := catalog.remove_version(conn, version) or catalog.deletion_pending(conn, version):
+            if found := publishing.remove_version(conn, version) or catalog.deletion_pending(conn, version):
                 catalog.begin_deletion(conn, version, requested_at=layout.utcnow())
         if not found:  # no rows: objects a rebuild has not imported, or leftovers, may still be removed
             if not self._has_objects(version):
@@ -319,7 +319,7 @@ class ModelRegistry:
         return next(iter(self.store.list(bucket=self.bucket, prefix=layout.prefix(version))), None) is not None
 
     def _remove_objects(self, version: str) -> None:
-        self.store.delete_prefix(bucket=self.bucket, prefix=layout.prefix(version))
+        publishing.delete_version_objects(self.store, bucket=self.bucket, version=version)
         with self.db.write() as conn:
             catalog.end_deletion(conn, version)
 
@@ -336,7 +336,7 @@ class ModelRegistry:
             if due:
                 with self.db.write() as conn:  # asked again: an alias may have been put on one meanwhile
                     for version in catalog.expired_versions(conn, created_before=fresh_since):
-                        catalog.remove_version(conn, version)
+                        publishing.remove_version(conn, version)
                         catalog.begin_deletion(conn, version, requested_at=layout.utcnow())
                         log.info("model %s expired (SCV_MODEL_TTL_DAYS=%d); removing it", version, self.ttl_days)
         with self.db.read() as conn:
