@@ -21,7 +21,7 @@ from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
 from app.jobs.queue import TERMINAL
 from app.main import create_app
-from bench.rawdata import write_raw
+from tests.support.rawdata import write_raw
 
 PER_CLASS = {"train": 6000, "test": 1000}  # MNIST's sizes: 60k + 10k
 SUBSET = 4000  # training images per run of the loop comparisons (interleaved, REPEATS each)

@@ -17,9 +17,9 @@ from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
 from app.registry import catalog
 from app.storage.s3 import store_from_settings
-from bench.rawdata import seed_raw, write_raw
 from tests.conftest import make_settings
-from tests.jobwait import train, wait_for
+from tests.support.rawdata import seed_raw, write_raw
+from tests.support.waiting import train, wait_for
 from tests.test_catalog_models import add_models
 
 C = [{"type": "Conv2d", "out_channels": n, "kernel_size": 3, "padding": 1} for n in (8, 16, 32)]

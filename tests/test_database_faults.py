@@ -17,8 +17,8 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from app.main import create_app
-from tests.faultproxy import FaultProxy
-from tests.jobwait import train, wait_for
+from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import train, wait_for
 
 pytest_plugins = ["tests.postgres"]  # until conftest registers it
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}]

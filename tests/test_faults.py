@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.faultproxy import FaultProxy
-from tests.jobwait import train, wait_for
+from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}]
 

@@ -19,8 +19,8 @@ from app.main import create_app
 from app.settings import SettingsError
 from app.storage.s3 import store_from_settings
 from tests.conftest import SECRET_KEY
-from tests.fixtures_ray import RAY_TERMINAL, LocalRayHead
-from tests.jobwait import train, wait_for
+from tests.support.rayhead import RAY_TERMINAL, LocalRayHead
+from tests.support.waiting import train, wait_for
 from tests.test_resume import JOB, assert_same_run, running_pid, stop_when_latest, weights
 
 # Only the local Ray head needs the package (the service speaks HTTP); CI installs it with '.[test,ray]'.

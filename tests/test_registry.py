@@ -21,7 +21,7 @@ from app.registry.service import ModelRegistry
 from app.storage.cache import LocalCache
 from app.storage.s3 import Store
 from tests.conftest import make_settings
-from tests.jobwait import train, wait_for
+from tests.support.waiting import train, wait_for
 from tests.test_catalog_models import add_models, job_values
 
 TINY = [{"type": "Flatten"}, {"type": "Linear", "out_features": 5}]

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from app.main import create_app
 from app.storage.embedded import free_ports
 from tests.conftest import ACCESS_KEY, SECRET_KEY
-from tests.jobwait import train, wait_for
+from tests.support.waiting import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
              {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]

@@ -11,7 +11,7 @@ from safetensors.torch import load as load_tensors
 
 from app.main import create_app
 from app.storage.s3 import store_from_settings
-from tests.jobwait import train, wait_for
+from tests.support.waiting import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "BatchNorm2d"}, {"type": "ReLU"},
              {"type": "Dropout2d", "p": 0.2}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]

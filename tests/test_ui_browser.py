@@ -13,9 +13,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from bench.liveserver import LiveServer
 from tests.conftest import make_settings
-from tests.jobwait import wait_for
+from tests.support.liveserver import LiveServer
+from tests.support.waiting import wait_for
 from tests.test_analysis_api import store_model
 
 webdriver = pytest.importorskip("selenium.webdriver")

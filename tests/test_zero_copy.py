@@ -11,7 +11,7 @@ import time
 import pytest
 
 from app.api.server import pumped
-from bench.liveserver import LiveServer
+from tests.support.liveserver import LiveServer
 from tests.test_registry import put_model
 from tests.test_resume import wait_until
 
