@@ -1,21 +1,16 @@
 """Shared fixtures: one real S3 server (embedded SeaweedFS) per test session, apps wired to it."""
 
-import secrets
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 from minio import Minio
-from minio.deleteobjects import DeleteObject
 
 from app.main import create_app
 from app.settings import Settings
 from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, drop_bucket, make_settings
 
 pytest_plugins = ["tests.fixtures_datasets", "tests.postgres"]
-
-ACCESS_KEY, SECRET_KEY = "scv-test-access", "scv-test-secret-" + secrets.token_hex(8)
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +38,6 @@ def s3_admin(s3) -> Minio:
     return Minio(s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
 
 
-def drop_bucket(client: Minio, bucket: str) -> None:
-    """Delete `bucket` with every object in it."""
-    keys = [DeleteObject(o.object_name) for o in client.list_objects(bucket_name=bucket, recursive=True)]
-    errors = list(client.remove_objects(bucket_name=bucket, delete_object_list=keys))
-    assert not errors, f"could not empty bucket {bucket}: {errors[:3]}"
-    client.remove_bucket(bucket_name=bucket)
-
-
 @pytest.fixture(autouse=True)
 def _drop_new_buckets(request):
     """Delete the buckets a test made on the session's server, when the test ends.
@@ -67,15 +54,6 @@ def _drop_new_buckets(request):
     yield
     for bucket in {b.name for b in client.list_buckets()} - before:
         drop_bucket(client, bucket)
-
-
-def make_settings(s3: EmbeddedS3, tmp: Path, **overrides) -> Settings:
-    """Settings for `s3` with fresh buckets, so tests do not see each other (`_drop_new_buckets` deletes them)."""
-    tag = secrets.token_hex(4)
-    values = {"MINIO_ENDPOINT": s3.endpoint, "MINIO_ACCESS_KEY": ACCESS_KEY, "MINIO_SECRET_KEY": SECRET_KEY,
-              "MINIO_MODEL_BUCKET": f"models-{tag}", "MINIO_DATASET_BUCKET": f"datasets-{tag}",
-              "SCV_DATA_DIR": str(tmp)}
-    return Settings(_env_file=None, **{**values, **overrides})
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.registry import catalog
-from tests.conftest import make_settings
+from tests.support.s3 import make_settings
 from tests.test_registry import add_job, iso, keys, listed, put_model
 
 

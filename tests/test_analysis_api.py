@@ -17,8 +17,8 @@ from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
 from app.registry import catalog
 from app.storage.s3 import store_from_settings
-from tests.conftest import make_settings
 from tests.support.rawdata import seed_raw, write_raw
+from tests.support.s3 import make_settings
 from tests.support.waiting import train, wait_for
 from tests.test_catalog_models import add_models
 

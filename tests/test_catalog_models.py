@@ -12,7 +12,7 @@ from app.db.tables import Alias, Job, Label, Model
 from app.errors import InvalidInput
 from app.registry import catalog
 from app.registry.service import ModelRegistry
-from tests.conftest import make_settings
+from tests.support.s3 import make_settings
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 

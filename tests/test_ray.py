@@ -18,8 +18,8 @@ from app.errors import DatabaseUnavailable
 from app.main import create_app
 from app.settings import SettingsError
 from app.storage.s3 import store_from_settings
-from tests.conftest import SECRET_KEY
 from tests.support.rayhead import RAY_TERMINAL, LocalRayHead
+from tests.support.s3 import SECRET_KEY
 from tests.support.waiting import train, wait_for
 from tests.test_resume import JOB, assert_same_run, running_pid, stop_when_latest, weights
 

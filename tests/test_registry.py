@@ -20,7 +20,7 @@ from app.registry import catalog
 from app.registry.service import ModelRegistry
 from app.storage.cache import LocalCache
 from app.storage.s3 import Store
-from tests.conftest import make_settings
+from tests.support.s3 import make_settings
 from tests.support.waiting import train, wait_for
 from tests.test_catalog_models import add_models, job_values
 

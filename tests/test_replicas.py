@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from app.main import create_app
 from app.storage.embedded import free_ports
-from tests.conftest import ACCESS_KEY, SECRET_KEY
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY
 from tests.support.waiting import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.storage.embedded import EmbeddedS3, free_ports
 from app.storage.s3 import Store
-from tests.conftest import ACCESS_KEY, SECRET_KEY, make_settings
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, make_settings
 
 
 def _processes_mentioning(text: str) -> list[int]:

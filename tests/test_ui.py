@@ -10,7 +10,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.ui.session import COOKIE, SessionSigner
-from tests.conftest import make_settings
+from tests.support.s3 import make_settings
 from tests.support.waiting import wait_for
 from tests.test_analysis_api import store_model
 

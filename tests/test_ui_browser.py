@@ -13,8 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import make_settings
 from tests.support.liveserver import LiveServer
+from tests.support.s3 import make_settings
 from tests.support.waiting import wait_for
 from tests.test_analysis_api import store_model
 
