@@ -1,16 +1,23 @@
 """Shared fixtures: one real S3 server (embedded SeaweedFS) per test session, apps wired to it."""
 
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import NoReturn
+
 import pytest
 from fastapi.testclient import TestClient
 from minio import Minio
+from sqlalchemy.engine import URL, make_url
 
 from app.main import create_app
 from app.settings import Settings
 from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
+from tests.support.postgres import URL_ENV, PostgresServer, _bin_dir, _LocalServer, _serve
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, drop_bucket, make_settings
 
-pytest_plugins = ["tests.fixtures_datasets", "tests.postgres"]
+pytest_plugins = ["tests.fixtures_datasets"]
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +74,55 @@ def client(settings):
     """A client of a fresh app (lifespan run) on the per-test settings."""
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+def _unavailable(reason: str) -> NoReturn:
+    # CI promises a server (.ci/run installs one): a missing one there is a broken CI, not a skip.
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"no PostgreSQL for the tests: {reason}", pytrace=False)
+    pytest.skip(f"no PostgreSQL for the tests: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """$SCV_TEST_POSTGRES_URL's server, or a throwaway one from this machine's initdb for the session."""
+    if given := os.environ.get(URL_ENV):
+        url = make_url(given).set(drivername="postgresql+psycopg")
+        try:
+            server = _serve(url)
+        except Exception as e:
+            _unavailable(f"{URL_ENV}={url.render_as_string()} does not answer: {e}")
+        try:
+            yield server
+        finally:
+            server.admin.dispose()
+        return
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        _unavailable(f"no initdb in /usr/lib/postgresql/*/bin or on PATH: apt-get install postgresql or set {URL_ENV}")
+    try:
+        local = _LocalServer(bin_dir)
+    except KeyError:
+        _unavailable("running as root, and there is no postgres user to run the server as")
+    try:
+        port = local.start()
+        server = _serve(URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port,
+                                   database="postgres"))
+    except Exception as e:
+        detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else e
+        log = local.log_tail()
+        local.stop()
+        _unavailable(f"could not start one from {bin_dir}: {detail}\n{log}")
+    try:
+        yield server
+    finally:
+        server.admin.dispose()
+        local.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database's SQLAlchemy URL (postgresql+psycopg://...), dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)

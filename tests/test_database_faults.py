@@ -20,7 +20,6 @@ from app.main import create_app
 from tests.support.faultproxy import FaultProxy
 from tests.support.waiting import train, wait_for
 
-pytest_plugins = ["tests.postgres"]  # until conftest registers it
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}]
 LONG = {"dataset": "mnist", "layers": SMALL_NET, "epochs": 100, "batch_size": 1}  # runs until it is cancelled
 PASSWORD = "pw-" + secrets.token_hex(12)  # trust authentication accepts any password; none may leak

@@ -10,12 +10,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
-import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 
@@ -42,13 +39,6 @@ class PostgresServer:
         """Drop a database made by create_database, even with sessions still open on it."""
         with self.admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-
-
-def _unavailable(reason: str) -> NoReturn:
-    # CI promises a server (.ci/run installs one): a missing one there is a broken CI, not a skip.
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(f"no PostgreSQL for the tests: {reason}", pytrace=False)
-    pytest.skip(f"no PostgreSQL for the tests: {reason}")
 
 
 def _bin_dir() -> Path | None:
@@ -114,48 +104,3 @@ def _serve(url: URL) -> PostgresServer:
     with server.admin.connect() as conn:
         conn.execute(text("SELECT 1"))
     return server
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """$SCV_TEST_POSTGRES_URL's server, or a throwaway one from this machine's initdb for the session."""
-    if given := os.environ.get(URL_ENV):
-        url = make_url(given).set(drivername="postgresql+psycopg")
-        try:
-            server = _serve(url)
-        except Exception as e:
-            _unavailable(f"{URL_ENV}={url.render_as_string()} does not answer: {e}")
-        try:
-            yield server
-        finally:
-            server.admin.dispose()
-        return
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        _unavailable(f"no initdb in /usr/lib/postgresql/*/bin or on PATH: apt-get install postgresql or set {URL_ENV}")
-    try:
-        local = _LocalServer(bin_dir)
-    except KeyError:
-        _unavailable("running as root, and there is no postgres user to run the server as")
-    try:
-        port = local.start()
-        server = _serve(URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port,
-                                   database="postgres"))
-    except Exception as e:
-        detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else e
-        log = local.log_tail()
-        local.stop()
-        _unavailable(f"could not start one from {bin_dir}: {detail}\n{log}")
-    try:
-        yield server
-    finally:
-        server.admin.dispose()
-        local.stop()
-
-
-@pytest.fixture
-def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A fresh, empty database's SQLAlchemy URL (postgresql+psycopg://...), dropped after the test."""
-    url = postgres_server.create_database()
-    yield url
-    postgres_server.drop_database(url)
