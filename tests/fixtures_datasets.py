@@ -5,11 +5,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.storage.s3 import store_from_settings
-from tests.support.rawdata import seed_raw, write_raw
+from tests.support.rawdata import K_TEST, PER_CLASS_TEST, PER_CLASS_TRAIN, seed_raw, write_raw
 from tests.support.s3 import make_settings
-
-PER_CLASS_TRAIN, PER_CLASS_TEST = 6, 3  # 60 train / 30 test images for the 10-class datasets
-K_TEST = 2  # cka_per_class of the seeded datasets: every class has PER_CLASS_TEST >= K_TEST test images
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from tests.support.liveserver import LiveServer
+from tests.support.registry import store_model
 from tests.support.s3 import make_settings
 from tests.support.waiting import wait_for
-from tests.test_analysis_api import store_model
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402

@@ -12,8 +12,8 @@ import pytest
 
 from app.api.server import pumped
 from tests.support.liveserver import LiveServer
-from tests.test_registry import put_model
-from tests.test_resume import wait_until
+from tests.support.registry import put_model
+from tests.support.waiting import wait_until
 
 SIZE = 6 * 1024 * 1024 + 123  # more than a socket buffer holds: the send takes several sendfile calls
 
