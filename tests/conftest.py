@@ -1,20 +1,18 @@
 """Shared fixtures: one real S3 server (embedded SeaweedFS) per test session, apps wired to it."""
 
+import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
-from typing import NoReturn
 
 import pytest
 from fastapi.testclient import TestClient
 from minio import Minio
-from sqlalchemy.engine import URL, make_url
 
 from app.main import create_app
 from app.settings import Settings
 from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
-from tests.support.postgres import URL_ENV, PostgresServer, _bin_dir, _LocalServer, _serve
+from tests.support.postgres import PostgresServer, PostgresUnavailable, running_postgres
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, drop_bucket, make_settings
 
 pytest_plugins = ["tests.fixtures_datasets"]
@@ -76,48 +74,18 @@ def client(settings):
         yield c
 
 
-def _unavailable(reason: str) -> NoReturn:
-    # CI promises a server (.ci/run installs one): a missing one there is a broken CI, not a skip.
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(f"no PostgreSQL for the tests: {reason}", pytrace=False)
-    pytest.skip(f"no PostgreSQL for the tests: {reason}")
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """$SCV_TEST_POSTGRES_URL's server, or a throwaway one from this machine's initdb for the session."""
-    if given := os.environ.get(URL_ENV):
-        url = make_url(given).set(drivername="postgresql+psycopg")
+    with contextlib.ExitStack() as stack:
         try:
-            server = _serve(url)
-        except Exception as e:
-            _unavailable(f"{URL_ENV}={url.render_as_string()} does not answer: {e}")
-        try:
-            yield server
-        finally:
-            server.admin.dispose()
-        return
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        _unavailable(f"no initdb in /usr/lib/postgresql/*/bin or on PATH: apt-get install postgresql or set {URL_ENV}")
-    try:
-        local = _LocalServer(bin_dir)
-    except KeyError:
-        _unavailable("running as root, and there is no postgres user to run the server as")
-    try:
-        port = local.start()
-        server = _serve(URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port,
-                                   database="postgres"))
-    except Exception as e:
-        detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else e
-        log = local.log_tail()
-        local.stop()
-        _unavailable(f"could not start one from {bin_dir}: {detail}\n{log}")
-    try:
+            server = stack.enter_context(running_postgres())
+        except PostgresUnavailable as e:
+            # CI promises a server (.ci/run installs one): a missing one there is a broken CI, not a skip.
+            if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+                pytest.fail(f"no PostgreSQL for the tests: {e}", pytrace=False)
+            pytest.skip(f"no PostgreSQL for the tests: {e}")
         yield server
-    finally:
-        server.admin.dispose()
-        local.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from sqlalchemy.engine import URL, make_url
 URL_ENV = "SCV_TEST_POSTGRES_URL"
 SETTINGS = {"listen_addresses": "127.0.0.1", "fsync": "off", "full_page_writes": "off",
             "synchronous_commit": "off", "max_connections": "200"}
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL server for the tests; the message says why and what to do."""
 
 
 @dataclass
@@ -104,3 +109,43 @@ def _serve(url: URL) -> PostgresServer:
     with server.admin.connect() as conn:
         conn.execute(text("SELECT 1"))
     return server
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """$SCV_TEST_POSTGRES_URL's server, or a throwaway one from this machine's initdb, until the block ends.
+
+    Raises PostgresUnavailable when there is neither."""
+    if given := os.environ.get(URL_ENV):
+        url = make_url(given).set(drivername="postgresql+psycopg")
+        try:
+            server = _serve(url)
+        except Exception as e:
+            raise PostgresUnavailable(f"{URL_ENV}={url.render_as_string()} does not answer: {e}") from e
+        try:
+            yield server
+        finally:
+            server.admin.dispose()
+        return
+    bin_dir = _bin_dir()
+    if bin_dir is None:
+        raise PostgresUnavailable(
+            f"no initdb in /usr/lib/postgresql/*/bin or on PATH: apt-get install postgresql or set {URL_ENV}")
+    try:
+        local = _LocalServer(bin_dir)
+    except KeyError:
+        raise PostgresUnavailable("running as root, and there is no postgres user to run the server as") from None
+    try:
+        port = local.start()
+        server = _serve(URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port,
+                                   database="postgres"))
+    except Exception as e:
+        detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else e
+        log = local.log_tail()
+        local.stop()
+        raise PostgresUnavailable(f"could not start one from {bin_dir}: {detail}\n{log}") from e
+    try:
+        yield server
+    finally:
+        server.admin.dispose()
+        local.stop()
