@@ -13,7 +13,7 @@ from app.settings import Settings
 from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
 from tests.support.postgres import PostgresServer, PostgresUnavailable, running_postgres
-from tests.support.s3 import ACCESS_KEY, SECRET_KEY, drop_bucket, make_settings
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, drop_bucket, make_settings, start_s3, store_on
 
 pytest_plugins = ["tests.fixtures_datasets"]
 
@@ -21,20 +21,15 @@ pytest_plugins = ["tests.fixtures_datasets"]
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory) -> EmbeddedS3:
     """A running `weed mini` for the whole session; tests may pause/resume it for fault injection."""
-    server = EmbeddedS3(data_dir=tmp_path_factory.mktemp("s3"), access_key=ACCESS_KEY, secret_key=SECRET_KEY)
-    server.start(ready_check=lambda: _store(server.endpoint).buckets_exist("probe"))
+    server = start_s3(tmp_path_factory.mktemp("s3"))
     yield server
     server.stop()
-
-
-def _store(endpoint: str) -> Store:
-    return Store(endpoint=endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, timeout_s=5.0)
 
 
 @pytest.fixture(scope="session")
 def store(s3) -> Store:
     """A Store client on the session's S3 server."""
-    return _store(s3.endpoint)
+    return store_on(s3)
 
 
 @pytest.fixture(scope="session")

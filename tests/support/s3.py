@@ -1,4 +1,4 @@
-"""The suite's S3 credentials, and settings and buckets on the session's embedded S3 server."""
+"""The embedded S3 server the tests and benchmarks run on, its credentials, and settings and buckets on it."""
 
 import secrets
 from pathlib import Path
@@ -8,8 +8,22 @@ from minio.deleteobjects import DeleteObject
 
 from app.settings import Settings
 from app.storage.embedded import EmbeddedS3
+from app.storage.s3 import Store
 
 ACCESS_KEY, SECRET_KEY = "scv-test-access", "scv-test-secret-" + secrets.token_hex(8)
+
+
+def start_s3(data_dir: Path) -> EmbeddedS3:
+    """A running `weed mini` keeping its files in `data_dir`, on ACCESS_KEY/SECRET_KEY; `stop()` it when done."""
+    server = EmbeddedS3(data_dir=data_dir, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    server.start(ready_check=lambda: store_on(server).buckets_exist("probe"))
+    return server
+
+
+def store_on(server: EmbeddedS3, *, timeout_s: float = 5.0) -> Store:
+    """A Store client of `server`."""
+    return Store(endpoint=server.endpoint, access_key=server.access_key, secret_key=server.secret_key,
+                 timeout_s=timeout_s)
 
 
 def drop_bucket(client: Minio, bucket: str) -> None:
