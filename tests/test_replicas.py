@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from app.main import create_app
-from tests.support.replicas import Replica, _env
+from tests.support.replicas import Replica, replica_env
 from tests.support.waiting import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
@@ -38,7 +38,7 @@ def _intact(client, version: str) -> None:
 
 
 def test_two_replicas_on_postgresql_lose_no_job_and_run_none_twice(seeded_settings, postgres_url, tmp_path):
-    env = _env(seeded_settings, postgres_url, tmp_path, bucket="models-replicas")
+    env = replica_env(seeded_settings, postgres_url, tmp_path, bucket="models-replicas")
     headers = {"Authorization": "Bearer replica-test-token"}
     first = Replica(tmp_path, env)
     second = None

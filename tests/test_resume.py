@@ -10,7 +10,7 @@ from safetensors.torch import load as load_tensors
 
 from app.main import create_app
 from app.storage.s3 import store_from_settings
-from tests.support.replicas import Replica, _env
+from tests.support.replicas import Replica, replica_env
 from tests.support.resume import JOB, assert_same_run, checkpoints, objects, running_pid, stop_when_latest, weights
 from tests.support.waiting import train, wait_for, wait_until
 
@@ -124,7 +124,7 @@ def test_no_checkpoint_outlives_a_cancelled_or_deleted_job(app_client):
 
 
 def test_sigterm_of_the_whole_service_and_a_new_start_resume_bit_identical(seeded_settings, tmp_path):
-    env = {**_env(seeded_settings, f"sqlite:///{tmp_path}/catalog.db", tmp_path, bucket="models-sigterm"),
+    env = {**replica_env(seeded_settings, f"sqlite:///{tmp_path}/catalog.db", tmp_path, bucket="models-sigterm"),
            "SCV_CHECKPOINT_SECONDS": "0.1"}
     headers = {"Authorization": f"Bearer {env['SCV_API_TOKEN']}"}
     first = Replica(tmp_path, env)

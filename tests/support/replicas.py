@@ -41,7 +41,8 @@ class Replica:
         self.client.close()
 
 
-def _env(seeded_settings, database_url: str, tmp: Path, bucket: str, lease: float = 5) -> dict[str, str]:
+def replica_env(seeded_settings, database_url: str, tmp: Path, bucket: str, lease: float = 5) -> dict[str, str]:
+    """The environment of a replica on `seeded_settings`' S3 server and datasets, with its own catalog and bucket."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
     return {**env, "MINIO_ENDPOINT": seeded_settings.minio_endpoint, "MINIO_ACCESS_KEY": ACCESS_KEY,
             "MINIO_SECRET_KEY": SECRET_KEY, "MINIO_DATASET_BUCKET": seeded_settings.minio_dataset_bucket,
