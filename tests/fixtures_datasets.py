@@ -11,7 +11,7 @@ from tests.support.s3 import make_settings
 
 @pytest.fixture(scope="session")
 def raw_root(tmp_path_factory):
-    """A torchvision root with raw files of all five datasets (see bench.rawdata.make_split)."""
+    """A torchvision root with raw files of all five datasets (see tests.support.rawdata.make_split)."""
     root = tmp_path_factory.mktemp("raw")
     write_raw(root, per_class_train=PER_CLASS_TRAIN, per_class_test=PER_CLASS_TEST)
     return root

@@ -1,7 +1,7 @@
 """The catalog database goes away while the service works: 503 with Retry-After, no password shown, recovery
 without a restart, and the queue carries on.
 
-A real PostgreSQL behind a TCP fault proxy (tests/faultproxy.py) that refuses connections and cuts the open
+A real PostgreSQL behind a TCP fault proxy (tests/support/faultproxy.py) that refuses connections and cuts the open
 ones on demand: a database that went down, which the real server cannot be asked to do and come back from.
 """
 

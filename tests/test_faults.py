@@ -1,6 +1,6 @@
 """Storage faults while the service works: jobs given back and retried, nothing partial, recovery without a restart.
 
-The S3 server is real; a TCP proxy in front of it (tests/faultproxy.py) drops, stalls or refuses
+The S3 server is real; a TCP proxy in front of it (tests/support/faultproxy.py) drops, stalls or refuses
 connections on demand, the one fault a healthy real server cannot produce when asked. Job records and
 listings live in the catalog database, which stays up here (tests/test_database_faults.py cuts it).
 """

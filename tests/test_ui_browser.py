@@ -37,7 +37,7 @@ WAIT_S = 120
 
 
 class ApiClient(httpx.Client):
-    """httpx with the bearer token; `.app` lets tests.test_analysis_api.store_model reach the app's state."""
+    """httpx with the bearer token; `.app` lets tests.support.registry.store_model reach the app's state."""
 
     def __init__(self, server: LiveServer, app):
         super().__init__(base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
