@@ -14,7 +14,7 @@ from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.jobs.checkpoints import Checkpoints
 from app.jobs.queue import JobQueue, new_record
-from bench.rawdata import write_raw
+from tests.support.rawdata import write_raw
 
 PER_CLASS = {"train": 6000, "test": 100}  # MNIST's 60k training images; evaluation is not what is measured
 EVERY_S = 2.0

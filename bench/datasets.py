@@ -6,7 +6,7 @@ import time
 
 from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
-from bench.rawdata import write_raw
+from tests.support.rawdata import write_raw
 
 REPEATS = 5
 

@@ -24,7 +24,7 @@ import models
 from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
 from app.main import create_app
-from bench.rawdata import write_raw
+from tests.support.rawdata import write_raw
 
 SMOKE = os.environ.get("BENCH_GPU_SMOKE") == "1"
 SCALE = 100 if SMOKE else 1

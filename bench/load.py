@@ -9,9 +9,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from app.db.engine import Database
-from bench.liveserver import LiveServer
-from bench.rawdata import seed_raw, write_raw
 from bench.registry import put_wide_model
+from tests.support.liveserver import LiveServer
+from tests.support.rawdata import seed_raw, write_raw
 
 CONCURRENT = 50
 VERSION = "bench-load-model"

@@ -27,7 +27,7 @@ from app.jobs.queue import TERMINAL
 from app.jobs.worker import keep_freed_memory
 from app.main import create_app
 from app.storage.s3 import store_from_settings
-from bench.rawdata import write_raw
+from tests.support.rawdata import write_raw
 
 PER_CLASS = {"train": 6000, "test": 1000}  # MNIST's sizes: 60k + 10k
 SUBSET = 4000  # training images per run of the loop comparisons (interleaved, REPEATS each)

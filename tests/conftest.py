@@ -1,54 +1,41 @@
 """Shared fixtures: one real S3 server (embedded SeaweedFS) per test session, apps wired to it."""
 
-import secrets
-from pathlib import Path
+import contextlib
+import os
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from minio import Minio
-from minio.deleteobjects import DeleteObject
 
 from app.main import create_app
 from app.settings import Settings
 from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
+from tests.support.postgres import PostgresServer, PostgresUnavailable, running_postgres
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, drop_bucket, make_settings, start_s3, store_on
 
-pytest_plugins = ["tests.fixtures_datasets", "tests.postgres"]
-
-ACCESS_KEY, SECRET_KEY = "scv-test-access", "scv-test-secret-" + secrets.token_hex(8)
+pytest_plugins = ["tests.fixtures_datasets"]
 
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory) -> EmbeddedS3:
     """A running `weed mini` for the whole session; tests may pause/resume it for fault injection."""
-    server = EmbeddedS3(data_dir=tmp_path_factory.mktemp("s3"), access_key=ACCESS_KEY, secret_key=SECRET_KEY)
-    server.start(ready_check=lambda: _store(server.endpoint).buckets_exist("probe"))
+    server = start_s3(tmp_path_factory.mktemp("s3"))
     yield server
     server.stop()
-
-
-def _store(endpoint: str) -> Store:
-    return Store(endpoint=endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, timeout_s=5.0)
 
 
 @pytest.fixture(scope="session")
 def store(s3) -> Store:
     """A Store client on the session's S3 server."""
-    return _store(s3.endpoint)
+    return store_on(s3)
 
 
 @pytest.fixture(scope="session")
 def s3_admin(s3) -> Minio:
     """A plain S3 client for what the service never does: listing and deleting buckets."""
     return Minio(s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False)
-
-
-def drop_bucket(client: Minio, bucket: str) -> None:
-    """Delete `bucket` with every object in it."""
-    keys = [DeleteObject(o.object_name) for o in client.list_objects(bucket_name=bucket, recursive=True)]
-    errors = list(client.remove_objects(bucket_name=bucket, delete_object_list=keys))
-    assert not errors, f"could not empty bucket {bucket}: {errors[:3]}"
-    client.remove_bucket(bucket_name=bucket)
 
 
 @pytest.fixture(autouse=True)
@@ -69,15 +56,6 @@ def _drop_new_buckets(request):
         drop_bucket(client, bucket)
 
 
-def make_settings(s3: EmbeddedS3, tmp: Path, **overrides) -> Settings:
-    """Settings for `s3` with fresh buckets, so tests do not see each other (`_drop_new_buckets` deletes them)."""
-    tag = secrets.token_hex(4)
-    values = {"MINIO_ENDPOINT": s3.endpoint, "MINIO_ACCESS_KEY": ACCESS_KEY, "MINIO_SECRET_KEY": SECRET_KEY,
-              "MINIO_MODEL_BUCKET": f"models-{tag}", "MINIO_DATASET_BUCKET": f"datasets-{tag}",
-              "SCV_DATA_DIR": str(tmp)}
-    return Settings(_env_file=None, **{**values, **overrides})
-
-
 @pytest.fixture
 def settings(s3, tmp_path) -> Settings:
     """Per-test settings with their own buckets."""
@@ -89,3 +67,25 @@ def client(settings):
     """A client of a fresh app (lifespan run) on the per-test settings."""
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """$SCV_TEST_POSTGRES_URL's server, or a throwaway one from this machine's initdb for the session."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_postgres())
+        except PostgresUnavailable as e:
+            # CI promises a server (.ci/run installs one): a missing one there is a broken CI, not a skip.
+            if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+                pytest.fail(f"no PostgreSQL for the tests: {e}", pytrace=False)
+            pytest.skip(f"no PostgreSQL for the tests: {e}")
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database's SQLAlchemy URL (postgresql+psycopg://...), dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)

@@ -5,16 +5,13 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.storage.s3 import store_from_settings
-from bench.rawdata import seed_raw, write_raw
-from tests.conftest import make_settings
-
-PER_CLASS_TRAIN, PER_CLASS_TEST = 6, 3  # 60 train / 30 test images for the 10-class datasets
-K_TEST = 2  # cka_per_class of the seeded datasets: every class has PER_CLASS_TEST >= K_TEST test images
+from tests.support.rawdata import K_TEST, PER_CLASS_TEST, PER_CLASS_TRAIN, seed_raw, write_raw
+from tests.support.s3 import make_settings
 
 
 @pytest.fixture(scope="session")
 def raw_root(tmp_path_factory):
-    """A torchvision root with raw files of all five datasets (see bench.rawdata.make_split)."""
+    """A torchvision root with raw files of all five datasets (see tests.support.rawdata.make_split)."""
     root = tmp_path_factory.mktemp("raw")
     write_raw(root, per_class_train=PER_CLASS_TRAIN, per_class_test=PER_CLASS_TEST)
     return root

@@ -7,8 +7,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.registry import catalog
-from tests.conftest import make_settings
-from tests.test_registry import add_job, iso, keys, listed, put_model
+from tests.support.catalog import add_job, iso
+from tests.support.registry import keys, listed, put_model
+from tests.support.s3 import make_settings
 
 
 @pytest.fixture

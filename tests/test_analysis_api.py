@@ -13,12 +13,11 @@ import models
 from app.analysis.maths import cka, record_layers
 from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
-from app.registry import publishing
 from app.storage.s3 import store_from_settings
-from bench.rawdata import seed_raw, write_raw
-from tests.conftest import make_settings
-from tests.jobwait import train, wait_for
-from tests.test_catalog_models import add_models
+from tests.support.rawdata import seed_raw, write_raw
+from tests.support.registry import store_model
+from tests.support.s3 import make_settings
+from tests.support.waiting import train, wait_for
 
 C = [{"type": "Conv2d", "out_channels": n, "kernel_size": 3, "padding": 1} for n in (8, 16, 32)]
 RELU, POOL = {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}
@@ -46,22 +45,6 @@ def lab(s3, tmp_path_factory):
         store_model(client, "mlp", dataset="mnist", layers=MLP)
         store_model(client, "rgb", dataset="cifar10", layers=TWIN_NET, seed=3)
         yield client
-
-
-def store_model(client, version: str, *, dataset: str, layers: list | None, seed: int = 0) -> None:
-    """Store an untrained model as the worker stores a trained one: metadata.json first, the model last."""
-    manifest = client.get(f"/datasets/{dataset}").json()
-    shape, classes = manifest["image_shape"], manifest["classes"]
-    resolved = models.resolve_layers(layers, input_shape=tuple(shape), num_classes=len(classes))
-    norm = {"mean": manifest["mean"], "std": manifest["std"]}
-    blob = models.save_model(models.seeded_model(resolved, seed=seed), layers=resolved, input_shape=shape,
-                             classes=classes, normalization=norm, dataset=dataset, version=version)
-    settings = client.app.state.settings
-    metadata = publishing.describe(blob, version=version, dataset=dataset, layers=resolved, classes=classes,
-                                   normalization=norm, input_shape=shape, metrics={}, history=[], request={})
-    publishing.store_objects(store_from_settings(settings), bucket=settings.minio_model_bucket, metadata=metadata,
-                             blob=blob)
-    add_models(client.app.state.db, [publishing.model_values(metadata)])
 
 
 def offline(client, version: str, split: str = "cka") -> tuple[torch.nn.Sequential, dict, dict]:

@@ -1,29 +1,19 @@
 """The model catalog's pages on real SQLite and PostgreSQL: order, filters, cursors, retention, index use."""
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import insert, text
 
 from app.db.cursors import encode_cursor
 from app.db.engine import Database
-from app.db.tables import Alias, Job, Label
+from app.db.tables import Alias
 from app.errors import InvalidInput
-from app.jobs.queue import job_row, new_record
 from app.registry import catalog, publishing
 from app.registry.service import ModelRegistry
-from tests.conftest import make_settings
-
-START = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def open_catalog(request, tmp_path, kind: str) -> Database:
-    """A migrated, empty catalog: SQLite in tmp_path, or a fresh PostgreSQL database."""
-    url = f"sqlite:///{tmp_path}/c.db" if kind == "sqlite" else request.getfixturevalue("postgres_url")
-    db = Database(url)
-    db.migrate()
-    return db
+from tests.support.catalog import START, add_models, open_catalog
+from tests.support.s3 import make_settings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -39,24 +29,6 @@ def model_values(version: str, *, created_at: str, dataset: str = "mnist", accur
     return publishing.model_values({"version": version, "dataset": dataset, "created_at": created_at,
                                  "size_bytes": size, "sha256": sha256, "metrics": {"test_accuracy": accuracy},
                                  "epochs": 1, "num_parameters": 10, "labels": labels or {}})
-
-
-def job_values(version: str, *, status: str = "succeeded", dataset: str = "mnist", created_at: str | None = None,
-               labels: dict | None = None) -> dict:
-    """A `jobs` row with the given status."""
-    record = new_record(version=version, dataset=dataset, request={"epochs": 1}, layers=[], labels=labels or {})
-    return job_row({**record, "status": status, "attempts": 1, "created_at": created_at or catalog.iso(START)})
-
-
-def add_models(db: Database, rows: list[dict]) -> None:
-    """Insert model rows with their succeeded jobs and labels, as a finished job leaves them."""
-    with db.write() as conn:
-        publishing.list_models(conn, [r["meta"] for r in rows])
-        conn.execute(insert(Job), [job_values(r["version"], dataset=r["dataset"], created_at=r["created_at"],
-                                              labels=r["labels"]) for r in rows])
-        pairs = [{"version": r["version"], "key": k, "value": v} for r in rows for k, v in r["labels"].items()]
-        if pairs:
-            conn.execute(insert(Label), pairs)
 
 
 def stamp(seconds: float) -> str:

@@ -7,7 +7,7 @@ import torch
 
 from models import TrainConfig, resolve_layers, seeded_model, train
 from models.checkpoint import Checkpoint, CheckpointError
-from tests.test_precision import TEST, TRAIN
+from tests.support.stripes import TEST, TRAIN
 
 LAYERS = [{"type": "Conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1}, {"type": "BatchNorm2d"},
           {"type": "ReLU"}, {"type": "Dropout2d", "p": 0.2}, {"type": "MaxPool2d", "kernel_size": 2},

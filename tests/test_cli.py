@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bench.liveserver import LiveServer
+from tests.support.liveserver import LiveServer
 
 
 @pytest.fixture(scope="module")

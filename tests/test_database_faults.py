@@ -1,7 +1,7 @@
 """The catalog database goes away while the service works: 503 with Retry-After, no password shown, recovery
 without a restart, and the queue carries on.
 
-A real PostgreSQL behind a TCP fault proxy (tests/faultproxy.py) that refuses connections and cuts the open
+A real PostgreSQL behind a TCP fault proxy (tests/support/faultproxy.py) that refuses connections and cuts the open
 ones on demand: a database that went down, which the real server cannot be asked to do and come back from.
 """
 
@@ -18,10 +18,9 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from app.main import create_app
-from tests.faultproxy import FaultProxy
-from tests.jobwait import train, wait_for
+from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import train, wait_for
 
-pytest_plugins = ["tests.postgres"]  # until conftest registers it
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}]
 LONG = {"dataset": "mnist", "layers": SMALL_NET, "epochs": 100, "batch_size": 1}  # runs until it is cancelled
 PASSWORD = "pw-" + secrets.token_hex(12)  # trust authentication accepts any password; none may leak

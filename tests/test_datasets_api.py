@@ -12,8 +12,7 @@ from safetensors.torch import load
 from app.datasets import definitions
 from app.datasets.images import decode_image, grid_png
 from app.errors import InvalidInput
-from bench.rawdata import make_split
-from tests.fixtures_datasets import K_TEST, PER_CLASS_TEST
+from tests.support.rawdata import K_TEST, PER_CLASS_TEST, make_split
 
 MANIFEST_FIELDS = {"name", "classes", "num_classes", "image_shape", "mean", "std", "train_size", "test_size",
                    "cka_per_class", "sha256", "created_at"}

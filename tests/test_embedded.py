@@ -11,7 +11,7 @@ from app.errors import StorageUnavailable
 from app.storage import embedded
 from app.storage.embedded import VOLUME_SIZE_MB, EmbeddedS3
 from app.storage.s3 import Store
-from tests.conftest import ACCESS_KEY, SECRET_KEY, drop_bucket
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, drop_bucket
 
 BUCKETS = 200
 

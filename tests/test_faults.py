@@ -1,6 +1,6 @@
 """Storage faults while the service works: jobs given back and retried, nothing partial, recovery without a restart.
 
-The S3 server is real; a TCP proxy in front of it (tests/faultproxy.py) drops, stalls or refuses
+The S3 server is real; a TCP proxy in front of it (tests/support/faultproxy.py) drops, stalls or refuses
 connections on demand, the one fault a healthy real server cannot produce when asked. Job records and
 listings live in the catalog database, which stays up here (tests/test_database_faults.py cuts it).
 """
@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.faultproxy import FaultProxy
-from tests.jobwait import train, wait_for
+from tests.support.faultproxy import FaultProxy
+from tests.support.waiting import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}]
 

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from bench.liveserver import LiveServer
-from tests.jobwait import train, wait_for
+from tests.support.liveserver import LiveServer
+from tests.support.waiting import train, wait_for
 
 TOKEN = "fuzz-" + secrets.token_hex(8)
 

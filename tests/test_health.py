@@ -3,7 +3,7 @@
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.s3 import make_settings
 
 
 def test_readyz_creates_both_buckets(client, settings, store):

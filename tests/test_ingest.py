@@ -16,8 +16,7 @@ from app.datasets import definitions
 from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
 from app.errors import DatasetNotFound, DatasetNotSeeded, IntegrityError, InvalidInput
-from bench.rawdata import make_split, seed_raw, write_raw
-from tests.fixtures_datasets import K_TEST, PER_CLASS_TEST, PER_CLASS_TRAIN
+from tests.support.rawdata import K_TEST, PER_CLASS_TEST, PER_CLASS_TRAIN, make_split, seed_raw, write_raw
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTS = ("train.safetensors", "test.safetensors", "cka.safetensors", "manifest.json")

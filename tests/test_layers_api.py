@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import models
 from app.main import create_app
-from tests.jobwait import train, wait_for
+from tests.support.waiting import train, wait_for
 
 TYPES = ["Conv2d", "Linear", "ReLU", "LeakyReLU", "GELU", "Sigmoid", "Tanh", "MaxPool2d", "AvgPool2d",
          "AdaptiveAvgPool2d", "BatchNorm2d", "BatchNorm1d", "Dropout", "Dropout2d", "Flatten", "Conv3d", "Module",

@@ -4,8 +4,8 @@ import hashlib
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.liveserver import LiveServer
-from tests.jobwait import train, wait_for
+from tests.support.liveserver import LiveServer
+from tests.support.waiting import train, wait_for
 
 
 def test_fifty_downloads_and_listing_while_training(seeded_settings):

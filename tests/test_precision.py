@@ -7,25 +7,13 @@ import torch
 
 import models
 from models import TrainConfig, resolve_layers, resolve_precision, seeded_model, train
+from tests.support.stripes import TEST, TRAIN
 
 LAYERS = [{"type": "Conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1}, {"type": "BatchNorm2d"},
           {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"},
           {"type": "Linear", "out_features": 16}, {"type": "ReLU"}]
 CONFIG = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01, seed=0)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
-
-
-def stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n noisy 1×12×12 images whose label (0..3) is the bright horizontal band: separable by a wide margin."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 4, (n,), generator=generator)
-    images = torch.randint(0, 60, (n, 1, 12, 12), generator=generator, dtype=torch.uint8)
-    for i, label in enumerate(labels.tolist()):
-        images[i, 0, label * 3 : label * 3 + 3] += 180
-    return images, labels
-
-
-TRAIN, TEST = stripes(256, seed=1), stripes(200, seed=2)
 
 
 def run(precision: str, device: str = "cpu") -> tuple[torch.nn.Sequential, dict]:

@@ -16,8 +16,8 @@ from app.datasets.service import DatasetService
 from app.registry.inference import MAX_IMAGES
 from app.registry.service import ModelRegistry
 from app.storage.s3 import store_from_settings
-from tests.jobwait import train, wait_for
-from tests.test_registry import put_model
+from tests.support.registry import put_model
+from tests.support.waiting import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
              {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]

@@ -18,10 +18,10 @@ from app.errors import DatabaseUnavailable
 from app.main import create_app
 from app.settings import SettingsError
 from app.storage.s3 import store_from_settings
-from tests.conftest import SECRET_KEY
-from tests.fixtures_ray import RAY_TERMINAL, LocalRayHead
-from tests.jobwait import train, wait_for
-from tests.test_resume import JOB, assert_same_run, running_pid, stop_when_latest, weights
+from tests.support.rayhead import RAY_TERMINAL, LocalRayHead
+from tests.support.resume import JOB, assert_same_run, running_pid, stop_when_latest, weights
+from tests.support.s3 import SECRET_KEY
+from tests.support.waiting import train, wait_for
 
 # Only the local Ray head needs the package (the service speaks HTTP); CI installs it with '.[test,ray]'.
 pytestmark = pytest.mark.skipif(find_spec("ray") is None,

@@ -10,9 +10,9 @@ from app.db.tables import Alias, Deletion, Job, Label, Model
 from app.main import create_app
 from app.registry import catalog
 from app.registry.rebuild import LOST, NO_MODEL, rebuild_catalog
-from tests.conftest import make_settings
-from tests.test_catalog_models import open_catalog
-from tests.test_registry import add_job, iso, put_model
+from tests.support.catalog import add_job, iso, open_catalog
+from tests.support.registry import put_model
+from tests.support.s3 import make_settings
 
 NOW = datetime.now(UTC)
 

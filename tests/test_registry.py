@@ -8,62 +8,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sqlalchemy import insert
 
-import models
 from app.datasets.service import DatasetService
-from app.db.engine import Database
-from app.db.tables import Job
 from app.errors import StorageUnavailable
 from app.main import create_app
-from app.registry import publishing
 from app.registry.service import ModelRegistry
 from app.storage.cache import LocalCache
 from app.storage.s3 import Store
-from tests.conftest import make_settings
-from tests.jobwait import train, wait_for
-from tests.test_catalog_models import add_models, job_values
+from tests.support.catalog import add_job, iso
+from tests.support.registry import keys, listed, put_model
+from tests.support.s3 import make_settings
+from tests.support.waiting import train, wait_for
 
-TINY = [{"type": "Flatten"}, {"type": "Linear", "out_features": 5}]
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
              {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def put_model(store: Store, bucket: str, version: str, *, db: Database | None = None, dataset: str = "mnist",
-              created_at: str | None = None, blob: bytes | None = None, labels: dict | None = None,
-              accuracy: float | None = 0.5, sha256: str | None = None) -> bytes:
-    """Store a small valid model as a finished job does: metadata.json, model.safetensors, then (given `db`) its
-    catalog rows: the model, its succeeded job, its labels."""
-    layers = models.resolve_layers(TINY, input_shape=(1, 4, 4), num_classes=3)
-    norm = {"mean": [0.5], "std": [0.25]}
-    if blob is None:
-        blob = models.save_model(models.seeded_model(layers, seed=len(version)), layers=layers,
-                                 input_shape=[1, 4, 4], classes=["a", "b", "c"], normalization=norm,
-                                 dataset=dataset, version=version)
-    metadata = publishing.describe(
-        blob, version=version, dataset=dataset, created_at=created_at, request={"epochs": 1}, labels=labels or {},
-        layers=layers, metrics={"test_accuracy": accuracy}, history=[], classes=["a", "b", "c"], normalization=norm,
-        input_shape=[1, 4, 4], epochs=1, num_parameters=88)
-    if sha256 is not None:
-        metadata["sha256"] = sha256  # metadata that does not describe the file
-    publishing.store_objects(store, bucket=bucket, metadata=metadata, blob=blob)
-    if db is not None:
-        add_models(db, [publishing.model_values(metadata)])
-    return blob
-
-
-def add_job(db: Database, version: str, status: str) -> None:
-    """A job row without a model (queued, running, or ended without one)."""
-    with db.write() as conn:
-        conn.execute(insert(Job).values(**job_values(version, status=status)))
-
-
-def keys(store: Store, bucket: str, prefix: str = "") -> list[str]:
-    return [o.key for o in store.list(bucket=bucket, prefix=prefix)]
 
 
 @pytest.fixture(scope="module")
@@ -244,10 +202,6 @@ def test_listing_pages_filters_and_sorts(client, settings, store):
         assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", bad
         assert field in r.text, bad
     assert len(client.get("/models", params={"limit": 1000}).json()["items"]) == 11
-
-
-def listed(client) -> list[str]:
-    return [i["version"] for i in client.get("/models", params={"limit": 1000}).json()["items"]]
 
 
 def test_every_process_on_the_catalog_sees_the_same_models_at_once(client, settings, store):

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import time
 
 import pytest
 import torch
@@ -11,11 +10,9 @@ from safetensors.torch import load as load_tensors
 
 from app.main import create_app
 from app.storage.s3 import store_from_settings
-from tests.jobwait import train, wait_for
-
-SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "BatchNorm2d"}, {"type": "ReLU"},
-             {"type": "Dropout2d", "p": 0.2}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
-JOB = {"dataset": "mnist", "layers": SMALL_NET, "epochs": 30, "batch_size": 1, "seed": 11}  # a few seconds
+from tests.support.replicas import Replica, replica_env
+from tests.support.resume import JOB, assert_same_run, checkpoints, objects, running_pid, stop_when_latest, weights
+from tests.support.waiting import train, wait_for, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -46,69 +43,6 @@ def reference(resumable, tmp_path_factory):
             assert record["status"] == "succeeded" and record["resumed_from"] is None
             runs[precision] = (weights(client, version), record)
     return runs
-
-
-def weights(client, version: str) -> dict[str, torch.Tensor]:
-    settings = client.app.state.settings
-    return load_tensors(store_from_settings(settings).get_bytes(bucket=settings.minio_model_bucket,
-                                                                key=f"{version}/model.safetensors"))
-
-
-def checkpoints(client, version: str) -> list[dict]:
-    return client.app.state.jobs.queue.checkpoints(version)
-
-
-def objects(client, prefix: str) -> list[str]:
-    settings = client.app.state.settings
-    return [o.key for o in store_from_settings(settings).list(bucket=settings.minio_model_bucket, prefix=prefix)]
-
-
-def wait_until(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.05)
-    return value
-
-
-def running_pid(client, version: str, attempt: int) -> int:
-    def pid():
-        record = client.get(f"/train/{version}").json()
-        assert record["status"] in ("queued", "running"), record
-        worker = record["worker"]
-        return worker["pid"] if record["attempts"] == attempt and worker and worker["pid"] != os.getpid() else None
-    return wait_until(pid, what=f"attempt {attempt} running")
-
-
-def stop_when_latest(client, version: str, pid: int, wanted) -> dict:
-    """SIGSTOP the worker at a moment its latest stored checkpoint is `wanted`; returns that checkpoint."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        stored = checkpoints(client, version)
-        assert client.get(f"/train/{version}").json()["status"] == "running", "the job ended first"
-        if stored and wanted(stored[0]):
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(0.2)  # a store already under way lands now, or never
-            stored = checkpoints(client, version)
-            if wanted(stored[0]):
-                return stored[0]
-            os.kill(pid, signal.SIGCONT)
-        time.sleep(0.01)
-    raise AssertionError("the wanted checkpoint never was the latest")
-
-
-def assert_same_run(client, version: str, reference) -> dict:
-    record = wait_for(client, version, timeout=300)
-    want_weights, want = reference
-    assert record["status"] == "succeeded", record
-    got = weights(client, version)
-    assert got.keys() == want_weights.keys()
-    assert all(torch.equal(got[k], want_weights[k]) for k in got)
-    assert record["metrics"] == want["metrics"] and record["history"] == want["history"]
-    # the worker removes them right after recording success (housekeeping would, if it died first)
-    wait_until(lambda: objects(client, f"{version}/checkpoints/") == [] and checkpoints(client, version) == [],
-               timeout=30, what="checkpoints removed after success")
-    return record
 
 
 @pytest.mark.parametrize("precision", ["auto", "fp32"])
@@ -190,9 +124,7 @@ def test_no_checkpoint_outlives_a_cancelled_or_deleted_job(app_client):
 
 
 def test_sigterm_of_the_whole_service_and_a_new_start_resume_bit_identical(seeded_settings, tmp_path):
-    from tests.test_replicas import Replica, _env
-
-    env = {**_env(seeded_settings, f"sqlite:///{tmp_path}/catalog.db", tmp_path, bucket="models-sigterm"),
+    env = {**replica_env(seeded_settings, f"sqlite:///{tmp_path}/catalog.db", tmp_path, bucket="models-sigterm"),
            "SCV_CHECKPOINT_SECONDS": "0.1"}
     headers = {"Authorization": f"Bearer {env['SCV_API_TOKEN']}"}
     first = Replica(tmp_path, env)

@@ -11,8 +11,8 @@ from PIL import Image
 from pydantic import SecretStr
 
 from app.main import create_app
-from tests.conftest import SECRET_KEY, make_settings
-from tests.jobwait import train, wait_for
+from tests.support.s3 import SECRET_KEY, make_settings
+from tests.support.waiting import train, wait_for
 
 HOSTILE = ["..", "..%2Fvictim", "%2E%2E%2Fvictim", "..%252Fvictim", "victim%2F..%2F..", "a%00b", "%00",
            "x" * 129, "%C3%A9t%C3%A9", ".victim", "victim..", "-victim", "%2Fvictim", "victim%5C..%5Cx"]

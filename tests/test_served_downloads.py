@@ -18,9 +18,9 @@ import pytest
 from app.api.downloads import pumped
 from app.db.engine import Database
 from app.storage.embedded import free_ports
-from bench.liveserver import LiveServer
-from tests.test_registry import put_model
-from tests.test_resume import wait_until
+from tests.support.liveserver import LiveServer
+from tests.support.registry import put_model
+from tests.support.waiting import wait_until
 
 SIZE = 6 * 1024 * 1024 + 123  # more than the socket buffers of a client that reads slowly hold
 

@@ -13,9 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.storage.embedded import EmbeddedS3, free_ports
-from app.storage.s3 import Store
-from tests.conftest import ACCESS_KEY, SECRET_KEY, make_settings
+from app.storage.embedded import free_ports
+from tests.support.s3 import SECRET_KEY, make_settings, start_s3, store_on
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -99,9 +98,7 @@ def _readyz_within(client, seconds: float):
 
 @pytest.fixture
 def own_s3(tmp_path):
-    server = EmbeddedS3(data_dir=tmp_path / "own-s3", access_key=ACCESS_KEY, secret_key=SECRET_KEY)
-    server.start(ready_check=lambda: Store(endpoint=server.endpoint, access_key=ACCESS_KEY,
-                                           secret_key=SECRET_KEY).buckets_exist("probe"))
+    server = start_s3(tmp_path / "own-s3")
     yield server
     server.resume() if server.process.poll() is None else None
     server.stop()
@@ -151,7 +148,7 @@ def test_external_endpoint_gets_both_buckets(own_s3, tmp_path):
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").json()["buckets"] == [settings.minio_model_bucket,
                                                            settings.minio_dataset_bucket]
-    store = Store(endpoint=own_s3.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    store = store_on(own_s3)
     assert store.buckets_exist(settings.minio_model_bucket, settings.minio_dataset_bucket)
 
 

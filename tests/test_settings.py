@@ -13,7 +13,7 @@ import pytest
 
 from app.settings import Settings, SettingsError, env_name, load_settings
 from app.storage.embedded import free_ports
-from tests.jobwait import train, wait_for
+from tests.support.waiting import train, wait_for
 
 EVERY_SETTING = {  # none at its default
     "MINIO_ENDPOINT": "s3.example.com:9000", "MINIO_ACCESS_KEY": "access", "MINIO_SECRET_KEY": "secret",

@@ -6,8 +6,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
-from tests.conftest import ACCESS_KEY, SECRET_KEY, make_settings
-from tests.tlscerts import write_ca_and_server_cert
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, make_settings
+from tests.support.tlscerts import write_ca_and_server_cert
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import models
 from app.datasets.service import DatasetService
 from app.main import create_app
 from app.storage.s3 import store_from_settings
-from tests.jobwait import train, wait_for
+from tests.support.waiting import train, wait_for
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
              {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]

@@ -10,9 +10,9 @@ from PIL import Image
 
 from app.main import create_app
 from app.ui.session import COOKIE, SessionSigner
-from tests.conftest import make_settings
-from tests.jobwait import wait_for
-from tests.test_analysis_api import store_model
+from tests.support.registry import store_model
+from tests.support.s3 import make_settings
+from tests.support.waiting import wait_for
 
 TOKEN = "ui-test-token-" + "x" * 20
 API = {"Authorization": f"Bearer {TOKEN}"}

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from bench.liveserver import LiveServer
-from tests.conftest import make_settings
-from tests.jobwait import wait_for
-from tests.test_analysis_api import store_model
+from tests.support.liveserver import LiveServer
+from tests.support.registry import store_model
+from tests.support.s3 import make_settings
+from tests.support.waiting import wait_for
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -37,7 +37,7 @@ WAIT_S = 120
 
 
 class ApiClient(httpx.Client):
-    """httpx with the bearer token; `.app` lets tests.test_analysis_api.store_model reach the app's state."""
+    """httpx with the bearer token; `.app` lets tests.support.registry.store_model reach the app's state."""
 
     def __init__(self, server: LiveServer, app):
         super().__init__(base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})

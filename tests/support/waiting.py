@@ -21,3 +21,11 @@ def train(client, **body) -> dict:
     response = client.post("/train", json=body)
     assert response.status_code == 202, response.text
     return response.json()
+
+
+def wait_until(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+    return value

@@ -125,3 +125,7 @@ def seed_raw(store, settings, root: Path, **kwargs) -> list[dict]:
     """`app.ingest.seed(..., from_dir=root)` with the generated files accepted; no progress bars."""
     with accept_checksums(root):
         return seed(store, settings, from_dir=root, **{"progress": False, **kwargs})
+
+
+PER_CLASS_TRAIN, PER_CLASS_TEST = 6, 3  # 60 train / 30 test images for the 10-class datasets
+K_TEST = 2  # cka_per_class of the seeded datasets: every class has PER_CLASS_TEST >= K_TEST test images

@@ -13,15 +13,17 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
-import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 URL_ENV = "SCV_TEST_POSTGRES_URL"
 SETTINGS = {"listen_addresses": "127.0.0.1", "fsync": "off", "full_page_writes": "off",
             "synchronous_commit": "off", "max_connections": "200"}
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL server for the tests; the message says why and what to do."""
 
 
 @dataclass
@@ -42,13 +44,6 @@ class PostgresServer:
         """Drop a database made by create_database, even with sessions still open on it."""
         with self.admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-
-
-def _unavailable(reason: str) -> NoReturn:
-    # CI promises a server (.ci/run installs one): a missing one there is a broken CI, not a skip.
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(f"no PostgreSQL for the tests: {reason}", pytrace=False)
-    pytest.skip(f"no PostgreSQL for the tests: {reason}")
 
 
 def _bin_dir() -> Path | None:
@@ -116,15 +111,17 @@ def _serve(url: URL) -> PostgresServer:
     return server
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """$SCV_TEST_POSTGRES_URL's server, or a throwaway one from this machine's initdb for the session."""
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """$SCV_TEST_POSTGRES_URL's server, or a throwaway one from this machine's initdb, until the block ends.
+
+    Raises PostgresUnavailable when there is neither."""
     if given := os.environ.get(URL_ENV):
         url = make_url(given).set(drivername="postgresql+psycopg")
         try:
             server = _serve(url)
         except Exception as e:
-            _unavailable(f"{URL_ENV}={url.render_as_string()} does not answer: {e}")
+            raise PostgresUnavailable(f"{URL_ENV}={url.render_as_string()} does not answer: {e}") from e
         try:
             yield server
         finally:
@@ -132,11 +129,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         return
     bin_dir = _bin_dir()
     if bin_dir is None:
-        _unavailable(f"no initdb in /usr/lib/postgresql/*/bin or on PATH: apt-get install postgresql or set {URL_ENV}")
+        raise PostgresUnavailable(
+            f"no initdb in /usr/lib/postgresql/*/bin or on PATH: apt-get install postgresql or set {URL_ENV}")
     try:
         local = _LocalServer(bin_dir)
     except KeyError:
-        _unavailable("running as root, and there is no postgres user to run the server as")
+        raise PostgresUnavailable("running as root, and there is no postgres user to run the server as") from None
     try:
         port = local.start()
         server = _serve(URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port,
@@ -145,17 +143,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else e
         log = local.log_tail()
         local.stop()
-        _unavailable(f"could not start one from {bin_dir}: {detail}\n{log}")
+        raise PostgresUnavailable(f"could not start one from {bin_dir}: {detail}\n{log}") from e
     try:
         yield server
     finally:
         server.admin.dispose()
         local.stop()
-
-
-@pytest.fixture
-def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A fresh, empty database's SQLAlchemy URL (postgresql+psycopg://...), dropped after the test."""
-    url = postgres_server.create_database()
-    yield url
-    postgres_server.drop_database(url)

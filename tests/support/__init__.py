@@ -1,0 +1,1 @@
+"""What the tests and the benchmarks share: servers, data writers, stored rows and wait helpers; no pytest."""
