@@ -1,7 +1,5 @@
 """Analyses of stored models on their dataset's images (CKA, activations, top images), with a result cache."""
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -11,6 +9,7 @@ import models
 from app.analysis import maths
 from app.datasets.service import DatasetService
 from app.errors import InvalidInput
+from app.lru import LRU
 from app.registry.service import ModelRegistry
 from app.storage import layout
 
@@ -28,9 +27,7 @@ class Analyses:
     """
 
     def __init__(self, *, registry: ModelRegistry, datasets: DatasetService, entries: int = CACHE_ENTRIES):
-        self.registry, self.datasets, self.entries = registry, datasets, entries
-        self._results: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
+        self.registry, self.datasets, self._results = registry, datasets, LRU(entries)
         self.hits = self.misses = 0
 
     def cka(self, version: str, *, estimator: str, against: str | None) -> dict:
@@ -103,20 +100,15 @@ class Analyses:
         return (self.datasets.manifest(model["dataset"]).get("sha256") or {}).get(obj)
 
     def _cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._results:
-                self.hits += 1
-                self._results.move_to_end(key)
-                return self._results[key]
+        if (value := self._results.get(key)) is not None:
+            self.hits += 1
+            return value
         try:
             value = compute()
         except maths.AnalysisInputError as exc:
             raise InvalidInput(str(exc), field=exc.field) from None
-        with self._lock:
-            self.misses += 1
-            self._results[key] = value
-            while len(self._results) > self.entries:
-                self._results.popitem(last=False)
+        self.misses += 1
+        self._results.put(key, value)
         return value
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -14,6 +12,7 @@ from pathlib import Path
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database
 from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, ServiceError
+from app.lru import LRU
 from app.registry import catalog
 from app.settings import Settings
 from app.storage import layout
@@ -86,9 +85,7 @@ class ModelRegistry:
 
     def __init__(self, *, store: Store, settings: Settings, db: Database, loaded_models: int = 4):
         self.store, self.bucket, self.db = store, settings.minio_model_bucket, db
-        self.ttl_days, self._capacity = settings.model_ttl_days, loaded_models
-        self._loaded: OrderedDict[str, tuple[str, object, dict]] = OrderedDict()  # version -> (sha, net, meta)
-        self._lock = threading.Lock()
+        self.ttl_days, self._loaded = settings.model_ttl_days, LRU(loaded_models)  # version -> (sha, net, meta)
         self.cache = LocalCache.from_settings(settings)  # shared with the dataset cache, and with other processes
         self._filler = ThreadPoolExecutor(1, "scv-cache-fill")  # fills after downloads, one at a time
         self._suspect: set[str] = set()  # sha256 of models whose stored bytes a fill found to differ
@@ -312,7 +309,7 @@ class ModelRegistry:
             with self.db.write() as conn:
                 if catalog.job_status(conn, version) is None:  # not submitted meanwhile
                     catalog.begin_deletion(conn, version, requested_at=layout.utcnow())
-        self._forget(version)
+        self._loaded.pop(version)
         self._remove_objects(version)
 
     def _has_objects(self, version: str) -> bool:
@@ -322,10 +319,6 @@ class ModelRegistry:
         self.store.delete_prefix(bucket=self.bucket, prefix=layout.prefix(version))
         with self.db.write() as conn:
             catalog.end_deletion(conn, version)
-
-    def _forget(self, version: str) -> None:
-        with self._lock:
-            self._loaded.pop(version, None)
 
     def finish_deletions(self) -> int:
         """Start the deletion of expired models and remove the objects of every deletion in progress (also
@@ -342,7 +335,7 @@ class ModelRegistry:
         with self.db.read() as conn:
             pending = catalog.pending_deletions(conn)
         for version in pending:
-            self._forget(version)
+            self._loaded.pop(version)
             self._remove_objects(version)
         return len(pending)
 
@@ -353,18 +346,12 @@ class ModelRegistry:
         from app.registry.inference import verified_model  # torch is heavy: only the paths that run networks import it
 
         model = self.get(version)  # exists now and has not expired, also for a cached network
-        with self._lock:
-            if (hit := self._loaded.get(version)) and hit[0] == model["sha256"]:
-                self._loaded.move_to_end(version)
-                return hit[1], hit[2]
+        if (hit := self._loaded.get(version)) and hit[0] == model["sha256"]:
+            return hit[1], hit[2]
         blob = self._model_bytes(version, sha=model["sha256"], size=model["size_bytes"])
         net, meta = verified_model(version, blob, {**model["meta"], "expires_at": model["expires_at"]},
                                    device=self.device)
-        with self._lock:
-            self._loaded[version] = (model["sha256"], net, meta)
-            self._loaded.move_to_end(version)
-            while len(self._loaded) > self._capacity:
-                self._loaded.popitem(last=False)
+        self._loaded.put(version, (model["sha256"], net, meta))
         return net, meta
 
     def _model_bytes(self, version: str, *, sha: str, size: int) -> bytes:
