@@ -9,6 +9,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import Connection, Float, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.compiler import compiles
@@ -43,6 +44,11 @@ def _sqlite_now(element, compiler, **kw) -> str:
 @compiles(db_now, "postgresql")
 def _postgresql_now(element, compiler, **kw) -> str:
     return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
+def dialect_insert(conn: Connection, table):
+    """An INSERT into `table` in the connection's dialect, the one that can say ON CONFLICT."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 class Database:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError as RowExists
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database, db_now
 from app.db.tables import CheckpointRow, Deletion, Job, Label, Model
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, NotFound
 from app.storage import layout
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,6 @@ def new_record(*, version: str, dataset: str, request: dict, layers: list[dict],
         "metrics": None, "history": [], "error": None, "attempts": 0, "worker": None, "resumed_from": None,
         "created_at": layout.utcnow(), "started_at": None, "finished_at": None,
     }
-
-
-def _position(key: tuple) -> tuple[str, str]:
-    if len(key) == 2 and all(isinstance(part, str) for part in key):
-        return key
-    raise InvalidInput("invalid cursor: pass the `next` value of the previous page unchanged", field="cursor")
 
 
 class JobQueue:
@@ -116,7 +110,7 @@ class JobQueue:
             query = query.where(select(Label.version).where(
                 Label.version == Job.version, Label.key == key, Label.value == value).exists())
         if cursor:
-            created_at, version = _position(decode_cursor(cursor, sort="jobs"))
+            created_at, version = decode_cursor(cursor, sort="jobs", kinds=((str,), (str,)))
             # `<=` first lets SQLite seek the index to the cursor; the rest breaks ties by version
             query = query.where(Job.created_at <= created_at, or_(
                 Job.created_at < created_at, and_(Job.created_at == created_at, Job.version < version)))

@@ -18,9 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from app.db.engine import Database
+from app.db.engine import Database, dialect_insert
 from app.db.tables import Deletion, Job, Label, Model
 from app.errors import ObjectMissing
 from app.registry import catalog
@@ -175,6 +174,5 @@ def _import_job(conn: Connection, values: dict[str, Any]) -> int:
 
 def _insert_new(conn: Connection, table, values: dict[str, Any]) -> int:
     """Insert a row unless its primary key exists (another process may be writing too); 1 when inserted."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(table.version)
+    statement = dialect_insert(conn, table).values(**values).on_conflict_do_nothing().returning(table.version)
     return len(conn.execute(statement).all())  # rowcount is not reliable for this statement on every driver

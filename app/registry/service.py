@@ -118,7 +118,7 @@ class ModelRegistry:
         """Unexpired models, highest `sort` first, and the cursor of the next page (None on the last); every
         label (key, value) must match."""
         scope = f"models/{sort}"
-        after = _cursor_key(decode_cursor(cursor, sort=scope), CURSOR_KEYS[sort]) if cursor else None
+        after = decode_cursor(cursor, sort=scope, kinds=(CURSOR_KEYS[sort], (str,))) if cursor else None
         pairs = sorted(labels.items() if isinstance(labels, dict) else labels)
         with self.db.read() as conn:
             rows, more = catalog.page_models(conn, dataset=dataset, labels=pairs,
@@ -366,10 +366,3 @@ class ModelRegistry:
                 break
             self.cache.discard(sha)
         return blob  # the loader checks it again, and says why it refuses a mismatch
-
-
-def _cursor_key(key: tuple, kinds: tuple[type, ...]) -> tuple:
-    """The cursor's (sort value, version), checked: a checksum stops edits, not a cursor made by hand."""
-    if len(key) == 2 and type(key[0]) in kinds and isinstance(key[1], str):
-        return key
-    raise InvalidInput("invalid cursor: pass the `next` value of the previous page unchanged", field="cursor")
