@@ -11,7 +11,6 @@ from app.datasets.service import DatasetService
 from app.errors import InvalidInput
 from app.lru import LRU
 from app.registry.service import ModelRegistry
-from app.storage import layout
 
 CACHE_ENTRIES = 64  # small each: a matrix, one sample's maps, or a top-100 ranking with its images
 MAX_K = 100
@@ -32,8 +31,8 @@ class Analyses:
 
     def cka(self, version: str, *, estimator: str, against: str | None) -> dict:
         """{"layers", "matrix", "estimator"}, plus "other_layers" (the columns) with `against`."""
-        model = self._stored(version, field="version")
-        other = self._stored(against, field="against") if against is not None else None
+        model = self.registry.get(version)  # a checked version (the edge resolved it); 404 unknown, 409 training
+        other = self.registry.get(against) if against is not None else None
         if other is not None and other["dataset"] != model["dataset"]:
             raise InvalidInput(f"model {against!r} was trained on {other['dataset']} but {version!r} on "
                                f"{model['dataset']}; CKA compares two models on the same images, so pick a "
@@ -56,7 +55,7 @@ class Analyses:
 
     def activations(self, version: str, *, layer: int, sample: int) -> dict:
         """One CKA sample's output at one layer ("maps": C×H×W or F), with its label and test-split index."""
-        model = self._stored(version, field="version")
+        model = self.registry.get(version)
 
         def compute() -> dict:
             net, meta = self.registry.load(version)
@@ -72,7 +71,7 @@ class Analyses:
 
     def top_images(self, version: str, *, layer: int, channel: int, k: int) -> dict:
         """The k test-split images with the highest mean activation of `channel` ("images": their pixels)."""
-        model = self._stored(version, field="version")
+        model = self.registry.get(version)
 
         def compute() -> dict:
             net, meta = self.registry.load(version)
@@ -88,13 +87,6 @@ class Analyses:
         key = ("top-images", *_identity(model), self._data(model, TEST_SPLIT), layer, channel)
         top = self._cached(key, compute)
         return {**top, **{name: top[name][:k] for name in ("indices", "labels", "activations", "images")}}
-
-    def _stored(self, version: str, *, field: str) -> dict:
-        try:
-            layout.validate_version(version)
-        except InvalidInput as exc:
-            raise InvalidInput(exc.detail, field=field) from None
-        return self.registry.get(version)  # 404 unknown or expired, 409 while training
 
     def _data(self, model: dict, obj: str) -> str | None:
         return (self.datasets.manifest(model["dataset"]).get("sha256") or {}).get(obj)

@@ -178,10 +178,10 @@ class ModelRegistry:
     # -- one model -------------------------------------------------------------------------------
 
     def get(self, version: str) -> dict:
-        """The listing item of one served model plus its metadata (`meta`); 404 unknown or expired, 409 while
-        it trains."""
+        """The listing item of one served model (a version `resolve()` checked) plus its metadata (`meta`); 404
+        unknown or expired, 409 while it trains."""
         with self.db.read() as conn:
-            row = catalog.model_row(conn, checked_name(version, field="version"))
+            row = catalog.model_row(conn, version)
             if row is None:
                 raise self._absent(conn, version)
             aliases = catalog.aliases_of(conn, version)
@@ -291,9 +291,8 @@ class ModelRegistry:
 
         409 while its job is queued or running, or while an alias names it. The rows go first, in one
         transaction that records the deletion; the objects after; an interrupted removal is finished by
-        `finish_deletions()`, and the version is neither listed nor served meanwhile.
+        `finish_deletions()`, and the version (a checked one) is neither listed nor served meanwhile.
         """
-        checked_name(version, field="version")
         with self.db.write() as conn:
             catalog.model_row(conn, version, lock=True)  # an alias being put on it commits first, or waits
             if aliases := catalog.aliases_of(conn, version):
