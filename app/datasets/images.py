@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.utils import make_grid
 
 from app.errors import InvalidInput
 
@@ -19,6 +18,8 @@ def grid_png(images: torch.Tensor, *, ncols: int, scale: int = 2, pad: int = 2) 
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
         raise ValueError(f"images must be uint8 N×C×H×W with N >= 1 and C 1 or 3, got {images.dtype} "
                          f"{list(images.shape)}")
+    from torchvision.utils import make_grid  # torchvision takes seconds to import: only when a grid is drawn
+
     big = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     grid = make_grid(big, nrow=max(1, ncols), padding=pad, pad_value=PAD_VALUE)
     if len(images) == 1:  # make_grid returns a lone image unpadded
