@@ -149,8 +149,8 @@ def grid_tiles(image: Image.Image, *, count: int, tile_hw: tuple[int, int], pad:
     for i in range(nrows * ncols):
         row, col = divmod(i, ncols)
         tile = pixels[pad + row * step_h:][:h * scale, pad + col * step_w:][:, :w * scale].permute(2, 0, 1)
-        if i >= count:  # an empty slot is background
-            assert (tile == 255).all()
+        if i >= count:  # an empty slot is background: the grid's mid-grey
+            assert (tile == 128).all()
         else:
             assert torch.equal(tile, tile[:, ::scale, ::scale].repeat_interleave(scale, 1).repeat_interleave(scale, 2))
             tiles.append(tile[:, ::scale, ::scale])

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image, ImageChops
 
-from app.analysis.plots import grid_png, heatmap_png, to_uint8_maps, viridis
+from app.analysis.plots import heatmap_png, to_uint8_maps, viridis
+from app.datasets.images import grid_png
 
 
 def decode(png: bytes) -> Image.Image:
@@ -34,27 +35,23 @@ def constant_tiles(count: int, channels: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("row_labels", [None, ["first", "second", "third"]])
-def test_grid_puts_tile_i_in_row_i_div_ncols_and_column_i_mod_ncols(channels, row_labels):
+def test_grid_puts_tile_i_in_row_i_div_ncols_and_column_i_mod_ncols(channels):
     tiles, ncols, scale, pad = constant_tiles(7, channels), 3, 3, 2
-    image = decode(grid_png(tiles, ncols=ncols, scale=scale, pad=pad, row_labels=row_labels))
+    image = decode(grid_png(tiles, ncols=ncols, scale=scale, pad=pad))
     step_w, step_h = 4 * scale + pad, 5 * scale + pad
     assert image.height == pad + 3 * step_h
     for i, tile in enumerate(tiles):
         row, col = divmod(i, ncols)
-        # Counted from the right edge, so a label column of any width leaves this unchanged.
         x = image.width - (ncols - col) * step_w + (4 * scale) // 2
         y = pad + row * step_h + (5 * scale) // 2
         expected = tuple(int(v) for v in tile[:, 0, 0]) * (3 if channels == 1 else 1)
         assert image.getpixel((x, y)) == expected
 
 
-def test_grid_grows_wider_with_more_columns_and_labels_take_room():
+def test_grid_grows_wider_with_more_columns():
     tiles = constant_tiles(8, 1)
     narrow, wide = (decode(grid_png(tiles, ncols=n)) for n in (2, 4))
     assert wide.width > narrow.width and wide.height < narrow.height
-    labelled = decode(grid_png(tiles, ncols=4, row_labels=["a label", "another"]))
-    assert labelled.width > wide.width and ink(labelled) > ink(wide)
 
 
 def test_grid_scales_tiles_by_nearest_neighbour():
@@ -69,8 +66,8 @@ def test_grid_refuses_tiles_it_cannot_draw():
         grid_png(torch.zeros(2, 1, 3, 3), ncols=2)
     with pytest.raises(ValueError, match="C 1 or 3"):
         grid_png(torch.zeros(2, 2, 3, 3, dtype=torch.uint8), ncols=2)
-    with pytest.raises(ValueError, match="row labels"):
-        grid_png(torch.zeros(4, 1, 3, 3, dtype=torch.uint8), ncols=2, row_labels=["only one"])
+    with pytest.raises(ValueError, match="N >= 1"):
+        grid_png(torch.zeros(0, 1, 3, 3, dtype=torch.uint8), ncols=2)
 
 
 def test_maps_are_stretched_each_to_its_own_range():

@@ -1,4 +1,4 @@
-"""PNG figures drawn with Pillow alone: labelled heatmaps and image grids."""
+"""PNG figures drawn with Pillow alone: labelled heatmaps, and activation maps as tiles for image grids."""
 
 import io
 import math
@@ -96,37 +96,6 @@ def heatmap_png(
     draw.text((tick_left, grid_top), ticks[0], fill=_INK, font=font, anchor="lt")
     draw.text((tick_left, grid_top + grid_height), ticks[1], fill=_INK, font=font, anchor="lb")
     return _png(image, title=title)
-
-
-def grid_png(tiles: Tensor, *, ncols: int, scale: int = 2, pad: int = 2, row_labels: list[str] | None = None) -> bytes:
-    """uint8 tiles N×C×H×W (C = 1 or 3) as one PNG grid, `ncols` per row, optionally labelled."""
-    if tiles.dtype != torch.uint8 or tiles.dim() != 4 or tiles.shape[1] not in (1, 3) or len(tiles) == 0:
-        raise ValueError(
-            f"tiles must be uint8 N×C×H×W with N >= 1 and C 1 or 3, got {tiles.dtype} {tuple(tiles.shape)}"
-        )
-    if ncols < 1 or scale < 1 or pad < 0:
-        raise ValueError(f"need ncols >= 1, scale >= 1, pad >= 0; got {ncols}, {scale}, {pad}")
-    count, channels, tile_h, tile_w = tiles.shape
-    nrows = math.ceil(count / ncols)
-    if row_labels is not None and len(row_labels) != nrows:
-        raise ValueError(f"{count} tiles in rows of {ncols} make {nrows} rows, but {len(row_labels)} row labels")
-    ncols = min(ncols, count)
-    step_w, step_h = tile_w * scale + pad, tile_h * scale + pad
-    font = ImageFont.load_default(size=11)
-    label_width = max(_text_width(font, label) for label in row_labels) + pad if row_labels else 0
-    mode, background = ("L", 255) if channels == 1 else ("RGB", _BACKGROUND)
-    image = Image.new(mode, (label_width + pad + ncols * step_w, pad + nrows * step_h), background)
-    big = tiles.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3).permute(0, 2, 3, 1)
-    for i, tile in enumerate(big.cpu().numpy()):
-        row, col = divmod(i, ncols)
-        corner = (label_width + pad + col * step_w, pad + row * step_h)
-        image.paste(Image.fromarray(tile.squeeze(-1) if channels == 1 else tile), corner)
-    if row_labels:
-        draw = ImageDraw.Draw(image)
-        ink = 0 if channels == 1 else _INK
-        for row, label in enumerate(row_labels):
-            draw.text((pad, pad + row * step_h + tile_h * scale // 2), label, fill=ink, font=font, anchor="lm")
-    return _png(image)
 
 
 def to_uint8_maps(maps: Tensor) -> Tensor:

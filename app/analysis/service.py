@@ -1,7 +1,5 @@
 """Analyses of stored models on their dataset's images (CKA, activations, top images), with a result cache."""
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -11,8 +9,8 @@ import models
 from app.analysis import maths
 from app.datasets.service import DatasetService
 from app.errors import InvalidInput
+from app.lru import LRU
 from app.registry.service import ModelRegistry
-from app.storage import layout
 
 CACHE_ENTRIES = 64  # small each: a matrix, one sample's maps, or a top-100 ranking with its images
 MAX_K = 100
@@ -28,15 +26,13 @@ class Analyses:
     """
 
     def __init__(self, *, registry: ModelRegistry, datasets: DatasetService, entries: int = CACHE_ENTRIES):
-        self.registry, self.datasets, self.entries = registry, datasets, entries
-        self._results: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
+        self.registry, self.datasets, self._results = registry, datasets, LRU(entries)
         self.hits = self.misses = 0
 
     def cka(self, version: str, *, estimator: str, against: str | None) -> dict:
         """{"layers", "matrix", "estimator"}, plus "other_layers" (the columns) with `against`."""
-        model = self._stored(version, field="version")
-        other = self._stored(against, field="against") if against is not None else None
+        model = self.registry.get(version)  # a checked version (the edge resolved it); 404 unknown, 409 training
+        other = self.registry.get(against) if against is not None else None
         if other is not None and other["dataset"] != model["dataset"]:
             raise InvalidInput(f"model {against!r} was trained on {other['dataset']} but {version!r} on "
                                f"{model['dataset']}; CKA compares two models on the same images, so pick a "
@@ -59,7 +55,7 @@ class Analyses:
 
     def activations(self, version: str, *, layer: int, sample: int) -> dict:
         """One CKA sample's output at one layer ("maps": C×H×W or F), with its label and test-split index."""
-        model = self._stored(version, field="version")
+        model = self.registry.get(version)
 
         def compute() -> dict:
             net, meta = self.registry.load(version)
@@ -75,7 +71,7 @@ class Analyses:
 
     def top_images(self, version: str, *, layer: int, channel: int, k: int) -> dict:
         """The k test-split images with the highest mean activation of `channel` ("images": their pixels)."""
-        model = self._stored(version, field="version")
+        model = self.registry.get(version)
 
         def compute() -> dict:
             net, meta = self.registry.load(version)
@@ -92,31 +88,19 @@ class Analyses:
         top = self._cached(key, compute)
         return {**top, **{name: top[name][:k] for name in ("indices", "labels", "activations", "images")}}
 
-    def _stored(self, version: str, *, field: str) -> dict:
-        try:
-            layout.validate_version(version)
-        except InvalidInput as exc:
-            raise InvalidInput(exc.detail, field=field) from None
-        return self.registry.get(version)  # 404 unknown or expired, 409 while training
-
     def _data(self, model: dict, obj: str) -> str | None:
         return (self.datasets.manifest(model["dataset"]).get("sha256") or {}).get(obj)
 
     def _cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._results:
-                self.hits += 1
-                self._results.move_to_end(key)
-                return self._results[key]
+        if (value := self._results.get(key)) is not None:
+            self.hits += 1
+            return value
         try:
             value = compute()
         except maths.AnalysisInputError as exc:
             raise InvalidInput(str(exc), field=exc.field) from None
-        with self._lock:
-            self.misses += 1
-            self._results[key] = value
-            while len(self._results) > self.entries:
-                self._results.popitem(last=False)
+        self.misses += 1
+        self._results.put(key, value)
         return value
 
 

@@ -7,10 +7,11 @@ import torch
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
-from app.analysis.plots import grid_png, heatmap_png, to_uint8_maps
+from app.analysis.plots import heatmap_png, to_uint8_maps
 from app.analysis.service import MAX_K
 from app.api.deps import AnalysesDep, ModelRoute, ModelVersion, RegistryDep
 from app.api.problems import PROBLEM_RESPONSES
+from app.datasets.images import grid_png
 
 router = APIRouter(prefix="/models", tags=["analysis"], route_class=ModelRoute)
 TILE_PX = 64  # grid tiles are scaled up by a whole factor to about this many pixels

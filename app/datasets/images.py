@@ -14,21 +14,19 @@ PAD_VALUE = 128  # mid-grey gaps stay visible between black-background (MNIST) a
 
 
 def grid_png(images: torch.Tensor, *, ncols: int, scale: int = 2, pad: int = 2) -> bytes:
-    """A PNG of N×C×H×W uint8 images in rows of `ncols`, each pixel `scale`× wide, `pad` apart."""
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise InvalidInput(f"expected uint8 N×C×H×W images with 1 or 3 channels, got {images.dtype} "
-                           f"{list(images.shape)}")
-    n, c, h, w = images.shape
-    ncols = max(1, min(ncols, n)) if n else 1
-    nrows = max(1, -(-n // ncols))
-    cell_h, cell_w = h * scale + pad, w * scale + pad
-    canvas = np.full((nrows * cell_h + pad, ncols * cell_w + pad, c), PAD_VALUE, dtype=np.uint8)
-    big = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3).permute(0, 2, 3, 1).numpy()
-    for i in range(n):
-        top, left = pad + (i // ncols) * cell_h, pad + (i % ncols) * cell_w
-        canvas[top:top + h * scale, left:left + w * scale] = big[i]
+    """A PNG of N×C×H×W uint8 images (C = 1 or 3) in rows of `ncols`, each pixel `scale`× wide, `pad` apart."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        raise ValueError(f"images must be uint8 N×C×H×W with N >= 1 and C 1 or 3, got {images.dtype} "
+                         f"{list(images.shape)}")
+    from torchvision.utils import make_grid  # torchvision takes seconds to import: only when a grid is drawn
+
+    big = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    grid = make_grid(big, nrow=max(1, ncols), padding=pad, pad_value=PAD_VALUE)
+    if len(images) == 1:  # make_grid returns a lone image unpadded
+        grid = torch.nn.functional.pad(grid, (pad,) * 4, value=PAD_VALUE)
+    array = grid.permute(1, 2, 0).cpu().numpy()  # make_grid draws greyscale as three equal channels
     out = io.BytesIO()
-    Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(out, format="PNG")
+    Image.fromarray(array[..., 0] if images.shape[1] == 1 else array).save(out, format="PNG")
     return out.getvalue()
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import torch
 from safetensors.torch import load_file
 
 from app.datasets import definitions
 from app.datasets.images import grid_png
 from app.errors import DatasetNotSeeded, IntegrityError, InvalidInput, ObjectMissing
+from app.lru import LRU
 from app.storage.cache import SHA256, CacheMismatch, LocalCache
 from app.storage.s3 import Store
 
@@ -30,9 +28,7 @@ class DatasetService:
     def __init__(self, *, store: Store, settings, memory_entries: int = MEMORY_ENTRIES):
         self.store, self.bucket = store, settings.minio_dataset_bucket
         self.cache = LocalCache.from_settings(settings)
-        self._memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-        self._memory_entries = memory_entries
-        self._lock = threading.Lock()
+        self._memory = LRU(memory_entries)  # sha256 -> tensors
 
     def manifest(self, name: str) -> dict:
         """The stored manifest of `name`; DatasetNotFound / DatasetNotSeeded when there is none."""
@@ -81,10 +77,8 @@ class DatasetService:
                 raise ValueError(sha)
         except (KeyError, TypeError, ValueError):
             raise self._damaged(name, "manifest.json", f"has no valid checksum for {obj}") from None
-        with self._lock:
-            if sha in self._memory:
-                self._memory.move_to_end(sha)
-                return self._memory[sha]
+        if (tensors := self._memory.get(sha)) is not None:
+            return tensors
         try:  # mmap'd: a cached load costs page-cache reads, not a copy; the file was verified when it entered
             with self.cache.entry(sha, size, fetch=lambda: self.store.iter_bytes(bucket=self.bucket,
                                                                                 key=f"{name}/{obj}")) as path:
@@ -98,10 +92,7 @@ class DatasetService:
                 or tuple(tensors["images"].shape[1:]) != shape or tensors["labels"].dtype != torch.int64
                 or len(tensors["labels"]) != len(tensors["images"])):
             raise self._damaged(name, obj, "does not hold the tensors its manifest describes")
-        with self._lock:
-            self._memory[sha] = tensors
-            while len(self._memory) > self._memory_entries:
-                self._memory.popitem(last=False)
+        self._memory.put(sha, tensors)
         return tensors
 
     def _damaged(self, name: str, obj: str, what: str) -> IntegrityError:

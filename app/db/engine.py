@@ -47,10 +47,14 @@ def _postgresql_now(element, compiler, **kw) -> str:
     return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
 
+def dialect_insert(conn: Connection, table):
+    """An INSERT into `table` in the connection's dialect, the one that can say ON CONFLICT."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
 def insert_absent(conn: Connection, table, values: dict) -> int:
     """Insert a row unless its primary key exists (another process may be writing too); 1 when inserted."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(table.version)
+    statement = dialect_insert(conn, table).values(**values).on_conflict_do_nothing().returning(table.version)
     return len(conn.execute(statement).all())  # rowcount is not reliable for this statement on every driver
 
 

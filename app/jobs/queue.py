@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError as RowExists
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database, db_now, insert_absent
 from app.db.tables import CheckpointRow, Deletion, Job, Label
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, NotFound
 from app.jobs.record import JobRecord, Progress
 from app.storage import layout
 
@@ -76,12 +76,6 @@ def import_job(conn: Connection, record: JobRecord | dict) -> bool:
     return True
 
 
-def _position(key: tuple) -> tuple[str, str]:
-    if len(key) == 2 and all(isinstance(part, str) for part in key):
-        return key
-    raise InvalidInput("invalid cursor: pass the `next` value of the previous page unchanged", field="cursor")
-
-
 class JobQueue:
     """Submit, read, page, claim, renew, finish and take back jobs; the catalog is the source of truth."""
 
@@ -130,7 +124,7 @@ class JobQueue:
             query = query.where(select(Label.version).where(
                 Label.version == Job.version, Label.key == key, Label.value == value).exists())
         if cursor:
-            created_at, version = _position(decode_cursor(cursor, sort="jobs"))
+            created_at, version = decode_cursor(cursor, sort="jobs", kinds=((str,), (str,)))
             # `<=` first lets SQLite seek the index to the cursor; the rest breaks ties by version
             query = query.where(Job.created_at <= created_at, or_(
                 Job.created_at < created_at, and_(Job.created_at == created_at, Job.version < version)))

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Row, and_, delete, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from app.db.engine import dialect_insert
 from app.db.tables import Alias, Deletion, Job, Label, Model
 
 SORTS = ("created_at", "test_accuracy")
@@ -102,9 +102,8 @@ def expired_versions(conn: Connection, *, created_before: str, limit: int = 100)
 
 def put_alias(conn: Connection, alias: str, version: str, *, updated_at: str) -> dict[str, str]:
     """Create the alias or move it to `version`."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     values = {"alias": alias, "version": version, "updated_at": updated_at}
-    conn.execute(dialect.insert(Alias).values(**values).on_conflict_do_update(
+    conn.execute(dialect_insert(conn, Alias).values(**values).on_conflict_do_update(
         index_elements=[Alias.alias], set_={"version": version, "updated_at": updated_at}))
     return values
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -14,6 +12,7 @@ from pathlib import Path
 from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database
 from app.errors import Conflict, IntegrityError, InvalidInput, NotFound, ServiceError
+from app.lru import LRU
 from app.registry import catalog, publishing
 from app.settings import Settings
 from app.storage import layout
@@ -86,9 +85,7 @@ class ModelRegistry:
 
     def __init__(self, *, store: Store, settings: Settings, db: Database, loaded_models: int = 4):
         self.store, self.bucket, self.db = store, settings.minio_model_bucket, db
-        self.ttl_days, self._capacity = settings.model_ttl_days, loaded_models
-        self._loaded: OrderedDict[str, tuple[str, object, dict]] = OrderedDict()  # version -> (sha, net, meta)
-        self._lock = threading.Lock()
+        self.ttl_days, self._loaded = settings.model_ttl_days, LRU(loaded_models)  # version -> (sha, net, meta)
         self.cache = LocalCache.from_settings(settings)  # shared with the dataset cache, and with other processes
         self._filler = ThreadPoolExecutor(1, "scv-cache-fill")  # fills after downloads, one at a time
         self._suspect: set[str] = set()  # sha256 of models whose stored bytes a fill found to differ
@@ -121,7 +118,7 @@ class ModelRegistry:
         """Unexpired models, highest `sort` first, and the cursor of the next page (None on the last); every
         label (key, value) must match."""
         scope = f"models/{sort}"
-        after = _cursor_key(decode_cursor(cursor, sort=scope), CURSOR_KEYS[sort]) if cursor else None
+        after = decode_cursor(cursor, sort=scope, kinds=(CURSOR_KEYS[sort], (str,))) if cursor else None
         pairs = sorted(labels.items() if isinstance(labels, dict) else labels)
         with self.db.read() as conn:
             rows, more = catalog.page_models(conn, dataset=dataset, labels=pairs,
@@ -181,10 +178,10 @@ class ModelRegistry:
     # -- one model -------------------------------------------------------------------------------
 
     def get(self, version: str) -> dict:
-        """The listing item of one served model plus its metadata (`meta`); 404 unknown or expired, 409 while
-        it trains."""
+        """The listing item of one served model (a version `resolve()` checked) plus its metadata (`meta`); 404
+        unknown or expired, 409 while it trains."""
         with self.db.read() as conn:
-            row = catalog.model_row(conn, checked_name(version, field="version"))
+            row = catalog.model_row(conn, version)
             if row is None:
                 raise self._absent(conn, version)
             aliases = catalog.aliases_of(conn, version)
@@ -294,9 +291,8 @@ class ModelRegistry:
 
         409 while its job is queued or running, or while an alias names it. The rows go first, in one
         transaction that records the deletion; the objects after; an interrupted removal is finished by
-        `finish_deletions()`, and the version is neither listed nor served meanwhile.
+        `finish_deletions()`, and the version (a checked one) is neither listed nor served meanwhile.
         """
-        checked_name(version, field="version")
         with self.db.write() as conn:
             catalog.model_row(conn, version, lock=True)  # an alias being put on it commits first, or waits
             if aliases := catalog.aliases_of(conn, version):
@@ -312,7 +308,7 @@ class ModelRegistry:
             with self.db.write() as conn:
                 if catalog.job_status(conn, version) is None:  # not submitted meanwhile
                     catalog.begin_deletion(conn, version, requested_at=layout.utcnow())
-        self._forget(version)
+        self._loaded.pop(version)
         self._remove_objects(version)
 
     def _has_objects(self, version: str) -> bool:
@@ -322,10 +318,6 @@ class ModelRegistry:
         publishing.delete_version_objects(self.store, bucket=self.bucket, version=version)
         with self.db.write() as conn:
             catalog.end_deletion(conn, version)
-
-    def _forget(self, version: str) -> None:
-        with self._lock:
-            self._loaded.pop(version, None)
 
     def finish_deletions(self) -> int:
         """Start the deletion of expired models and remove the objects of every deletion in progress (also
@@ -342,7 +334,7 @@ class ModelRegistry:
         with self.db.read() as conn:
             pending = catalog.pending_deletions(conn)
         for version in pending:
-            self._forget(version)
+            self._loaded.pop(version)
             self._remove_objects(version)
         return len(pending)
 
@@ -353,18 +345,12 @@ class ModelRegistry:
         from app.registry.inference import verified_model  # torch is heavy: only the paths that run networks import it
 
         model = self.get(version)  # exists now and has not expired, also for a cached network
-        with self._lock:
-            if (hit := self._loaded.get(version)) and hit[0] == model["sha256"]:
-                self._loaded.move_to_end(version)
-                return hit[1], hit[2]
+        if (hit := self._loaded.get(version)) and hit[0] == model["sha256"]:
+            return hit[1], hit[2]
         blob = self._model_bytes(version, sha=model["sha256"], size=model["size_bytes"])
         net, meta = verified_model(version, blob, {**model["meta"], "expires_at": model["expires_at"]},
                                    device=self.device)
-        with self._lock:
-            self._loaded[version] = (model["sha256"], net, meta)
-            self._loaded.move_to_end(version)
-            while len(self._loaded) > self._capacity:
-                self._loaded.popitem(last=False)
+        self._loaded.put(version, (model["sha256"], net, meta))
         return net, meta
 
     def _model_bytes(self, version: str, *, sha: str, size: int) -> bytes:
@@ -379,10 +365,3 @@ class ModelRegistry:
                 break
             self.cache.discard(sha)
         return blob  # the loader checks it again, and says why it refuses a mismatch
-
-
-def _cursor_key(key: tuple, kinds: tuple[type, ...]) -> tuple:
-    """The cursor's (sort value, version), checked: a checksum stops edits, not a cursor made by hand."""
-    if len(key) == 2 and type(key[0]) in kinds and isinstance(key[1], str):
-        return key
-    raise InvalidInput("invalid cursor: pass the `next` value of the previous page unchanged", field="cursor")

@@ -14,6 +14,7 @@ from app.api.deps import AnalysesDep, DatasetsDep, RegistryDep, parse_label_filt
 from app.api.downloads import model_file
 from app.errors import InvalidInput
 from app.registry import inference
+from app.storage import layout
 from app.ui.pictures import activation_pngs, image_png, symmetric_scale
 from app.ui.rendering import PageRoute, current_session, render, safe_next
 
@@ -149,7 +150,7 @@ def delete_model(version: str, registry: RegistryDep, confirm: Annotated[str, Fo
     """Delete after the version was typed again; 409 (shown as a page) while an alias names the model."""
     if confirm != version:
         raise InvalidInput(f"type the version {version!r} to confirm the deletion", field="confirm")
-    registry.delete(version)
+    registry.delete(layout.validate_version(version))
     return RedirectResponse("/ui/models", status_code=303)
 
 
