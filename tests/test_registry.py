@@ -340,7 +340,7 @@ def several_ranges(client, version: str, stored: bytes) -> None:
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Downloads in pieces of 256 bytes, so a small model file takes several (held back, verified last)."""
-    monkeypatch.setattr("app.registry.service.CHUNK_BYTES", 256)
+    monkeypatch.setattr("app.registry.files.CHUNK_BYTES", 256)
 
 
 def test_a_repeat_download_is_served_from_the_cache_exactly_as_from_storage(client, settings, store, small_chunks):

@@ -11,7 +11,8 @@ from fastapi import Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api.problems import problem
-from app.registry.service import CHUNK_BYTES, ModelRegistry
+from app.registry.files import CHUNK_BYTES
+from app.registry.service import ModelRegistry
 
 OCTET_STREAM = "application/octet-stream"
 READ_AHEAD = 4  # pieces a download reads from storage ahead of the client

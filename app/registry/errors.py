@@ -1,0 +1,50 @@
+"""What the registry refuses: a model or alias that is missing, expired, not stored yet or still named."""
+
+from app.errors import Conflict, InvalidInput, NotFound
+from app.storage import layout
+
+
+class ModelNotFound(NotFound):
+    def __init__(self, version: str, detail: str | None = None, **extra):
+        super().__init__(detail or f"no model with version {version!r}; list models with GET /models",
+                         version=version, **extra)
+
+
+class ModelExpired(NotFound):
+    slug = "model-expired"
+
+    def __init__(self, version: str, expires_at: str):
+        super().__init__(f"model {version!r} expired at {expires_at} (SCV_MODEL_TTL_DAYS); it is no longer "
+                         "served and is being removed", version=version, expires_at=expires_at)
+
+
+class ModelNotReady(Conflict):
+    slug = "model-not-ready"
+
+    def __init__(self, version: str, status: str):
+        super().__init__(f"model {version!r} is not stored yet: its training job is {status}; follow it at "
+                         f"/train/{version}", version=version, job_status=status, job=f"/train/{version}")
+
+
+class AliasNotFound(NotFound):
+    slug = "alias-not-found"
+
+    def __init__(self, alias: str):
+        super().__init__(f"no alias {alias!r}; list aliases with GET /aliases", alias=alias)
+
+
+class ModelAliased(Conflict):
+    slug = "model-aliased"
+
+    def __init__(self, version: str, aliases: list[str]):
+        named = ", ".join(repr(a) for a in aliases)
+        super().__init__(f"model {version!r} is named by alias {named}; move or delete the alias first "
+                         "(DELETE /aliases/{alias})", version=version, aliases=aliases)
+
+
+def checked_name(name: str, *, field: str) -> str:
+    """A version or alias name that follows the version pattern, else 422 naming `field`."""
+    try:
+        return layout.validate_version(name)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.detail.replace("invalid version", f"invalid {field}"), field=field) from None

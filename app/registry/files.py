@@ -1,0 +1,126 @@
+"""A model's file: downloads from storage or the local cache, cache fills after them, and loaded networks."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.errors import IntegrityError, ServiceError
+from app.storage import layout
+from app.storage.cache import CacheMismatch
+
+log = logging.getLogger(__name__)
+# A download's piece, read from storage and sent to the client as one. Below glibc's mmap threshold once it has
+# adapted, so that pieces come from memory the allocator reuses: 4 MiB pieces were mapped afresh each, and the page
+# faults of reading into them took about 40% of the API's CPU in a first download.
+CHUNK_BYTES = 512 * 1024
+
+
+class Files:
+    """The registry's model files."""
+
+    def cached_file(self, model: dict, *, fetch: bool = False) -> Path | None:
+        """The local cache's verified copy of a served model's file (`get()`'s item), marked used; None when the
+        cache does not hold it. With `fetch`, a copy it lacks is fetched from storage, verified by sha256 and kept
+        first (None only when the file is larger than the cache may keep)."""
+        sha, size, version = model["sha256"], model["size_bytes"], model["version"]
+        if fetch and self.cache.keeps(sha, size):
+            try:
+                with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)) as path:
+                    return path
+            except CacheMismatch as exc:
+                raise self._mismatch(version, exc) from None
+        if (file := self.cache.open(sha, size)) is None:
+            return None
+        # Verified and marked used; the response opens it again by name. Entries go least recently used first, so
+        # an eviction meanwhile takes this one only from a cache bounded to little more than it.
+        file.close()
+        return self.cache.path(sha)
+
+    def download(self, model: dict) -> Iterator[bytes]:
+        """A served model's whole file (`get()`'s item) from storage, as it comes; once it has gone out, a fill of
+        the cache in the background (fetched again, verified by sha256, kept).
+
+        A model whose stored bytes a fill found to differ from the catalog's is verified on the way from then on,
+        its last chunk held back until the sha256 matches, and cached when it does.
+        """
+        stored = self.stream(model["version"], offset=0, length=model["size_bytes"])
+        return self._verified(model, stored) if model["sha256"] in self._suspect else self._then_cached(model, stored)
+
+    def stream(self, version: str, *, offset: int, length: int) -> Iterator[bytes]:
+        """Bytes `offset` to `offset + length` of the model file in storage, in order, from one GET."""
+        return self.store.iter_bytes(bucket=self.bucket, key=layout.key(version, layout.MODEL_FILE), offset=offset,
+                                     length=length, chunk_size=CHUNK_BYTES)
+
+    def _then_cached(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """`chunks`, then the model queued for a background fill of the cache (one at a time, off the request:
+        hashing and writing 2 cores' worth of bytes inline would halve the first download)."""
+        try:
+            yield from chunks
+        finally:
+            chunks.close()
+        if self.cache.keeps(model["sha256"], model["size_bytes"]):
+            try:
+                self._filler.submit(self._fill, model)
+            except RuntimeError:  # shutting down (close()): a later download fills it
+                pass
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until the background fills queued so far have ended."""
+        self._filler.submit(lambda: None).result(timeout)
+
+    def close(self) -> None:
+        """Let a fill in progress end (seconds), drop queued ones: the next download queues them again."""
+        self._filler.shutdown(wait=True, cancel_futures=True)
+
+    def _fill(self, model: dict) -> None:
+        sha, size, version = model["sha256"], model["size_bytes"], model["version"]
+        try:
+            with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)):
+                pass  # cached already (an earlier fill), or fetched, verified and kept
+        except CacheMismatch as exc:
+            self._suspect.add(sha)
+            log.error("%s; its downloads are verified on the way from now on", self._mismatch(version, exc).detail)
+        except ServiceError as exc:  # storage went away meanwhile: a later download fills it
+            log.warning("model %s not cached: %s", version, exc.detail)
+
+    def _verified(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """The whole file passed through the cache: kept once its sha256 matched; the last chunk only then."""
+        try:
+            yield from self.cache.fill(model["sha256"], model["size_bytes"], chunks)
+        except CacheMismatch as exc:
+            raise self._mismatch(model["version"], exc) from None
+        self._suspect.discard(model["sha256"])
+
+    def _mismatch(self, version: str, exc: CacheMismatch) -> IntegrityError:
+        return IntegrityError(f"model file of {version!r} in storage has sha256 {exc.got_sha256} ({exc.got_size} "
+                              f"bytes), but the catalog records {exc.sha256} ({exc.size} bytes); it is refused",
+                              version=version)
+
+    def load(self, version: str):
+        """The network (eval mode) and metadata of a served model, verified against its sha256; a small LRU."""
+        from app.registry.inference import verified_model  # torch is heavy: only the paths that run networks import it
+
+        model = self.get(version)  # exists now and has not expired, also for a cached network
+        if (hit := self._loaded.get(version)) and hit[0] == model["sha256"]:
+            return hit[1], hit[2]
+        blob = self._model_bytes(version, sha=model["sha256"], size=model["size_bytes"])
+        net, meta = verified_model(version, blob, {**model["meta"], "expires_at": model["expires_at"]},
+                                   device=self.device)
+        self._loaded.put(version, (model["sha256"], net, meta))
+        return net, meta
+
+    def _model_bytes(self, version: str, *, sha: str, size: int) -> bytes:
+        """The model file through the local cache; a cached copy whose bytes changed on disk is fetched again."""
+        for _ in range(2):
+            try:
+                with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)) as path:
+                    blob = path.read_bytes()
+            except CacheMismatch as exc:
+                raise self._mismatch(version, exc) from None
+            if hashlib.sha256(blob).hexdigest() == sha:
+                break
+            self.cache.discard(sha)
+        return blob  # the loader checks it again, and says why it refuses a mismatch

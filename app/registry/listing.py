@@ -1,0 +1,74 @@
+"""Listing models: pages of the catalog, aliases resolved to versions, one model's record and metadata."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from app.db.cursors import decode_cursor, encode_cursor
+from app.errors import ServiceError
+from app.registry import catalog
+from app.registry.errors import AliasNotFound, ModelExpired, ModelNotFound, ModelNotReady, checked_name
+
+log = logging.getLogger(__name__)
+# What a page's cursor may hold after its sort name: the sort value, then the version.
+CURSOR_KEYS = {"created_at": (str,), "test_accuracy": (float, int, type(None))}
+
+
+class Listing:
+    """The registry's reads of the catalog."""
+
+    def page(self, *, dataset: str | None = None, labels: dict[str, str] | Sequence[tuple[str, str]] = (),
+             sort: str = "created_at", limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Unexpired models, highest `sort` first, and the cursor of the next page (None on the last); every
+        label (key, value) must match."""
+        scope = f"models/{sort}"
+        after = decode_cursor(cursor, sort=scope, kinds=(CURSOR_KEYS[sort], (str,))) if cursor else None
+        pairs = sorted(labels.items() if isinstance(labels, dict) else labels)
+        with self.db.read() as conn:
+            rows, more = catalog.page_models(conn, dataset=dataset, labels=pairs,
+                                             sort=sort, limit=limit, after=after, fresh_since=self._fresh_since())
+            named = catalog.aliases_by_version(conn, [row.version for row in rows])
+        items = [self._item(row._mapping, named.get(row.version, [])) for row in rows]
+        return items, encode_cursor(scope, *catalog.sort_key(items[-1], sort)) if more else None
+
+    def _item(self, row, aliases: list[str]) -> dict:
+        fields = {name: row[name] for name in (c.key for c in catalog.LISTED)}
+        return {**fields, "aliases": aliases, "expires_at": self.expires_at(row["created_at"], aliased=bool(aliases))}
+
+    def resolve(self, name: str, *, field: str = "version") -> str:
+        """The version `name` stands for: itself, or for `@alias` the version the alias names now."""
+        if not name.startswith("@"):
+            return checked_name(name, field=field)
+        alias = checked_name(name[1:], field=field)
+        with self.db.read() as conn:
+            record = catalog.get_alias(conn, alias)
+        if record is None:
+            raise AliasNotFound(alias)
+        return record["version"]
+
+    def get(self, version: str) -> dict:
+        """The listing item of one served model (a version `resolve()` checked) plus its metadata (`meta`); 404
+        unknown or expired, 409 while it trains."""
+        with self.db.read() as conn:
+            row = catalog.model_row(conn, version)
+            if row is None:
+                raise self._absent(conn, version)
+            aliases = catalog.aliases_of(conn, version)
+        if self._expired(row.created_at, aliased=bool(aliases)):
+            raise ModelExpired(version, self.expires_at(row.created_at))
+        return {**self._item(row._mapping, aliases), "meta": row.meta}
+
+    def _absent(self, conn, version: str) -> ServiceError:
+        status = catalog.job_status(conn, version)
+        if status is None:
+            return ModelNotFound(version)
+        if status in catalog.ACTIVE:
+            return ModelNotReady(version, status)
+        return ModelNotFound(version, f"model {version!r} does not exist: its training job ended {status} "
+                             f"without one (see /train/{version})", job=f"/train/{version}")
+
+    def metadata(self, version: str) -> dict:
+        """The full metadata of a served model (from the catalog), plus `expires_at`."""
+        model = self.get(version)
+        return {**model["meta"], "expires_at": model["expires_at"]}
