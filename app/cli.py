@@ -121,11 +121,8 @@ def _client():
 
 def _checked(response):
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise SystemExit(f"error {response.status_code}: {detail}")
+        problem = "json" in response.headers.get("content-type", "")  # problem+json, or a proxy's own page
+        raise SystemExit(f"error {response.status_code}: {response.json()['detail'] if problem else response.text}")
     return response
 
 
@@ -267,26 +264,21 @@ def parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", parents=[common], help="submit a training job to a running service")
     train.add_argument("dataset")
-    train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--batch-size", type=int, default=64)
+    for option, default in (("--epochs", 1), ("--batch-size", 64), ("--seed", 0)):
+        train.add_argument(option, type=int, default=default)
     train.add_argument("--layers", help="JSON file with the layer list")
     train.add_argument("--version")
-    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--wait", action="store_true", help="follow progress until the job ends")
     train.set_defaults(run=_train)
 
     models = sub.add_parser("models", help="list, download, delete models").add_subparsers(dest="action",
                                                                                             required=True)
-    ls = models.add_parser("ls", parents=[common])
-    ls.add_argument("--dataset")
-    ls.set_defaults(run=_models_ls)
-    pull = models.add_parser("pull", parents=[common])
-    pull.add_argument("version")
-    pull.add_argument("-o", "--output")
-    pull.set_defaults(run=_models_pull)
-    rm = models.add_parser("rm", parents=[common])
-    rm.add_argument("version")
-    rm.set_defaults(run=_models_rm)
+    for action, run, arguments in (("ls", _models_ls, [["--dataset"]]), ("rm", _models_rm, [["version"]]),
+                                   ("pull", _models_pull, [["version"], ["-o", "--output"]])):
+        command = models.add_parser(action, parents=[common])
+        for names in arguments:
+            command.add_argument(*names)
+        command.set_defaults(run=run)
     return p
 
 
