@@ -10,8 +10,9 @@ import time
 from multiprocessing import forkserver
 
 from app.errors import ServiceError
+from app.jobs.attempt import EXIT_UNAVAILABLE
 from app.jobs.queue import Claim, JobQueue
-from app.jobs.worker import EXIT_UNAVAILABLE, run_in_child
+from app.jobs.worker import run_in_child
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often an idle pool looks for queued jobs (a submit in this process wakes it at once)
