@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,14 @@ class PostgresServer:
 
     url: URL
     admin: Engine
+    restart_server: Callable[[], None] | None = None  # only for a server these helpers started
+
+    def restart(self) -> None:
+        """Stop the server fast (every session cut) and start it again on the same port and data."""
+        if self.restart_server is None:
+            raise PostgresUnavailable(f"{URL_ENV} names a server these tests did not start: it cannot be restarted")
+        self.restart_server()
+        self.admin.dispose()  # its pooled connections died with the server
 
     def create_database(self) -> str:
         """A new empty database's SQLAlchemy URL."""
@@ -91,6 +99,11 @@ class _LocalServer:
                 continue
         raise RuntimeError(f"pg_ctl start failed three times: {self.log_tail()}")
 
+    def restart(self) -> None:
+        # -l: without a log file the server would keep pg_ctl's output pipe open, and pg_ctl would never return
+        self._run("pg_ctl", "restart", "-m", "fast", "-w", "-t", "60", "-D", str(self.data),
+                  "-l", str(self.dir / "server.log"))
+
     def log_tail(self) -> str:
         """The end of the server's log, for a failure message."""
         with contextlib.suppress(OSError):
@@ -139,6 +152,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         port = local.start()
         server = _serve(URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=port,
                                    database="postgres"))
+        server.restart_server = local.restart
     except Exception as e:
         detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else e
         log = local.log_tail()
