@@ -6,9 +6,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from app.db.engine import db_now
 from app.db.tables import Alias, Deletion, Job, Label, Model
+from app.jobs.queue import JobQueue
 from app.main import create_app
-from app.registry import catalog
+from app.registry import catalog, publishing
 from app.registry.rebuild import LOST, NO_MODEL, rebuild_catalog
 from tests.support.catalog import add_job, iso, open_catalog
 from tests.support.registry import put_model
@@ -111,6 +113,41 @@ def test_rebuild_repairs_rows_that_disagree_with_the_bucket_and_leaves_the_queue
         assert conn.execute(select(Job.revision).where(Job.version == "kept")).scalar() == 7
         assert catalog.deletion_pending(conn, "deleting") and catalog.job_status(conn, "deleting") is None
     assert rebuild_catalog(store=store, db=db, bucket=bucket)["models_updated"] == 0
+
+
+def test_a_job_failed_through_lost_attempts_leaves_no_objects_and_rebuild_lists_none(db, settings, store):
+    bucket = settings.minio_model_bucket
+    store.ensure_buckets(bucket)
+    queue = JobQueue(db, lease_seconds=0.2, max_attempts=2,
+                     on_end=lambda version: publishing.delete_objects(store, bucket=bucket, version=version))
+    add_job(db, "lost", "queued")
+    add_job(db, "stopped", "queued")
+    assert queue.release(queue.claim(), reason="killed by SIGKILL") == "queued"  # "lost": attempt 1 lost
+    last = queue.claim()  # "lost" again: its worker stored the model, then died before recording success
+    assert last.version == "lost"
+    cancelled = queue.claim()  # "stopped": its model stored too, then cancelled and its worker stopped
+    for version in ("lost", "stopped"):
+        put_model(store, bucket, version, created_at=iso(NOW))
+    with db.write() as conn:  # the last attempt's lease lapses
+        conn.execute(update(Job).where(Job.version == "lost").values(lease_until=db_now() - 5))
+    queue.cancel("stopped")
+    assert queue.reap() == ["lost"]
+    assert queue.release(cancelled, reason="stopped") == "cancelled"
+    assert catalog_statuses(db) == {"lost": "failed", "stopped": "cancelled"}
+    assert {info.key for info in store.list(bucket=bucket)} == set()  # neither left metadata.json nor the model
+
+    for version in ("lost", "stopped"):  # objects left by an older release, or a removal that failed: not a model
+        put_model(store, bucket, version, created_at=iso(NOW))
+    counts = rebuild_catalog(store=store, db=db, bucket=bucket)
+    assert counts["models_added"] == 0 and counts["jobs_imported"] == 0
+    with db.read() as conn:
+        assert catalog.page_models(conn, limit=10)[0] == []
+    assert catalog_statuses(db) == {"lost": "failed", "stopped": "cancelled"}
+
+
+def catalog_statuses(db) -> dict[str, str]:
+    with db.read() as conn:
+        return dict(conn.execute(select(Job.version, Job.status)).all())
 
 
 def test_a_rebuilt_catalog_is_served(s3, store, tmp_path):
