@@ -92,7 +92,7 @@ class JobQueue:
     def __init__(self, db: Database, *, lease_seconds: float, max_attempts: int,
                  on_end: Callable[[str], object] | None = None):
         self.db, self.lease_seconds, self.max_attempts = db, lease_seconds, max_attempts
-        self.on_end = on_end  # removes a version's model objects once its job ended failed or cancelled here
+        self.on_end = on_end  # removes a version's model objects once an attempt was given up (release)
 
     # -- the API's side ------------------------------------------------------------------------------
 
@@ -251,12 +251,13 @@ class JobQueue:
             return self.release(claim, reason=reason, if_lapsed=if_lapsed)
         log.info("job %s (attempt %d) %s%s", claim.version, claim.attempt,
                  "handed back" if reason is None else f"lost: {reason}", f"; now {status}")
-        if status in ("failed", "cancelled") and self.on_end is not None:
+        if self.on_end is not None:  # no attempt succeeded: whatever model objects one stored are not a model
             self._ended(claim.version)
         return status
 
     def _ended(self, version: str) -> None:
-        """A job ended failed or cancelled here: remove what its attempts stored (`on_end`); a failure is logged."""
+        """An attempt was given up (the job queued again, failed or cancelled): remove the model objects it may
+        have stored (`on_end`), after its worker stopped; a failure is logged (rebuild never lists them)."""
         try:
             self.on_end(version)
         except Exception as exc:  # noqa: BLE001 - the job has ended; leftovers are logged, not raised
