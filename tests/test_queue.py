@@ -1,11 +1,14 @@
 """The job queue on real SQLite and a real PostgreSQL: one claim per job, fenced attempts, leases, pages."""
 
 import multiprocessing
+import threading
 import time
 
 import pytest
+from sqlalchemy import update
 
 from app.db.engine import Database
+from app.db.tables import Job
 from app.errors import Conflict, InvalidInput
 from app.jobs.queue import Claim, JobQueue, LeaseLost, new_record
 
@@ -145,3 +148,55 @@ def test_pages_walk_every_job_once_while_jobs_arrive(url):
 
 def cursor_of(queue: JobQueue) -> str:
     return queue.page(limit=1)[1]
+
+
+def test_a_cancel_committed_while_release_decides_is_not_lost(postgres_url):
+    """Two connections by hand: a cancel holds the row (uncommitted) while the pool hands the job back."""
+    queue = make_queue(postgres_url)
+    add(queue, "racing")
+    claim = queue.claim()
+    canceller = queue.db.engine.connect()
+    transaction = canceller.begin()
+    canceller.execute(update(Job).where(Job.version == "racing", Job.status == "running")
+                      .values(cancel_requested=True, revision=Job.revision + 1))
+    released = []
+    handing_back = threading.Thread(target=lambda: released.append(queue.release(claim)))
+    handing_back.start()
+    time.sleep(0.5)  # release() is now waiting on the row (before: it had read cancel_requested=False already)
+    assert released == []
+    transaction.commit()
+    canceller.close()
+    handing_back.join(10)
+    assert released == ["cancelled"] and queue.get("racing")["status"] == "cancelled"
+
+
+def test_the_reaper_takes_back_only_a_lease_still_lapsed_when_it_writes(url):
+    queue = make_queue(url, lease_seconds=1)
+    add(queue, "slow")
+    claim = queue.claim()
+    queue.start(claim, worker={"host": "a", "pid": 1}, request=REQUEST)
+    time.sleep(1.3)
+    assert queue.lapsed() == [claim]  # the reaper's read: lapsed
+    assert queue.renew(claim) is False  # ... and the worker renews before the reaper writes
+    assert queue.release(claim, reason="lapsed", if_lapsed=True) is None
+    record = queue.get("slow")
+    assert record["status"] == "running" and record["attempts"] == 1 and record["error"] is None
+    assert queue.reap() == []
+
+
+def test_a_new_attempt_shows_the_progress_it_resumes_from_once_claimed(url):
+    queue = make_queue(url)
+    add(queue, "resumed")
+    first = queue.claim()
+    queue.renew(first, progress={"epoch": 2, "epochs": 2, "step": 7, "steps": 10, "fraction": 0.85})
+    queue.record_checkpoint(first, {"key": "resumed/checkpoints/a1-e2-s3.safetensors", "sha256": "0" * 64,
+                                    "size": 1, "epoch": 2, "step": 3, "attempt": 1})
+    queue.release(first, reason="killed by SIGKILL")
+    queue.claim()
+    assert queue.get("resumed")["progress"] == {"epoch": 2, "epochs": 2, "step": 3, "steps": 10, "fraction": 0.65}
+    add(queue, "restarted")
+    first = queue.claim()
+    queue.renew(first, progress={"epoch": 1, "epochs": 1, "step": 4, "steps": 10, "fraction": 0.4})
+    queue.release(first, reason="killed by SIGKILL")  # never checkpointed: the next attempt starts over
+    queue.claim()
+    assert queue.get("restarted")["progress"] == {"epoch": 0, "epochs": 1, "step": 0, "steps": 10, "fraction": 0.0}

@@ -15,8 +15,11 @@ from pydantic import SecretStr
 import models
 from app.datasets.service import DatasetService
 from app.errors import DatabaseUnavailable
+from app.jobs.queue import Claim
+from app.jobs.ray_cluster import submission_id
 from app.main import create_app
 from app.settings import SettingsError
+from app.storage import layout
 from app.storage.s3 import store_from_settings
 from tests.support.rayhead import RAY_TERMINAL, LocalRayHead
 from tests.support.resume import JOB, assert_same_run, running_pid, stop_when_latest, weights
@@ -144,16 +147,16 @@ def test_a_ray_job_stopped_from_outside_runs_again_then_fails_in_ray_s_words(ray
     ray_head.stop_job(version)  # straight to Ray, not through the service: a lost attempt
     second = _started(ray_client, version, 2)
     assert second["error"] is None
-    assert ray_head.job(f"{version}.attempt-2")["entrypoint"] == f"python -m app.jobs.worker {version} 2"
+    assert ray_head.job(f"{version}..attempt-2")["entrypoint"] == f"python -m app.jobs.worker {version} 2"
 
     # The last attempt's hand-back meets a catalog hiccup: the dispatcher tries again on its next poll.
     dispatcher = ray_client.app.state.jobs.executor
     monkeypatch.setattr(dispatcher, "queue", CatalogAwayOnce(dispatcher.queue))
-    ray_head.stop_job(f"{version}.attempt-2")
+    ray_head.stop_job(f"{version}..attempt-2")
     record = wait_for(ray_client, version, timeout=20)  # well within the lease: not the reaper's doing
     assert dispatcher.queue.failures == 1
     assert record["status"] == "failed" and "2 lost attempts" in record["error"]
-    assert ray_head.job(f"{version}.attempt-2")["message"] in record["error"]  # Ray's words
+    assert ray_head.job(f"{version}..attempt-2")["message"] in record["error"]  # Ray's words
     assert _keys(ray_client, version) == []
 
 
@@ -173,7 +176,7 @@ def test_an_api_restart_leaves_a_running_ray_job_alone(seeded_settings, ray_head
         os.kill(pid, signal.SIGCONT)
     assert record["status"] == "succeeded" and record["attempts"] == 1 and record["worker"]["pid"] == pid
     ray_head.wait_status(version, {"SUCCEEDED"}, timeout=15)  # its process exits once the record says so
-    assert f"{version}.attempt-2" not in {job.get("submission_id") for job in ray_head.jobs()}
+    assert f"{version}..attempt-2" not in {job.get("submission_id") for job in ray_head.jobs()}
 
 
 def test_a_ray_job_killed_mid_epoch_resumes_as_attempt_2_bit_identical(seeded_settings, ray_head, tmp_path):
@@ -194,7 +197,7 @@ def test_a_ray_job_killed_mid_epoch_resumes_as_attempt_2_bit_identical(seeded_se
         ended = wait_for(client, version, timeout=300)
         assert ended["status"] == "succeeded", ended
         # The worker removes the checkpoints just after recording the end; Ray's SUCCEEDED says it has exited.
-        second = ray_head.wait_status(f"{version}.attempt-2", {"SUCCEEDED"}, timeout=30)
+        second = ray_head.wait_status(f"{version}..attempt-2", {"SUCCEEDED"}, timeout=30)
         record = assert_same_run(client, version, (weights(client, uninterrupted), reference))
     assert second["entrypoint"] == f"python -m app.jobs.worker {version} 2"
     assert ray_head.job(version)["status"] == "FAILED"  # Ray saw the first attempt's process die
@@ -217,3 +220,11 @@ def test_the_ray_executor_needs_the_dashboard_url(settings):
         with pytest.raises(SettingsError, match="RAY_ADDRESS"), \
                 TestClient(create_app(settings.model_copy(update={"executor": "ray", "ray_address": address}))):
             pass
+
+
+def test_no_later_attempt_s_submission_id_is_a_version_or_another_job_s_id():
+    assert submission_id(Claim("foo", 1)) == "foo"  # the first attempt is named after its version
+    later = [submission_id(Claim("foo", n)) for n in (2, 3, 12)]
+    assert later[0] == "foo..attempt-2" and not any(layout.is_valid_version(sid) for sid in later)
+    ids = {submission_id(Claim(version, n)) for version in ("foo", "foo.attempt-2") for n in (1, 2, 3)}
+    assert len(ids) == 6  # "foo.attempt-2" (a valid version) no longer names foo's second attempt

@@ -1,14 +1,19 @@
 """`rebuild_catalog`: the model catalog re-created from a bucket an earlier release wrote, twice, on both databases."""
 
+import multiprocessing
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from app.db.engine import db_now
 from app.db.tables import Alias, Deletion, Job, Label, Model
+from app.jobs.local import LocalPool
+from app.jobs.queue import JobQueue
 from app.main import create_app
-from app.registry import catalog
+from app.registry import catalog, publishing
 from app.registry.rebuild import LOST, NO_MODEL, rebuild_catalog
 from tests.support.catalog import add_job, iso, open_catalog
 from tests.support.registry import put_model
@@ -111,6 +116,100 @@ def test_rebuild_repairs_rows_that_disagree_with_the_bucket_and_leaves_the_queue
         assert conn.execute(select(Job.revision).where(Job.version == "kept")).scalar() == 7
         assert catalog.deletion_pending(conn, "deleting") and catalog.job_status(conn, "deleting") is None
     assert rebuild_catalog(store=store, db=db, bucket=bucket)["models_updated"] == 0
+
+
+def test_a_job_failed_through_lost_attempts_leaves_no_objects_and_rebuild_lists_none(db, settings, store):
+    bucket = settings.minio_model_bucket
+    store.ensure_buckets(bucket)
+    queue = JobQueue(db, lease_seconds=0.2, max_attempts=2,
+                     on_end=lambda version: publishing.delete_objects(store, bucket=bucket, version=version))
+    add_job(db, "lost", "queued")
+    add_job(db, "stopped", "queued")
+    assert queue.release(queue.claim(), reason="killed by SIGKILL") == "queued"  # "lost": attempt 1 lost
+    last = queue.claim()  # "lost" again: its worker stored the model, then died before recording success
+    assert last.version == "lost"
+    cancelled = queue.claim()  # "stopped": its model stored too, then cancelled and its worker stopped
+    for version in ("lost", "stopped"):
+        put_model(store, bucket, version, created_at=iso(NOW))
+    with db.write() as conn:  # the last attempt's lease lapses
+        conn.execute(update(Job).where(Job.version == "lost").values(lease_until=db_now() - 5))
+    queue.cancel("stopped")
+    assert queue.reap() == ["lost"]
+    assert queue.release(cancelled, reason="stopped") == "cancelled"
+    assert catalog_statuses(db) == {"lost": "failed", "stopped": "cancelled"}
+    assert {info.key for info in store.list(bucket=bucket)} == set()  # neither left metadata.json nor the model
+
+    for version in ("lost", "stopped"):  # objects left by an older release, or a removal that failed: not a model
+        put_model(store, bucket, version, created_at=iso(NOW))
+    counts = rebuild_catalog(store=store, db=db, bucket=bucket)
+    assert counts["models_added"] == 0 and counts["jobs_imported"] == 0
+    with db.read() as conn:
+        assert catalog.page_models(conn, limit=10)[0] == []
+    assert catalog_statuses(db) == {"lost": "failed", "stopped": "cancelled"}
+
+
+class SlowModelUpload:
+    """A store whose model-file upload never completes (the fault: a cancel arrives mid-upload); all else is real."""
+
+    def __init__(self, store, started):
+        self.store, self.started = store, started
+
+    def put_json(self, **kwargs):
+        self.store.put_json(**kwargs)
+
+    def put(self, **kwargs):
+        self.started.set()
+        time.sleep(3600)
+
+
+def _publish_in_child(store, bucket, version, started, slow) -> None:
+    blob = put_model(store, bucket, version, created_at=iso(NOW))  # a valid model's bytes, to store again
+    metadata = store.get_json(bucket=bucket, key=f"{version}/metadata.json")
+    publishing.delete_objects(store, bucket=bucket, version=version)
+    if slow:
+        publishing.store_objects(SlowModelUpload(store, started), bucket=bucket, metadata=metadata, blob=blob)
+    publishing.store_objects(store, bucket=bucket, metadata=metadata, blob=blob)
+    started.set()
+
+
+@pytest.mark.parametrize("slow", [True, False], ids=["mid-upload", "after-success"])
+def test_a_cancel_during_publishing_leaves_a_complete_model_or_nothing(db, settings, store, slow):
+    bucket = settings.minio_model_bucket
+    store.ensure_buckets(bucket)
+    queue = JobQueue(db, lease_seconds=30, max_attempts=3,
+                     on_end=lambda version: publishing.delete_objects(store, bucket=bucket, version=version))
+    add_job(db, "publishing", "queued")
+    claim = queue.claim()
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=_publish_in_child, args=(store, bucket, "publishing", started, slow))
+    child.start()
+    pool = LocalPool(queue=queue, env={}, slots=1)
+    pool._running["publishing"] = (claim, child)  # the pool's child, as _launch records it
+    assert started.wait(30)
+    if not slow:  # the child stored the model and recorded success before the cancel came
+        child.join(30)
+        with db.write() as conn:
+            publishing.list_models(conn, [store.get_json(bucket=bucket, key="publishing/metadata.json")])
+        assert queue.finish(claim, "succeeded")
+    if queue.get("publishing")["status"] == "running":
+        queue.cancel("publishing")
+    pool.cancel("publishing")  # SIGKILLs the child mid-upload, then records the end
+    names = {info.key for info in store.list(bucket=bucket)}
+    counts = rebuild_catalog(store=store, db=db, bucket=bucket)
+    with db.read() as conn:
+        listed = [row.version for row in catalog.page_models(conn, limit=10)[0]]
+    if slow:
+        assert catalog_statuses(db) == {"publishing": "cancelled"}
+        assert names == set() and listed == [] and counts["models_added"] == 0
+    else:
+        assert catalog_statuses(db) == {"publishing": "succeeded"}
+        assert names == {"publishing/metadata.json", "publishing/model.safetensors"} and listed == ["publishing"]
+
+
+def catalog_statuses(db) -> dict[str, str]:
+    with db.read() as conn:
+        return dict(conn.execute(select(Job.version, Job.status)).all())
 
 
 def test_a_rebuilt_catalog_is_served(s3, store, tmp_path):

@@ -94,7 +94,8 @@ def run(claim: Claim, settings: Settings, *, threads: int | None = None) -> int:
     """Run one attempt of a claimed job; record how it ended. Returns a process exit code."""
     if threads:
         torch.set_num_threads(threads)
-    store, queue = store_from_settings(settings), job_queue(settings)
+    store = store_from_settings(settings)
+    queue = job_queue(settings, store=store)
     try:
         train_job(claim=claim, settings=settings, store=store, queue=queue)
         return 0
@@ -136,7 +137,10 @@ def _end(queue: JobQueue, claim: Claim, status: str, reason: str | None, *, stor
             time.sleep(1.0)
 
 
-def job_queue(settings: Settings) -> JobQueue:
-    """The job queue on the catalog named by the settings."""
+def job_queue(settings: Settings, *, store: Store | None = None) -> JobQueue:
+    """The job queue on the catalog named by the settings; given `store`, a job that ends failed or cancelled
+    through it loses its model objects there."""
+    bucket = settings.minio_model_bucket
+    on_end = None if store is None else (lambda v: publishing.delete_objects(store, bucket=bucket, version=v))
     return JobQueue(Database(settings.catalog_url), lease_seconds=settings.lease_seconds,
-                    max_attempts=settings.max_attempts)
+                    max_attempts=settings.max_attempts, on_end=on_end)

@@ -76,11 +76,23 @@ def import_job(conn: Connection, record: JobRecord | dict) -> bool:
     return True
 
 
+def resume_progress(progress: dict, checkpoint: dict | None) -> dict:
+    """A new attempt's progress: where its latest checkpoint stands (`epoch`, `step`), else the start."""
+    epochs, steps = progress["epochs"], progress.get("steps") or 0
+    if checkpoint is None:
+        return {**progress, "epoch": 0, "step": 0, "fraction": 0.0}
+    epoch, step = checkpoint["epoch"], checkpoint["step"]
+    done = ((epoch - 1) * steps + step) / (epochs * steps) if steps and epochs else 0.0
+    return {**progress, "epoch": epoch, "step": step, "fraction": min(1.0, max(0.0, done))}
+
+
 class JobQueue:
     """Submit, read, page, claim, renew, finish and take back jobs; the catalog is the source of truth."""
 
-    def __init__(self, db: Database, *, lease_seconds: float, max_attempts: int):
+    def __init__(self, db: Database, *, lease_seconds: float, max_attempts: int,
+                 on_end: Callable[[str], object] | None = None):
         self.db, self.lease_seconds, self.max_attempts = db, lease_seconds, max_attempts
+        self.on_end = on_end  # removes a version's model objects once an attempt was given up (release)
 
     # -- the API's side ------------------------------------------------------------------------------
 
@@ -151,7 +163,8 @@ class JobQueue:
 
     def claim(self) -> Claim | None:
         """Take the oldest queued job under a new attempt and lease, atomically; None when the queue is empty.
-        The attempt's worker process names itself in `start`."""
+        The attempt's worker process names itself in `start`. Its record shows, from now on, the progress it
+        resumes from: its latest checkpoint's, else the start."""
         oldest = (select(Job.version).where(Job.status == "queued").order_by(Job.created_at, Job.version)
                   .limit(1).with_for_update(skip_locked=True).scalar_subquery())
         with self.db.write() as conn:
@@ -160,8 +173,13 @@ class JobQueue:
                 .values(status="running", attempts=Job.attempts + 1,
                         lease_until=db_now() + max(self.lease_seconds, START_GRACE_S),
                         worker=None, resumed_from=None, error=None, revision=Job.revision + 1)
-                .returning(Job.version, Job.attempts)).first()
-        return Claim(row.version, row.attempts) if row else None
+                .returning(Job.version, Job.attempts, Job.progress)).first()
+            if row is None:
+                return None
+            latest = conn.execute(select(CheckpointRow.latest).where(CheckpointRow.version == row.version)).scalar()
+            conn.execute(update(Job).where(Job.version == row.version, Job.attempts == row.attempts)
+                         .values(progress=resume_progress(row.progress, latest)))
+        return Claim(row.version, row.attempts)
 
     def _fenced(self, claim: Claim):
         return update(Job).where(Job.version == claim.version, Job.attempts == claim.attempt,
@@ -204,12 +222,18 @@ class JobQueue:
             log.info("job %s %s%s", claim.version, status, f": {error}" if error else "")
         return done
 
-    def release(self, claim: Claim, *, reason: str | None = None) -> str | None:
+    def release(self, claim: Claim, *, reason: str | None = None, if_lapsed: bool = False) -> str | None:
         """Give the job back: to the queue after a graceful stop (`reason` None), or, for a lost worker
-        (`reason` says how), to the queue again while attempts remain, else `failed`. Returns the new status."""
+        (`reason` says how), to the queue again while attempts remain, else `failed`. With `if_lapsed` (the
+        reaper), only while its lease is still lapsed. Returns the new status (None: nothing changed).
+
+        The decision is made under the row's lock (FOR UPDATE on PostgreSQL; SQLite's write transaction holds
+        the database), and its write states what it read, so a cancel or renewal in between is never lost."""
+        held = [Job.version == claim.version, Job.attempts == claim.attempt, Job.status == "running"]
+        if if_lapsed:
+            held.append(Job.lease_until < db_now())
         with self.db.write() as conn:
-            row = conn.execute(select(Job.lost, Job.cancel_requested).where(
-                Job.version == claim.version, Job.attempts == claim.attempt, Job.status == "running")).first()
+            row = conn.execute(select(Job.lost, Job.cancel_requested).where(*held).with_for_update()).first()
             if row is None:
                 return None
             lost = row.lost + (reason is not None)
@@ -219,22 +243,37 @@ class JobQueue:
                 status, error = "failed", f"{reason}; gave up after {lost} lost attempts (SCV_MAX_ATTEMPTS)"
             else:
                 status, error = "queued", None
-            conn.execute(self._fenced(claim).values(
+            written = conn.execute(update(Job).where(
+                *held, Job.lost == row.lost, Job.cancel_requested == row.cancel_requested).values(
                 status=status, error=error, lost=lost, lease_until=None, cancel_requested=False,
-                finished_at=layout.utcnow() if status in TERMINAL else None, revision=Job.revision + 1))
+                finished_at=layout.utcnow() if status in TERMINAL else None, revision=Job.revision + 1)).rowcount
+        if written != 1:  # the row changed since it was read (no row lock): decide again on what it says now
+            return self.release(claim, reason=reason, if_lapsed=if_lapsed)
         log.info("job %s (attempt %d) %s%s", claim.version, claim.attempt,
                  "handed back" if reason is None else f"lost: {reason}", f"; now {status}")
+        if self.on_end is not None:  # no attempt succeeded: whatever model objects one stored are not a model
+            self._ended(claim.version)
         return status
 
-    def reap(self) -> list[str]:
-        """Take back every job whose lease lapsed (its worker died, hung or lost its machine)."""
+    def _ended(self, version: str) -> None:
+        """An attempt was given up (the job queued again, failed or cancelled): remove the model objects it may
+        have stored (`on_end`), after its worker stopped; a failure is logged (rebuild never lists them)."""
+        try:
+            self.on_end(version)
+        except Exception as exc:  # noqa: BLE001 - the job has ended; leftovers are logged, not raised
+            log.warning("job %s: could not remove its objects: %s", version, exc)
+
+    def lapsed(self) -> list[Claim]:
+        """The attempts whose lease lapsed (their worker died, hung or lost its machine)."""
         with self.db.read() as conn:
-            lapsed = conn.execute(select(Job.version, Job.attempts).where(
-                Job.status == "running", Job.lease_until < db_now())).all()
-        for row in lapsed:
-            self.release(Claim(row.version, row.attempts),
-                         reason=f"the worker stopped renewing its lease for {self.lease_seconds:g} s")
-        return [row.version for row in lapsed]
+            return [Claim(row.version, row.attempts) for row in conn.execute(select(Job.version, Job.attempts).where(
+                Job.status == "running", Job.lease_until < db_now()))]
+
+    def reap(self) -> list[str]:
+        """Take back every job whose lease lapsed and is still lapsed when it is taken back."""
+        reason = f"the worker stopped renewing its lease for {self.lease_seconds:g} s"
+        return [claim.version for claim in self.lapsed()
+                if self.release(claim, reason=reason, if_lapsed=True) is not None]
 
     # -- checkpoints -----------------------------------------------------------------------------------
 

@@ -43,8 +43,9 @@ def dashboard_url(address: str | None) -> str:
 
 
 def submission_id(claim: Claim) -> str:
-    """Ray's name for an attempt: the version for the first, `VERSION.attempt-N` for later ones."""
-    return claim.version if claim.attempt == 1 else f"{claim.version}.attempt-{claim.attempt}"
+    """Ray's name for an attempt: the version for the first, `VERSION..attempt-N` for later ones (no version has
+    `..` in it, so no later attempt's name is any job's version)."""
+    return claim.version if claim.attempt == 1 else f"{claim.version}..attempt-{claim.attempt}"
 
 
 class RayJobs:

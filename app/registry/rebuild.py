@@ -8,7 +8,8 @@ is never overwritten, so the queue's own records win and a second run changes no
 An old record that was `queued` stays queued: the new workers run it, as the old release would have after a
 restart. One that was `running` becomes `failed`: its worker belonged to the old release and is gone. A job
 whose model is stored is `succeeded` whatever its record says; one that claims success without a valid model
-becomes `failed`. A stored model without a job record gets a `succeeded` job made from its metadata.
+becomes `failed`. A stored model without a job record gets a `succeeded` job made from its metadata. The objects
+of a version whose catalog job did not succeed (failed, cancelled, queued or running) are never listed as a model.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def rebuild_catalog(*, store: Store, db: Database, bucket: str) -> dict[str, int
     counts = dict.fromkeys(("models_added", "models_updated", "models_removed", "jobs_imported", "skipped"), 0)
 
     with ThreadPoolExecutor(READERS) as pool:
-        # A job still queued or running lists its own model when it ends: its objects may be half-written.
+        # Only a job that succeeded (or a model with no job row) has a model: one still queued or running lists
+        # its own when it ends, and the objects of one that failed or was cancelled are leftovers, never a model.
         described = [v for v, names in objects.items() if {layout.MODEL_FILE, layout.METADATA_FILE} <= names.keys()
-                     and v not in deleting and jobs.get(v) not in catalog.ACTIVE]
+                     and v not in deleting and jobs.get(v, "succeeded") == "succeeded"]
         metas = dict(zip(described, pool.map(lambda v: _metadata(store, bucket, v, objects[v]), described),
                          strict=True))
         unrecorded = [v for v, names in objects.items() if layout.JOB_FILE in names and v not in jobs
