@@ -91,6 +91,7 @@ def job_service(settings: Settings, *, store: Store, db: Database, datasets: Dat
     checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
     return JobService(queue=queue, executor=make_executor(settings, queue),
                       datasets=datasets or DatasetService(store=store, settings=settings), precision=settings.precision,
+                      max_bytes=settings.analysis_max_bytes,
                       housekeeping=[queue.reap, checkpoints.sweep, *housekeeping])
 
 

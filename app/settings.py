@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, alias="SCV_MAX_ATTEMPTS", ge=1, le=100)
     checkpoint_seconds: float = Field(60.0, alias="SCV_CHECKPOINT_SECONDS", gt=0, le=86400)
     cache_max_bytes: int = Field(10 * 1024**3, alias="SCV_CACHE_MAX_BYTES", ge=0)
+    # Memory one analysis, predict request or training batch may use for activations (and Gram matrices).
+    analysis_max_bytes: int = Field(1024**3, alias="SCV_ANALYSIS_MAX_BYTES", ge=1024 * 1024)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", alias="SCV_PRECISION")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", alias="SCV_LOG_LEVEL")
     # Whether this CPU computes bfloat16 natively, for `auto` precision; unset: its flags say (for comparisons, tests).

@@ -1,13 +1,14 @@
 """Layer specs, the safetensors model file, precision and the training loop: torch only, no service code."""
 
 from models.layers import LIMITS, LayerSpecError, build_sequential, default_layers, resolve_layers
+from models.memory import MemoryBudgetError, forward_batch, training_batch
 from models.modelfile import FORMAT, ModelFileError, load_model, load_model_with_header, read_header, save_model
 from models.precision import PRECISIONS, autocast, cpu_has_bf16, memory_format, resolve_precision
 from models.training import TrainConfig, evaluate, logits, normalize, pick_device, seeded_model, train
 
 __all__ = [
-    "FORMAT", "LIMITS", "PRECISIONS", "LayerSpecError", "ModelFileError", "TrainConfig", "autocast",
-    "build_sequential", "cpu_has_bf16", "default_layers", "evaluate", "load_model", "load_model_with_header",
-    "logits", "memory_format", "normalize", "pick_device", "read_header", "resolve_layers", "resolve_precision",
-    "save_model", "seeded_model", "train",
+    "FORMAT", "LIMITS", "PRECISIONS", "LayerSpecError", "MemoryBudgetError", "ModelFileError", "TrainConfig",
+    "autocast", "build_sequential", "cpu_has_bf16", "default_layers", "evaluate", "forward_batch", "load_model",
+    "load_model_with_header", "logits", "memory_format", "normalize", "pick_device", "read_header",
+    "resolve_layers", "resolve_precision", "save_model", "seeded_model", "train", "training_batch",
 ]

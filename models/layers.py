@@ -191,6 +191,16 @@ def resolve_layers(
     return resolved
 
 
+def activation_elements(resolved: list[dict], *, input_shape: tuple[int, int, int]) -> list[tuple[int, str, int]]:
+    """Values per image at each layer's output of a resolved list: (index, type, elements), probed on meta."""
+    shape, sizes = tuple(input_shape), []
+    for index, spec in enumerate(resolved):
+        kind, args = _arguments(index, spec)
+        shape, _ = _probe(index, kind, args, shape)
+        sizes.append((index, kind, math.prod(shape)))
+    return sizes
+
+
 def build_sequential(resolved: list[dict]) -> nn.Sequential:
     """Build the Sequential from a resolved layer list, re-checking every entry against the allow-list."""
     most = LIMITS.max_layers + 2  # resolve_layers may append a Flatten and a Linear

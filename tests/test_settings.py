@@ -22,7 +22,8 @@ EVERY_SETTING = {  # none at its default
     "SCV_MAX_CONCURRENT_JOBS": "3", "SCV_MODEL_TTL_DAYS": "7", "SCV_DEVICE": "cpu", "SCV_MAX_BODY_BYTES": "2048",
     "RAY_ADDRESS": "http://ray-head:8265", "RAY_AUTH_TOKEN": "ray-token", "SCV_STORAGE_TIMEOUT": "2.5",
     "SCV_DATABASE_URL": "postgresql+psycopg://scv:pw@db:5432/scv", "SCV_LEASE_SECONDS": "12",
-    "SCV_MAX_ATTEMPTS": "5", "SCV_CHECKPOINT_SECONDS": "9", "SCV_CACHE_MAX_BYTES": "1000", "SCV_PRECISION": "bf16",
+    "SCV_MAX_ATTEMPTS": "5", "SCV_CHECKPOINT_SECONDS": "9", "SCV_CACHE_MAX_BYTES": "1000",
+    "SCV_ANALYSIS_MAX_BYTES": "2097152", "SCV_PRECISION": "bf16",
     "SCV_LOG_LEVEL": "debug", "SCV_CPU_BF16": "0", "SCV_URL": "http://scv.example.com:8000",
     "SCV_ALLOW_NO_TOKEN": "true", "SCV_ALLOWED_HOSTS": "scv.example.com",
 }

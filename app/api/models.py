@@ -139,5 +139,5 @@ def _bind(decode: Callable, images: list) -> Callable:
 
 def _classify(registry: ModelRegistry, version: str, decode: Callable) -> list[dict]:
     model, meta = registry.load(version)
-    return inference.predict(model, meta, decode(meta["input_shape"]), precision=registry.precision,
-                             cpu_bf16=registry.cpu_bf16)
+    return inference.predict(model, meta, decode(meta["input_shape"]), max_bytes=registry.max_bytes,
+                             precision=registry.precision, cpu_bf16=registry.cpu_bf16)

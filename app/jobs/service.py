@@ -46,8 +46,9 @@ class JobService:
     """Submit, follow, inspect, page and cancel jobs; runs this process's housekeeping (lapsed leases, deletions)."""
 
     def __init__(self, *, queue: JobQueue, executor: Executor | None, datasets: DatasetService, precision: str,
-                 housekeeping: list[Callable[[], object]]):
+                 max_bytes: int, housekeeping: list[Callable[[], object]]):
         self.queue, self.executor, self.housekeeping = queue, executor, housekeeping
+        self.max_bytes = max_bytes  # SCV_ANALYSIS_MAX_BYTES, as the workers have it: a training batch must fit
         self.datasets, self.precision = datasets, precision  # precision: SCV_PRECISION, for requests naming none
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._housekeep, name="scv-housekeeping", daemon=True)
@@ -74,14 +75,14 @@ class JobService:
                     log.warning("housekeeping: %s", exc.detail)
 
     def submit(self, body: TrainRequest) -> dict:
-        """Queue a job and return its record; 404 for an unknown or unseeded dataset, 422 naming a bad layer,
-        409 when the version is taken."""
+        """Queue a job and return its record; 404 for an unknown or unseeded dataset, 422 naming a bad layer or a
+        batch_size whose activations do not fit a worker's memory budget, 409 when the version is taken."""
         manifest = self.datasets.manifest(body.dataset)
         request = body.model_dump(exclude={"labels"})
         request["precision"] = body.precision or self.precision
         if body.train_subset is not None and body.train_subset > manifest["train_size"]:
             request["train_subset"] = None  # more than there is: train on everything
-        version, layers = prepare(request, manifest=manifest)
+        version, layers = prepare(request, manifest=manifest, max_bytes=self.max_bytes)
         record = new_record(version=version, dataset=body.dataset, request={**request, "version": version},
                             layers=layers, labels=body.labels)
         self.queue.add(record)
@@ -127,8 +128,9 @@ class JobService:
         return record
 
 
-def prepare(request: dict, *, manifest: dict) -> tuple[str, list[dict]]:
-    """The job's version (given or new) and its resolved layers; InvalidInput names a bad layer."""
+def prepare(request: dict, *, manifest: dict, max_bytes: int) -> tuple[str, list[dict]]:
+    """The job's version (given or new) and its resolved layers; InvalidInput names a bad layer, or `batch_size`
+    when the batch's training activations (models.TRAINING_FACTOR × forward, float32) exceed `max_bytes`."""
     import models  # torch is heavy: only the paths that build networks import it
 
     version = layout.validate_version(request["version"]) if request.get("version") else (
@@ -139,4 +141,22 @@ def prepare(request: dict, *, manifest: dict) -> tuple[str, list[dict]]:
     except models.LayerSpecError as exc:
         field = f"layers[{exc.index}]" if exc.index is not None else "layers"
         raise InvalidInput(str(exc), field=field, index=exc.index, reason=exc.reason) from None
+    _check_batch(request["batch_size"], layers, input_shape=manifest["image_shape"], max_bytes=max_bytes)
     return version, layers
+
+
+def _check_batch(batch_size: int, layers: list[dict], *, input_shape: list[int], max_bytes: int) -> None:
+    import models
+
+    try:
+        fits = models.training_batch(layers, input_shape=input_shape, max_bytes=max_bytes)
+    except models.MemoryBudgetError as exc:
+        raise InvalidInput(f"batch_size {batch_size}: not even one image fits a worker's memory budget in "
+                           f"training: {exc}", field="batch_size", needed_bytes=exc.needed,
+                           max_bytes=max_bytes) from None
+    if batch_size > fits:
+        raise InvalidInput(f"batch_size {batch_size} does not fit a worker's memory budget: training this network "
+                           f"keeps about {models.memory.TRAINING_FACTOR} × its forward activations per image, "
+                           f"{max_bytes:,} bytes (SCV_ANALYSIS_MAX_BYTES) hold at most {fits} images — use "
+                           f"batch_size {fits} or less", field="batch_size", max_batch_size=fits,
+                           max_bytes=max_bytes)

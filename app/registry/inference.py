@@ -90,17 +90,23 @@ def verified_model(version: str, blob: bytes, metadata: dict, *,
     except models.ModelFileError as exc:
         raise IntegrityError(f"stored model {version!r} was refused: {exc}", version=version) from None
     net.to(device=models.pick_device(device), memory_format=models.memory_format(net))
-    return net, {**metadata, **{k: header[k] for k in ("input_shape", "classes", "normalization")}}
+    return net, {**metadata, **{k: header[k] for k in ("layers", "input_shape", "classes", "normalization")}}
 
 
-def predict(model: torch.nn.Module, metadata: dict, batch: torch.Tensor, *, precision: str = "auto",
+def predict(model: torch.nn.Module, metadata: dict, batch: torch.Tensor, *, max_bytes: int, precision: str = "auto",
             cpu_bf16: bool | None = None) -> list[dict]:
     """Label, class name and class probabilities of each uint8 image, as the model was trained to see it, on the
     model's device at `precision` (auto, fp32, bf16; auto is bf16 where the device computes it natively, on CPU as
-    `cpu_bf16` (SCV_CPU_BF16) says when set)."""
+    `cpu_bf16` (SCV_CPU_BF16) says when set), in batches whose float32 activations fit `max_bytes`
+    (SCV_ANALYSIS_MAX_BYTES); 422 naming the layer when one image does not fit."""
+    try:
+        size = models.forward_batch(metadata["layers"], input_shape=metadata["input_shape"], max_bytes=max_bytes)
+    except models.MemoryBudgetError as exc:
+        raise InvalidInput(str(exc), field="layers" if exc.index is None else f"layers[{exc.index}]",
+                           needed_bytes=exc.needed, max_bytes=max_bytes) from None
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     norm = metadata["normalization"]
-    output = models.logits(model, batch, mean=norm["mean"], std=norm["std"], device=device,
+    output = models.logits(model, batch, mean=norm["mean"], std=norm["std"], device=device, batch_size=size,
                            precision=models.resolve_precision(precision, device, cpu_bf16=cpu_bf16))
     probabilities = torch.softmax(output, dim=1).cpu()
     classes = metadata["classes"]

@@ -31,3 +31,4 @@ class ModelRegistry(Listing, Aliases, Files, Deletion):
         self._suspect: set[str] = set()  # sha256 of models whose stored bytes a fill found to differ
         # where and how loaded networks run
         self.device, self.precision, self.cpu_bf16 = settings.device, settings.precision, settings.cpu_bf16
+        self.max_bytes = settings.analysis_max_bytes  # activation memory of one predict request

@@ -124,7 +124,7 @@ async def predict(request: Request, version: str, registry: RegistryDep) -> Resp
     def classify() -> tuple[dict, list[str]]:
         model, meta = registry.load(registry.resolve(version))
         images = inference.decode_files([blob], meta["input_shape"])
-        return inference.predict(model, meta, images, precision=registry.precision,
+        return inference.predict(model, meta, images, max_bytes=registry.max_bytes, precision=registry.precision,
                                  cpu_bf16=registry.cpu_bf16)[0], meta["classes"]
 
     prediction, classes = await run_in_threadpool(classify)

@@ -11,19 +11,21 @@ TINY = [{"type": "Flatten"}, {"type": "Linear", "out_features": 5}]
 
 def put_model(store: Store, bucket: str, version: str, *, db: Database | None = None, dataset: str = "mnist",
               created_at: str | None = None, blob: bytes | None = None, labels: dict | None = None,
-              accuracy: float | None = 0.5, sha256: str | None = None) -> bytes:
-    """Store a small valid model as a finished job does: metadata.json, model.safetensors, then (given `db`) its
-    catalog rows: the model, its succeeded job, its labels."""
-    layers = models.resolve_layers(TINY, input_shape=(1, 4, 4), num_classes=3)
-    norm = {"mean": [0.5], "std": [0.25]}
+              accuracy: float | None = 0.5, sha256: str | None = None, layers: list | None = None,
+              input_shape: tuple[int, int, int] = (1, 4, 4)) -> bytes:
+    """Store a small valid model (TINY on 1×4×4 images unless `layers` and `input_shape` say otherwise) as a
+    finished job does: metadata.json, model.safetensors, then (given `db`) its catalog rows: the model, its
+    succeeded job, its labels."""
+    layers = models.resolve_layers(layers or TINY, input_shape=input_shape, num_classes=3)
+    norm = {"mean": [0.5] * input_shape[0], "std": [0.25] * input_shape[0]}
+    net = models.seeded_model(layers, seed=len(version))
     if blob is None:
-        blob = models.save_model(models.seeded_model(layers, seed=len(version)), layers=layers,
-                                 input_shape=[1, 4, 4], classes=["a", "b", "c"], normalization=norm,
-                                 dataset=dataset, version=version)
+        blob = models.save_model(net, layers=layers, input_shape=list(input_shape), classes=["a", "b", "c"],
+                                 normalization=norm, dataset=dataset, version=version)
     metadata = publishing.describe(
         blob, version=version, dataset=dataset, created_at=created_at, request={"epochs": 1}, labels=labels or {},
         layers=layers, metrics={"test_accuracy": accuracy}, history=[], classes=["a", "b", "c"], normalization=norm,
-        input_shape=[1, 4, 4], epochs=1, num_parameters=88)
+        input_shape=list(input_shape), epochs=1, num_parameters=sum(p.numel() for p in net.parameters()))
     if sha256 is not None:
         metadata["sha256"] = sha256  # metadata that does not describe the file
     publishing.store_objects(store, bucket=bucket, metadata=metadata, blob=blob)
