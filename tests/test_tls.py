@@ -31,9 +31,10 @@ def test_service_talks_tls_when_it_trusts_the_ca(tls_s3, tmp_path):
                  ca_cert=str(ca)).buckets_exist(settings.minio_model_bucket, settings.minio_dataset_bucket)
 
 
-def test_untrusted_certificate_is_a_clear_503(tls_s3, tmp_path):
+def test_untrusted_certificate_is_a_clear_503(tls_s3, tmp_path, caplog):
     server, _ = tls_s3
     with TestClient(create_app(make_settings(server, tmp_path, MINIO_SECURE="true"))) as client:
         r = client.get("/readyz")
-    assert r.status_code == 503
-    assert "MINIO_CA_CERT" in r.json()["detail"] and server.endpoint in r.json()["detail"]
+    assert r.status_code == 503 and r.json()["dependency"] == "storage"  # open to anyone: no address
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "app.api.health"]
+    assert any("MINIO_CA_CERT" in m and server.endpoint in m for m in logged), logged  # the operator's log says
