@@ -183,6 +183,7 @@ def test_the_model_page_shows_cka_activations_and_top_images(server, page, tmp_p
 
 def test_drawing_a_digit_returns_a_prediction(server, page, tmp_path):
     page.get(server.url + "/ui/models/br-a")
+    wait(page, lambda d: d.execute_script("return document.readyState") == "complete")  # the pad's handlers are set
     pad = page.find_element(By.ID, "pad")
     page.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)
     ActionChains(page).move_to_element_with_offset(pad, 10, -90).click_and_hold().move_by_offset(0, 60) \
