@@ -27,8 +27,9 @@ from tests.support.s3 import SECRET_KEY
 from tests.support.waiting import train, wait_for
 
 # Only the local Ray head needs the package (the service speaks HTTP); CI installs it with '.[test,ray]'.
-pytestmark = pytest.mark.skipif(find_spec("ray") is None,
-                                reason="the Ray tests start a local Ray head: pip install -e '.[test,ray]'")
+pytestmark = [pytest.mark.slow,  # a local Ray head and its jobs: minutes
+              pytest.mark.skipif(find_spec("ray") is None,
+                                 reason="the Ray tests start a local Ray head: pip install -e '.[test,ray]'")]
 
 
 @pytest.fixture(scope="module")

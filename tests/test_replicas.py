@@ -6,12 +6,15 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from app.main import create_app
 from tests.support.replicas import Replica, replica_env
 from tests.support.waiting import train, wait_for
+
+pytestmark = pytest.mark.slow  # several service processes: minutes
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
              {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
