@@ -85,6 +85,7 @@ def test_metadata_describes_the_training(seeded_client, trained):
     assert set(meta["libraries"]) >= {"torch", "safetensors"}
     assert meta["sha256"] == seeded_client.get(f"/models/{trained}").headers["etag"].strip('"')
     assert meta["expires_at"] is None
+    assert meta["reproducible"] is True and meta["nondeterministic"] == []  # a CPU run always repeats
 
 
 def test_models_in_training_are_409_and_deleting_a_cancelled_job_leaves_nothing(seeded_client, seeded_settings,

@@ -72,7 +72,9 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
             layers=record["layers"], metrics=result["metrics"], history=result["history"],
             classes=manifest["classes"], normalization=normalization, input_shape=manifest["image_shape"],
             epochs=request["epochs"], num_parameters=sum(p.numel() for p in model.parameters()),
-            dataset_sha256=manifest["sha256"], device=config.device, precision=config.precision)
+            dataset_sha256=manifest["sha256"], device=config.device, precision=config.precision,
+            # whether the same request on this device repeats these weights bit for bit (CUDA: ops without one named)
+            reproducible=result["reproducible"], nondeterministic=result["nondeterministic"])
         lease.renew_now()  # a worker that lost its job must not overwrite the objects of the one that holds it
         publishing.store_objects(store, bucket=settings.minio_model_bucket, metadata=metadata, blob=blob)
     progress = {**lease.state["progress"], "fraction": 1.0}
