@@ -10,7 +10,8 @@ from sqlalchemy import insert
 
 from app.db.engine import Database
 from app.db.tables import Job, Label
-from app.jobs.queue import JobQueue, new_record
+from app.jobs.queue import JobQueue
+from app.jobs.record import new_record
 from app.main import create_app
 
 ROWS = (1_000, 100_000)

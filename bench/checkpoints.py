@@ -13,7 +13,8 @@ from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.jobs.checkpoints import Checkpoints
-from app.jobs.queue import JobQueue, new_record
+from app.jobs.queue import JobQueue
+from app.jobs.record import new_record
 from tests.support.rawdata import write_raw
 
 PER_CLASS = {"train": 6000, "test": 100}  # MNIST's 60k training images; evaluation is not what is measured

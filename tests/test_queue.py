@@ -10,7 +10,8 @@ from sqlalchemy import update
 from app.db.engine import Database
 from app.db.tables import Job
 from app.errors import Conflict, InvalidInput
-from app.jobs.queue import Claim, JobQueue, LeaseLost, new_record
+from app.jobs.queue import Claim, JobQueue, LeaseLost
+from app.jobs.record import new_record
 
 REQUEST = {"epochs": 1}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError as RowExists
@@ -18,7 +17,7 @@ from app.db.cursors import decode_cursor, encode_cursor
 from app.db.engine import Database, db_now, insert_absent
 from app.db.tables import CheckpointRow, Deletion, Job, Label
 from app.errors import Conflict, NotFound
-from app.jobs.record import JobRecord, Progress
+from app.jobs.record import JobRecord, job_row, record_of
 from app.storage import layout
 
 log = logging.getLogger(__name__)
@@ -43,26 +42,6 @@ class Claim:
 
     version: str
     attempt: int
-
-
-def record_of(row) -> dict[str, Any]:
-    """The public job record (a `JobRecord`) of a `jobs` row."""
-    return {name: getattr(row, name) for name in JobRecord.model_fields}
-
-
-def new_record(*, version: str, dataset: str, request: dict, layers: list[dict], labels: dict[str, str]) -> dict:
-    """The record of a freshly queued job."""
-    return JobRecord(
-        version=version, dataset=dataset, status="queued", request=request, labels=labels, layers=layers,
-        progress=Progress(epoch=0, epochs=request["epochs"], step=0, steps=0, fraction=0.0),
-        metrics=None, history=[], error=None, attempts=0, created_at=layout.utcnow(), started_at=None,
-        finished_at=None).model_dump()
-
-
-def job_row(record: JobRecord | dict) -> dict[str, Any]:
-    """The `jobs` row of a job record that no worker holds (queued, or ended)."""
-    return {**JobRecord.model_validate(record).model_dump(), "lost": 0, "lease_until": None,
-            "cancel_requested": False, "revision": 1}
 
 
 def import_job(conn: Connection, record: JobRecord | dict) -> bool:

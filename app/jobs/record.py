@@ -4,6 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.storage import layout
+
 
 class Progress(BaseModel):
     epoch: int
@@ -34,3 +36,23 @@ class JobRecord(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+def record_of(row) -> dict[str, Any]:
+    """The public job record (a `JobRecord`) of a `jobs` row."""
+    return {name: getattr(row, name) for name in JobRecord.model_fields}
+
+
+def new_record(*, version: str, dataset: str, request: dict, layers: list[dict], labels: dict[str, str]) -> dict:
+    """The record of a freshly queued job."""
+    return JobRecord(
+        version=version, dataset=dataset, status="queued", request=request, labels=labels, layers=layers,
+        progress=Progress(epoch=0, epochs=request["epochs"], step=0, steps=0, fraction=0.0),
+        metrics=None, history=[], error=None, attempts=0, created_at=layout.utcnow(), started_at=None,
+        finished_at=None).model_dump()
+
+
+def job_row(record: JobRecord | dict) -> dict[str, Any]:
+    """The `jobs` row of a job record that no worker holds (queued, or ended)."""
+    return {**JobRecord.model_validate(record).model_dump(), "lost": 0, "lease_until": None,
+            "cancel_requested": False, "revision": 1}

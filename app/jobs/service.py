@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.errors import InvalidInput, ServiceError
-from app.jobs.queue import TERMINAL, JobQueue, new_record
+from app.jobs.queue import TERMINAL, JobQueue
+from app.jobs.record import new_record
 from app.jobs.request import TrainRequest
 from app.storage import layout
 

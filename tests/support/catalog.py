@@ -6,7 +6,7 @@ from sqlalchemy import insert
 
 from app.db.engine import Database
 from app.db.tables import Job, Label
-from app.jobs.queue import job_row, new_record
+from app.jobs.record import job_row, new_record
 from app.registry import catalog, publishing
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
