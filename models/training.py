@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,12 +14,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.checkpoint import Checkpoint, capture, restore
+from models.determinism import deterministic, watch_alerts
 from models.layers import build_sequential
 from models.precision import autocast, memory_format
 from models.steps import GraphedStep, Step
 
 Progress = Callable[[dict[str, Any]], None]
-NONDETERMINISTIC = "does not have a deterministic implementation"  # how torch words the alert for such an op
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -136,43 +134,6 @@ def _after(first: Callable[[], None], then: Step) -> Step:
     return both
 
 
-@contextlib.contextmanager
-def _deterministic(device: torch.device) -> Iterator[None]:
-    """On CUDA, torch's deterministic kernels wherever it has them (restored after); a no-op on the CPU."""
-    if device.type != "cuda":
-        yield
-        return
-    # cuBLAS reads this when it first makes a handle: a job's own process sets it before its first product
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    benchmark, deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
-    fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns (see _watch) instead
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    # filling every new tensor with NaN finds reads of unwritten memory; a kernel per allocation is too dear here
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
-        torch.utils.deterministic.fill_uninitialized_memory = fill
-
-
-@contextlib.contextmanager
-def _watch(found: set[str]) -> Iterator[None]:
-    """Collect the ops that torch reports as having no deterministic kernel while the block runs."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for warning in caught:
-        text = str(warning.message)
-        if NONDETERMINISTIC in text:
-            found.add(text.split(" ", 1)[0])
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-
-
 def _optimizer(model: nn.Module, config: TrainConfig, *, graphed: bool) -> torch.optim.Optimizer:
     params, lr, decay = model.parameters(), config.learning_rate, config.weight_decay
     # fused: one kernel for all parameters, on CPU and GPU alike; Adam's step drops from 1.7 ms to 0.3 ms here.
@@ -246,7 +207,7 @@ def train(
 
     nondeterministic: set[str] = set()  # ops of this run without a deterministic kernel on its device
     try:
-        with _deterministic(device):  # deterministic kernels cost little for these small networks
+        with deterministic(device):  # deterministic kernels cost little for these small networks
             model.to(device, memory_format=layout)
             optimizer = _optimizer(model, config, graphed=graphed)
 
@@ -286,7 +247,7 @@ def train(
                 for run.step in range(done + 1, steps + 1):
                     index = order[(run.step - 1) * size : run.step * size]
                     # every step runs the same ops, so the first one shows which of them have no deterministic kernel
-                    with _watch(nondeterministic) if run.step == done + 1 else contextlib.nullcontext():
+                    with watch_alerts(nondeterministic) if run.step == done + 1 else contextlib.nullcontext():
                         step(index)
                     run.seen += len(index)
                     if on_progress is not None and (run.step == steps or time.monotonic() >= next_report):
