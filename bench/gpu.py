@@ -7,23 +7,19 @@ hundredth of the size, to check the script before spending GPU time; its figures
 from __future__ import annotations
 
 import os
-import pickle
 import statistics
 import sys
 import time
 from dataclasses import replace
 
 import torch
-import torchvision
 from fastapi.testclient import TestClient
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, Subset
-from torchvision import transforms
 
 import models
 from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
 from app.main import create_app
+from bench.training import prototype_dataset, prototype_loop, tuned_loop
 from tests.support.rawdata import write_raw
 
 SMOKE = os.environ.get("BENCH_GPU_SMOKE") == "1"
@@ -83,61 +79,13 @@ def _service_loop(data: dict, *, batch_size: int = 64, test_n: int = EVAL_IMAGES
     return time.perf_counter() - start  # train() ends by reading its sums back, which waits for the device
 
 
-def _bare_loop(data: dict) -> float:
-    """The leanest loop a user would write: the split normalised once and resident on the device, the same
-    precision and memory format as the service, fused Adam, no progress, no evaluation."""
-    device, config = data["config"].device, data["config"]
-    model = models.seeded_model(data["layers"], seed=config.seed)
-    layout = models.memory_format(model)
-    model.to(device, memory_format=layout).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
-    images = models.normalize(data["train_x"].to(device), data["mean"], data["std"]).contiguous(memory_format=layout)
-    labels = data["train_y"].to(device)
-    _finished(device)
-    start = time.perf_counter()
-    order = torch.randperm(len(labels), device=device)
-    for first in range(0, len(labels), config.batch_size):
-        index = order[first : first + config.batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        with models.autocast(device, config.precision):
-            loss = F.cross_entropy(model(images[index]), labels[index])
-        loss.backward()
-        optimizer.step()
-    return _finished(device) - start
-
-
-def _prototype_loop(data: dict, dataset) -> float:
-    """The seed's path: DataLoader(batch 64, shuffle) over the unpickled torchvision dataset (per-sample
-    ToTensor + Normalize), each batch moved to the device, float32 Adam."""
-    device = data["config"].device
-    model = models.seeded_model(data["layers"], seed=data["config"].seed).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(Subset(dataset, range(PROTOTYPE_IMAGES)), batch_size=64, shuffle=True, num_workers=0)
-    start = time.perf_counter()
-    model.train()
-    for images, labels in loader:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(images.to(device)), labels.to(device))
-        loss.backward()
-        optimizer.step()
-    return _finished(device) - start
-
-
-def _finished(device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def _compare_loops(data: dict, raw) -> dict[str, float]:
     """Images per second of the three loops, interleaved REPEATS times after one warm-up each; median."""
-    prototype = torchvision.datasets.MNIST(str(raw), train=True, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
-    prototype = pickle.loads(pickle.dumps(prototype))  # noqa: S301 - our own bytes: the seed stored this pickle
+    prototype = prototype_dataset(raw)
     n = len(data["train_y"])
-    runs = {"service": (lambda: _service_loop(data), n), "bare": (lambda: _bare_loop(data), n),
+    runs = {"service": (lambda: _service_loop(data), n), "bare": (lambda: tuned_loop(data, n), n),
             "graphed": (lambda: _service_loop(data, graphs=True), n),
-            "prototype": (lambda: _prototype_loop(data, prototype), PROTOTYPE_IMAGES)}
+            "prototype": (lambda: prototype_loop(data, prototype, PROTOTYPE_IMAGES), PROTOTYPE_IMAGES)}
     for run, _ in runs.values():
         run()  # warm-up: CUDA context, cuDNN plans, the allocator's pools
     rates: dict[str, list[float]] = {name: [] for name in runs}

@@ -109,10 +109,10 @@ def _handwritten_loop(data: dict, n: int) -> float:
         loss = F.cross_entropy(model((x.float() / 255 - mean) / std), y)
         loss.backward()
         optimizer.step()
-    return _finished(device) - start
+    return finished(device) - start
 
 
-def _tuned_loop(data: dict, n: int) -> float:
+def tuned_loop(data: dict, n: int) -> float:
     """The best loop a user could write with the service's tricks: its precision (bf16 autocast where native),
     channels_last, fused Adam, the split normalised once up front (outside the timing); no progress, no evaluation."""
     config = data["config"]
@@ -122,8 +122,9 @@ def _tuned_loop(data: dict, n: int) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
     images = models.normalize(data["train_x"][:n].to(config.device), data["mean"], data["std"])
     images, labels = images.contiguous(memory_format=layout), data["train_y"][:n].to(config.device)
+    finished(config.device)
     start = time.perf_counter()
-    order = torch.randperm(n)
+    order = torch.randperm(n, device=config.device)
     for first in range(0, n, config.batch_size):
         index = order[first:first + config.batch_size]
         optimizer.zero_grad(set_to_none=True)
@@ -131,10 +132,18 @@ def _tuned_loop(data: dict, n: int) -> float:
             loss = F.cross_entropy(model(images[index]), labels[index])
         loss.backward()
         optimizer.step()
-    return _finished(config.device) - start
+    return finished(config.device) - start
 
 
-def _prototype_loop(data: dict, dataset, n: int) -> float:
+def prototype_dataset(raw) -> torchvision.datasets.MNIST:
+    """The prototype's dataset: torchvision's MNIST with per-sample ToTensor + Normalize, pickled and unpickled."""
+    dataset = torchvision.datasets.MNIST(str(raw), train=True, transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
+    # The prototype stored pickle.dumps(dataset) and trained on pickle.loads of it; pickle only ever here.
+    return pickle.loads(pickle.dumps(dataset))  # noqa: S301 - our own bytes
+
+
+def prototype_loop(data: dict, dataset, n: int) -> float:
     """The prototype: DataLoader(batch_size=64, shuffle=True, num_workers=0) over the unpickled Dataset."""
     device = data["config"].device
     model = models.seeded_model(data["layers"], seed=data["config"].seed).to(device)
@@ -147,10 +156,10 @@ def _prototype_loop(data: dict, dataset, n: int) -> float:
         loss = F.cross_entropy(model(images.to(device)), labels.to(device))
         loss.backward()
         optimizer.step()
-    return _finished(device) - start
+    return finished(device) - start
 
 
-def _finished(device: str) -> float:
+def finished(device: str) -> float:
     """The time once queued GPU work is done (models.train ends by reading results back, which waits too)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -160,14 +169,11 @@ def _finished(device: str) -> float:
 def _compare_loops(data: dict, raw) -> dict[str, float]:
     """Interleave the service (at its default precision and at fp32), the plain and the tuned loop and the
     prototype on SUBSET images, REPEATS times each; compare median img/s."""
-    prototype = torchvision.datasets.MNIST(str(raw), train=True, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
-    # The prototype stored pickle.dumps(dataset) and trained on pickle.loads of it; pickle only ever here.
-    prototype = pickle.loads(pickle.dumps(prototype))  # noqa: S301 - our own bytes
+    prototype = prototype_dataset(raw)
     runs = {"service": lambda: _service_loop(data, SUBSET),
             "service_fp32": lambda: _service_loop(data, SUBSET, precision="fp32"),
-            "handwritten": lambda: _handwritten_loop(data, SUBSET), "tuned": lambda: _tuned_loop(data, SUBSET),
-            "prototype": lambda: _prototype_loop(data, prototype, SUBSET)}
+            "handwritten": lambda: _handwritten_loop(data, SUBSET), "tuned": lambda: tuned_loop(data, SUBSET),
+            "prototype": lambda: prototype_loop(data, prototype, SUBSET)}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(REPEATS):
         for name, run in runs.items():
