@@ -97,3 +97,18 @@ def test_scv_serve_on_every_interface_without_a_token_exits_saying_why(tmp_path)
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "SCV_ALLOW_NO_TOKEN" in done.stderr
     assert not (tmp_path / ".scv").exists()  # refused before starting anything
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_the_session_cookie_is_secure_behind_a_trusted_tls_proxy_only(s3, tmp_path, monkeypatch, trusted):
+    """uvicorn's forwarded headers, from the addresses in FORWARDED_ALLOW_IPS (default 127.0.0.1): a TLS proxy
+    there says `X-Forwarded-Proto: https` and the cookie gets `Secure`; from anywhere else the header counts for
+    nothing."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "127.0.0.1" if trusted else "192.0.2.1")
+    settings = make_settings(s3, tmp_path, SCV_API_TOKEN="a-token-of-sixteen-or-more")
+    with LiveServer(settings) as server, server.client() as client:
+        response = client.post("/ui/login", data={"token": "a-token-of-sixteen-or-more", "next": "/ui"},
+                               headers={"X-Forwarded-Proto": "https"})
+        assert response.status_code == 303 and response.headers["location"] == "/ui"
+        attributes = [part.strip().lower() for part in response.headers["set-cookie"].split(";")]
+        assert ("secure" in attributes) is trusted, attributes

@@ -156,9 +156,14 @@ def test_pages_need_the_session_when_a_token_is_set(lab):
     assert browser.get("/models").status_code == 401 and browser.get("/").status_code == 401
     assert browser.get("/", headers={"Accept": "text/html"}, follow_redirects=False).headers["location"] == "/ui"
     assert lab.get("/").status_code == 404
+    copied = browser.cookies[COOKIE]
     logout = browser.post("/ui/logout", data={"csrf_token": csrf_of(browser.get("/ui"))}, follow_redirects=False)
     assert logout.status_code == 303 and logout.headers["location"] == "/ui/login"
     assert browser.get("/ui", follow_redirects=False).status_code == 303
+    # Sign-out ends the session itself: a copy of its cookie (another tab, a stolen one) is refused too.
+    stale = TestClient(lab.app).get("/ui", headers={"Cookie": f"{COOKIE}={copied}"}, follow_redirects=False)
+    assert stale.status_code == 303 and stale.headers["location"].startswith("/ui/login")
+    assert ok_html(signed_in(lab), "/ui/models/ui-a").status_code == 200  # a new sign-in works
 
 
 def test_a_forged_or_expired_session_is_refused(lab):

@@ -111,3 +111,12 @@ class Deletion(Base):
 
     version: Mapped[str] = mapped_column(String(128), primary_key=True)
     requested_at: Mapped[str] = mapped_column(String(32))
+
+
+class EndedSession(Base):
+    """A dashboard session signed out before its cookie expired: its cookie is refused until then."""
+
+    __tablename__ = "ended_sessions"
+
+    session: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the session's CSRF token
+    until: Mapped[float] = mapped_column(Float)  # when its cookie expires anyway (seconds since the epoch)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
 from app.ui.rendering import PageRoute, SessionDep, render, safe_next, set_session_cookie, signer, signing_in
-from app.ui.session import COOKIE, token_matches
+from app.ui.session import COOKIE, end_session, token_matches
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 
@@ -35,6 +35,8 @@ def login(request: Request, token: Annotated[str, Form(max_length=4096)],
 
 @router.post("/logout")
 def logout(request: Request, session: SessionDep) -> Response:
+    """End the session on every replica (a copy of its cookie is refused too), and drop the cookie."""
+    end_session(request.app.state.db, session)
     response = RedirectResponse("/ui/login" if signing_in(request) else "/ui", status_code=303)
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
     return response

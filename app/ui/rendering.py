@@ -10,11 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from app.analysis.plots import viridis
 from app.api.problems import invalid_fields
 from app.errors import ServiceError
-from app.ui.session import COOKIE, LIFETIME_S, Session, SessionSigner, csrf_matches
+from app.ui.session import COOKIE, LIFETIME_S, Session, SessionSigner, csrf_matches, has_ended
 
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
@@ -45,6 +46,8 @@ def signing_in(request: Request) -> bool:
 async def current_session(request: Request) -> Session:
     """The browser's session; without SCV_API_TOKEN a new one is issued. Every write must carry its CSRF token."""
     session = signer(request).read(request.cookies.get(COOKIE))
+    if session is not None and await run_in_threadpool(has_ended, request.app.state.db, session):
+        session = None
     if session is None:
         if signing_in(request):
             raise SignInRequired
