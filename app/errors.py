@@ -60,10 +60,6 @@ class PayloadTooLarge(ServiceError):
     status, title, slug = 413, "Payload too large", "payload-too-large"
 
 
-class Unauthorized(ServiceError):
-    status, title, slug = 401, "Unauthorized", "unauthorized"
-
-
 class IntegrityError(ServiceError):
     """Stored bytes do not match their recorded checksum or format; refused, never loaded."""
 

@@ -19,7 +19,7 @@ class Aliases:
     def apply_retention(self) -> None:
         """Remove a bucket lifecycle rule of earlier releases: it would expire aliased models too."""
         try:
-            self.store.set_expiry(bucket=self.bucket, days=0)
+            self.store.clear_expiry(bucket=self.bucket)
         except ServiceError as exc:
             log.debug("bucket lifecycle of %s not cleared: %s", self.bucket, exc.detail)
 

@@ -42,11 +42,6 @@ def prefix(version: str) -> str:
     return f"{validate_version(version)}/"
 
 
-def version_of(object_key: str) -> str:
-    """The version part of a model-bucket key."""
-    return object_key.split("/", 1)[0]
-
-
 def utcnow() -> str:
     """The current time as ISO 8601 UTC, the format of every timestamp the service writes."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

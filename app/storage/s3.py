@@ -15,10 +15,8 @@ from typing import BinaryIO
 import certifi
 import urllib3
 from minio import Minio
-from minio.commonconfig import ENABLED, Filter
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
-from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
 from app.errors import ObjectMissing, StorageUnavailable
 
@@ -101,15 +99,10 @@ class Store:
         with self._translated("checking buckets"):
             return all(self._client.bucket_exists(bucket_name=b) for b in buckets)
 
-    def set_expiry(self, *, bucket: str, days: int) -> None:
-        """Install (days > 0) or remove (days == 0) a whole-bucket expiration lifecycle rule."""
-        with self._translated(f"setting the lifecycle of {bucket!r}"):
-            if days <= 0:
-                self._client.delete_bucket_lifecycle(bucket_name=bucket)
-                return
-            rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id="scv-model-ttl",
-                        expiration=Expiration(days=days))
-            self._client.set_bucket_lifecycle(bucket_name=bucket, config=LifecycleConfig([rule]))
+    def clear_expiry(self, *, bucket: str) -> None:
+        """Remove the bucket's lifecycle rules (earlier releases set one for SCV_MODEL_TTL_DAYS)."""
+        with self._translated(f"clearing the lifecycle of {bucket!r}"):
+            self._client.delete_bucket_lifecycle(bucket_name=bucket)
 
     # -- objects -------------------------------------------------------------------------------
 
@@ -177,12 +170,11 @@ class Store:
             return False
         return True
 
-    def list(self, *, bucket: str, prefix: str = "", recursive: bool = True,
-             start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def list(self, *, bucket: str, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
         """Objects under a prefix in key order (directories too when not recursive)."""
         with self._translated(f"listing {bucket}/{prefix}"):
             for obj in self._client.list_objects(bucket_name=bucket, prefix=prefix or None,
-                                                 recursive=recursive, start_after=start_after):
+                                                 recursive=recursive):
                 yield ObjectInfo(key=obj.object_name, size=obj.size or 0,
                                  etag=(obj.etag or "").strip('"'), last_modified=obj.last_modified)
 
