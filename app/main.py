@@ -16,12 +16,12 @@ from app.api.guards import BearerAuth, BodyLimit, LoopbackHosts
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable, ServiceError
+from app.jobs.attempt import job_queue
 from app.jobs.checkpoints import Checkpoints
 from app.jobs.local import LocalPool
 from app.jobs.queue import JobQueue
 from app.jobs.service import Executor, JobService
 from app.metrics import Metrics
-from app.registry import publishing
 from app.registry.service import ModelRegistry
 from app.settings import Settings, get_settings
 from app.storage import embedded
@@ -85,9 +85,7 @@ def job_service(settings: Settings, *, store: Store, db: Database, datasets: Dat
                 housekeeping: Sequence[Callable[[], object]] = ()) -> JobService:
     """The job service of `scv serve` and `scv worker`: the queue, this process's executor, the datasets jobs are
     checked against, and housekeeping (lapsed leases, checkpoints of ended jobs, and whatever else the caller adds)."""
-    bucket = settings.minio_model_bucket
-    queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-                     on_end=lambda version: publishing.delete_objects(store, bucket=bucket, version=version))
+    queue = job_queue(settings, store=store, db=db)
     checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
     return JobService(queue=queue, executor=make_executor(settings, queue),
                       datasets=datasets or DatasetService(store=store, settings=settings), precision=settings.precision,

@@ -139,10 +139,10 @@ def _end(queue: JobQueue, claim: Claim, status: str, reason: str | None, *, stor
             time.sleep(1.0)
 
 
-def job_queue(settings: Settings, *, store: Store | None = None) -> JobQueue:
-    """The job queue on the catalog named by the settings; given `store`, a job that ends failed or cancelled
-    through it loses its model objects there."""
+def job_queue(settings: Settings, *, store: Store | None = None, db: Database | None = None) -> JobQueue:
+    """The job queue on `db`, else on the catalog named by the settings; given `store`, a job that ends failed or
+    cancelled through it loses its model objects there."""
     bucket = settings.minio_model_bucket
     on_end = None if store is None else (lambda v: publishing.delete_objects(store, bucket=bucket, version=v))
-    return JobQueue(Database(settings.catalog_url), lease_seconds=settings.lease_seconds,
+    return JobQueue(db or Database(settings.catalog_url), lease_seconds=settings.lease_seconds,
                     max_attempts=settings.max_attempts, on_end=on_end)
