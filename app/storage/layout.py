@@ -12,13 +12,14 @@ _VERSION = re.compile(VERSION_PATTERN)
 MODEL_FILE, METADATA_FILE, JOB_FILE = "model.safetensors", "metadata.json", "job.json"
 
 
-def validate_version(version: str) -> str:
-    """Return `version` if it is a safe ID, else raise InvalidInput; runs before any key is built."""
+def validate_version(version: str, *, field: str = "version") -> str:
+    """Return `version` if it is a safe ID, else raise InvalidInput naming `field` (a version, or an alias: it
+    follows the same pattern); runs before any key is built."""
     if not is_valid_version(version):
         shown = repr(version[:40] + ("…" if len(version) > 40 else "")) if isinstance(version, str) else "?"
         raise InvalidInput(
-            f"invalid version {shown}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit, without '..'", field="version")
+            f"invalid {field} {shown}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, without '..'", field=field)
     return version
 
 
