@@ -1,6 +1,7 @@
 """Model routes: pages, download (ETag, Range, HEAD), metadata, delete and predict; `@alias` for any version."""
 
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -120,21 +121,17 @@ async def predict(version: ModelVersion, request: Request, registry: RegistryDep
             if not all(isinstance(part, UploadFile) for part in parts):
                 raise InvalidInput("field `files` must hold uploaded PNG/JPEG files, not text", field="files")
             blobs = [await part.read() for part in parts]
-        decode = _bind(inference.decode_files, blobs)
+        decode = partial(inference.decode_files, blobs)
     elif kind == "application/json":
         try:
             body = ImagesBody.model_validate_json(await request.body())
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-        decode = _bind(inference.decode_arrays, body.images)
+        decode = partial(inference.decode_arrays, body.images)
     else:
         raise UnsupportedMediaType(f"send multipart/form-data (field `files`) or application/json, not "
                                    f"{kind or 'no content type'}")
     return {"predictions": await run_in_threadpool(_classify, registry, version, decode)}
-
-
-def _bind(decode: Callable, images: list) -> Callable:
-    return lambda input_shape: decode(images, input_shape)
 
 
 def _classify(registry: ModelRegistry, version: str, decode: Callable) -> list[dict]:
