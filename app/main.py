@@ -100,7 +100,7 @@ def make_executor(settings: Settings, queue: JobQueue) -> Executor | None:
     if settings.executor == "ray":
         from app.jobs.ray_cluster import RayDispatcher  # plain HTTP: the API needs no `ray` package
 
-        return RayDispatcher.from_settings(settings, queue)
+        return RayDispatcher(settings, queue)
     return LocalPool(queue=queue, env=settings.to_env(), slots=settings.max_concurrent_jobs)
 
 
