@@ -61,7 +61,7 @@ def heatmap_png(
     cell = max(12, min(40, 480 // max(rows, cols)))
     font = ImageFont.load_default(size=max(8, min(12, cell - 2)))
     title_font = ImageFont.load_default(size=14)
-    ticks = (_tick(vmax), _tick(vmin))
+    ticks = (f"{vmax:.3g}", f"{vmin:.3g}")
 
     # Column labels are written bottom to top, ending at the grid, so neighbours never overlap.
     col_label_images = [_text_image(font, label).rotate(90, expand=True) for label in col_labels]
@@ -114,10 +114,6 @@ def to_uint8_maps(maps: Tensor) -> Tensor:
     spread = flat.amax(dim=1, keepdim=True) - low
     scaled = torch.where(spread > 0, (flat - low) / spread.clamp(min=1e-300) * 255, 127.5)
     return scaled.round().to(torch.uint8).reshape(maps.shape[0], 1, *maps.shape[1:]).cpu()
-
-
-def _tick(value: float) -> str:
-    return f"{value:.3g}"
 
 
 def _text_width(font: ImageFont.FreeTypeFont, text: str) -> int:

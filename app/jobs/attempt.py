@@ -15,7 +15,7 @@ import models
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import ServiceError, Unavailable
-from app.jobs.checkpoints import Checkpoints
+from app.jobs.checkpoints import Checkpoints, CheckpointWriter
 from app.jobs.lease import JobCancelled, Lease
 from app.jobs.queue import Claim, JobQueue, LeaseLost
 from app.registry import publishing
@@ -58,7 +58,7 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
         resume, resumed_from = checkpoints.load(version, fingerprint=fingerprint, setup=setup)
         lease.restart(history=resume.meta["history"] if resume else [], resumed_from=resumed_from)
         model = models.seeded_model(record["layers"], seed=request["seed"])
-        with checkpoints.writer(claim, fingerprint=fingerprint) as save:
+        with CheckpointWriter(checkpoints, claim, fingerprint) as save:
             result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
                                   test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
                                   on_progress=lease.update, resume=resume, on_checkpoint=save)

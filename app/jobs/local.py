@@ -59,7 +59,8 @@ class LocalPool:
         if held is None:
             return False
         claim, process = held
-        _end_process(process)
+        process.kill()
+        process.join()
         self._release(claim, None)  # cancel_requested is set: release records `cancelled`
         return True
 
@@ -70,7 +71,8 @@ class LocalPool:
             running, self._running = dict(self._running), {}
             self._cond.notify()
         for claim, process in running.values():
-            _end_process(process)
+            process.kill()
+            process.join()
             self._release(claim, None)
         if self._thread.is_alive():
             self._thread.join(5)
@@ -132,8 +134,3 @@ class LocalPool:
             self.queue.release(claim, reason=reason)
         except ServiceError as exc:  # the lease lapses and any process's reaper takes the job back
             log.warning("job %s: could not hand the job back yet (%s)", claim.version, exc.detail)
-
-
-def _end_process(process: multiprocessing.Process) -> None:
-    process.kill()
-    process.join()
