@@ -6,7 +6,6 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +23,6 @@ log = logging.getLogger(__name__)
 
 PART_SIZE = 16 * 1024 * 1024
 MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NoSuchVersion"}
-RANGED_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,23 +121,9 @@ class Store:
         """Download and parse a JSON document."""
         return json.loads(self.get_bytes(bucket=bucket, key=key))
 
-    def get_bytes(self, *, bucket: str, key: str, size: int | None = None, parallel: int = 1) -> bytes:
-        """Download a whole object; with `parallel` > 1 and a known size, by concurrent ranged GETs."""
-        if parallel <= 1 or size is None or size <= RANGED_CHUNK:
-            return b"".join(self.iter_bytes(bucket=bucket, key=key))
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-
-        def fetch(offset: int) -> None:
-            pos = offset
-            for chunk in self.iter_bytes(bucket=bucket, key=key, offset=offset,
-                                         length=min(RANGED_CHUNK, size - offset)):
-                view[pos:pos + len(chunk)] = chunk
-                pos += len(chunk)
-
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            list(pool.map(fetch, range(0, size, RANGED_CHUNK)))
-        return bytes(buffer)
+    def get_bytes(self, *, bucket: str, key: str) -> bytes:
+        """Download a whole object."""
+        return b"".join(self.iter_bytes(bucket=bucket, key=key))
 
     def iter_bytes(self, *, bucket: str, key: str, offset: int = 0, length: int | None = None,
                    chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
