@@ -36,26 +36,14 @@ class ObjectInfo:
 class Store:
     """A thin, typed wrapper around one `Minio` client, shared by the whole process."""
 
-    def __init__(
-        self,
-        *,
-        endpoint: str,
-        access_key: str,
-        secret_key: str,
-        secure: bool = False,
-        ca_cert: str | None = None,
-        timeout_s: float = 5.0,
-    ):
+    def __init__(self, *, endpoint: str, access_key: str, secret_key: str, secure: bool = False,
+                 ca_cert: str | None = None, timeout_s: float = 5.0):
         self.endpoint = endpoint
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(timeout_s, 3.0), read=timeout_s),
-            maxsize=32,
-            cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE",
-            ca_certs=str(ca_cert) if ca_cert else certifi.where(),
+            timeout=urllib3.Timeout(connect=min(timeout_s, 3.0), read=timeout_s), maxsize=32,
+            cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE", ca_certs=str(ca_cert) if ca_cert else certifi.where(),
             # One quick retry for a dropped connection; a stalled server must fail fast, not hang.
-            retries=urllib3.Retry(total=2, connect=1, read=0, backoff_factor=0.1,
-                                  status_forcelist=(502, 503, 504)),
-        )
+            retries=urllib3.Retry(total=2, connect=1, read=0, backoff_factor=0.1, status_forcelist=(502, 503, 504)))
         self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
                              secure=secure, http_client=http)
 
@@ -68,20 +56,16 @@ class Store:
         except S3Error as exc:
             if exc.code in MISSING_CODES:
                 raise ObjectMissing(f"{what}: not found") from None
-            raise StorageUnavailable(
-                f"S3 server at {self.endpoint} refused {what} ({exc.code}); check the endpoint, "
-                "the credentials and the bucket policy"
-            ) from None
+            raise StorageUnavailable(f"S3 server at {self.endpoint} refused {what} ({exc.code}); check the endpoint, "
+                                     "the credentials and the bucket policy") from None
         except (ServerError, InvalidResponseError, MinioException, urllib3.exceptions.HTTPError,
                 OSError, ValueError) as exc:
             if isinstance(getattr(exc, "reason", exc), urllib3.exceptions.SSLError):
                 raise StorageUnavailable(
                     f"TLS to the S3 server at {self.endpoint} failed during {what}; check MINIO_SECURE and "
                     "point MINIO_CA_CERT at the CA that signed the server's certificate") from None
-            raise StorageUnavailable(
-                f"S3 server at {self.endpoint} is unreachable or failing during {what} "
-                f"({type(exc).__name__}); retry later"
-            ) from None
+            raise StorageUnavailable(f"S3 server at {self.endpoint} is unreachable or failing during {what} "
+                                     f"({type(exc).__name__}); retry later") from None
 
     # -- buckets -------------------------------------------------------------------------------
 
@@ -182,12 +166,8 @@ class Store:
 
 def store_from_settings(settings) -> Store:
     """Build the process's Store from Settings (endpoint and credentials must be resolved)."""
-    return Store(
-        endpoint=settings.minio_endpoint,
-        access_key=settings.minio_access_key or "",
-        secret_key=settings.minio_secret_key.get_secret_value() if settings.minio_secret_key else "",
-        secure=settings.minio_secure,
-        ca_cert=str(settings.minio_ca_cert) if settings.minio_ca_cert else None,
-        timeout_s=settings.storage_timeout_s,
-    )
+    return Store(endpoint=settings.minio_endpoint, access_key=settings.minio_access_key or "",
+                 secret_key=settings.minio_secret_key.get_secret_value() if settings.minio_secret_key else "",
+                 secure=settings.minio_secure, ca_cert=str(settings.minio_ca_cert) if settings.minio_ca_cert else None,
+                 timeout_s=settings.storage_timeout_s)
 
