@@ -75,14 +75,10 @@ DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "descri
 
 
 @router.get("", response_model=ModelPage)
-def list_models(
-    registry: RegistryDep,
-    labels: LabelFilter,
-    dataset: Annotated[str | None, Query(max_length=64)] = None,
-    sort: Annotated[Literal["created_at", "test_accuracy"], Query(description="descending")] = "created_at",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
-) -> dict:
+def list_models(registry: RegistryDep, labels: LabelFilter, dataset: Annotated[str | None, Query(max_length=64)] = None,
+                sort: Annotated[Literal["created_at", "test_accuracy"], Query(description="descending")] = "created_at",
+                limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict:
     """Stored, unexpired models, newest (or most accurate) first, a page at a time; filters `dataset`,
     `label=key:value` (repeatable)."""
     items, after = registry.page(dataset=dataset, labels=labels, sort=sort, limit=limit, cursor=cursor)
