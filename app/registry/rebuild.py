@@ -138,12 +138,8 @@ def _job_values(record: dict | None, model: dict | None) -> JobRecord | None:
     """The record of a job no worker holds, from an old job record and/or the model it produced; None (logged)
     when the old record is not one."""
     meta = model["meta"] if model else {}
-    record = record or {
-        "version": meta["version"], "dataset": meta["dataset"], "status": "succeeded",
-        "request": meta.get("request") or {}, "layers": meta.get("layers") or [], "metrics": meta.get("metrics"),
-        "history": meta.get("history") or [], "error": None, "created_at": model["created_at"],
-        "started_at": None, "finished_at": model["created_at"]}
-    status, error, finished = record["status"], record.get("error"), record.get("finished_at")
+    record = record or {**meta, "created_at": model["created_at"]}  # no record: the metadata says what it can
+    status, error, finished = record.get("status"), record.get("error"), record.get("finished_at")
     if model is not None:
         status, error, finished = "succeeded", None, finished or model["created_at"]
     elif status == "running":
