@@ -65,13 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan, responses=problems.PROBLEM_RESPONSES,
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
     problems.install(app)
-    app.include_router(health.router)
-    app.include_router(train.router)
-    app.include_router(models.router)
-    app.include_router(aliases.router)
-    app.include_router(datasets_api.router)
-    app.include_router(analysis_api.router)
-    app.include_router(ui.router)
+    for part in (health, train, models, aliases, datasets_api, analysis_api, ui):
+        app.include_router(part.router)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:
