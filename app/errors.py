@@ -24,21 +24,16 @@ class NotFound(ServiceError):
 
 class DatasetNotFound(NotFound):
     def __init__(self, name: str):
-        super().__init__(
-            f"unknown dataset {name!r}; known datasets: mnist, fashion_mnist, cifar10, svhn, emnist",
-            dataset=name,
-        )
+        super().__init__(f"unknown dataset {name!r}; known datasets: mnist, fashion_mnist, cifar10, svhn, emnist",
+                         dataset=name)
 
 
 class DatasetNotSeeded(NotFound):
     slug = "dataset-not-seeded"
 
     def __init__(self, name: str):
-        super().__init__(
-            f"dataset {name!r} is not seeded yet; run `scv datasets seed {name}` "
-            f"(or `scv datasets seed {name} --from-dir DIR` for files already downloaded)",
-            dataset=name,
-        )
+        super().__init__(f"dataset {name!r} is not seeded yet; run `scv datasets seed {name}` (or `scv datasets "
+                         f"seed {name} --from-dir DIR` for files already downloaded)", dataset=name)
 
 
 class Conflict(ServiceError):
@@ -58,10 +53,6 @@ class InvalidInput(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     status, title, slug = 413, "Payload too large", "payload-too-large"
-
-
-class Unauthorized(ServiceError):
-    status, title, slug = 401, "Unauthorized", "unauthorized"
 
 
 class IntegrityError(ServiceError):

@@ -16,12 +16,12 @@ from app.api.guards import BearerAuth, BodyLimit, LoopbackHosts
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable, ServiceError
+from app.jobs.attempt import job_queue
 from app.jobs.checkpoints import Checkpoints
 from app.jobs.local import LocalPool
 from app.jobs.queue import JobQueue
 from app.jobs.service import Executor, JobService
 from app.metrics import Metrics
-from app.registry import publishing
 from app.registry.service import ModelRegistry
 from app.settings import Settings, get_settings
 from app.storage import embedded
@@ -65,13 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan, responses=problems.PROBLEM_RESPONSES,
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
     problems.install(app)
-    app.include_router(health.router)
-    app.include_router(train.router)
-    app.include_router(models.router)
-    app.include_router(aliases.router)
-    app.include_router(datasets_api.router)
-    app.include_router(analysis_api.router)
-    app.include_router(ui.router)
+    for part in (health, train, models, aliases, datasets_api, analysis_api, ui):
+        app.include_router(part.router)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:
@@ -85,9 +80,7 @@ def job_service(settings: Settings, *, store: Store, db: Database, datasets: Dat
                 housekeeping: Sequence[Callable[[], object]] = ()) -> JobService:
     """The job service of `scv serve` and `scv worker`: the queue, this process's executor, the datasets jobs are
     checked against, and housekeeping (lapsed leases, checkpoints of ended jobs, and whatever else the caller adds)."""
-    bucket = settings.minio_model_bucket
-    queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-                     on_end=lambda version: publishing.delete_objects(store, bucket=bucket, version=version))
+    queue = job_queue(settings, store=store, db=db)
     checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
     return JobService(queue=queue, executor=make_executor(settings, queue),
                       datasets=datasets or DatasetService(store=store, settings=settings), precision=settings.precision,
@@ -102,7 +95,7 @@ def make_executor(settings: Settings, queue: JobQueue) -> Executor | None:
     if settings.executor == "ray":
         from app.jobs.ray_cluster import RayDispatcher  # plain HTTP: the API needs no `ray` package
 
-        return RayDispatcher.from_settings(settings, queue)
+        return RayDispatcher(settings, queue)
     return LocalPool(queue=queue, env=settings.to_env(), slots=settings.max_concurrent_jobs)
 
 

@@ -21,12 +21,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
     minio_endpoint: str | None = Field(None, alias="MINIO_ENDPOINT")
-    minio_access_key: str | None = Field(
-        None, validation_alias=AliasChoices("MINIO_ACCESS_KEY", "MINIO_ROOT_USER")
-    )
-    minio_secret_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("MINIO_SECRET_KEY", "MINIO_ROOT_PASSWORD")
-    )
+    minio_access_key: str | None = Field(None, validation_alias=AliasChoices("MINIO_ACCESS_KEY", "MINIO_ROOT_USER"))
+    minio_secret_key: SecretStr | None = Field(None, validation_alias=AliasChoices("MINIO_SECRET_KEY",
+                                                                                  "MINIO_ROOT_PASSWORD"))
     minio_secure: bool = Field(False, alias="MINIO_SECURE")
     minio_ca_cert: Path | None = Field(None, alias="MINIO_CA_CERT")
     minio_model_bucket: str = Field("models", alias="MINIO_MODEL_BUCKET", min_length=3, max_length=63)

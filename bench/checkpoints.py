@@ -12,7 +12,7 @@ import models
 from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
 from app.db.engine import Database
-from app.jobs.checkpoints import Checkpoints
+from app.jobs.checkpoints import Checkpoints, CheckpointWriter
 from app.jobs.queue import JobQueue
 from app.jobs.record import new_record
 from tests.support.rawdata import write_raw
@@ -56,7 +56,7 @@ def measure(ctx) -> dict[str, float]:
         version = f"bench-checkpoints-{run}"
         queue.add(new_record(version=version, dataset="mnist", request={"epochs": 1}, layers=layers, labels={}))
         claim = queue.claim()
-        writer = checkpoints.writer(claim, fingerprint="bench")
+        writer = CheckpointWriter(checkpoints, claim, "bench")
         counted = []
         with writer:
             start = time.perf_counter()

@@ -276,10 +276,10 @@ def test_expired_models_are_neither_listed_nor_served_and_are_removed(s3, store,
 
 def test_a_refused_lifecycle_call_is_not_a_failed_start(s3, store, tmp_path, monkeypatch):
     # SeaweedFS accepts lifecycle calls; a server that refuses them is simulated here.
-    def refuse(self, *, bucket, days):
+    def refuse(self, *, bucket):
         raise StorageUnavailable("lifecycle is not implemented")
 
-    monkeypatch.setattr(Store, "set_expiry", refuse)
+    monkeypatch.setattr(Store, "clear_expiry", refuse)
     settings = make_settings(s3, tmp_path, SCV_MODEL_TTL_DAYS="3")
     with TestClient(create_app(settings)) as client:
         put_model(store, settings.minio_model_bucket, "kept", db=client.app.state.db, created_at=iso(datetime.now(UTC)))

@@ -61,14 +61,8 @@ def record_layers(model: nn.Sequential, x: Tensor) -> list[tuple[str, Tensor]]:
         return [(name, out.clone()) for name, out in _layer_outputs(model, x)]
 
 
-def cka_matrix(
-    model: nn.Sequential,
-    x: Tensor,
-    *,
-    estimator: str = "linear",
-    other: nn.Sequential | None = None,
-    other_x: Tensor | None = None,
-) -> dict:
+def cka_matrix(model: nn.Sequential, x: Tensor, *, estimator: str = "linear", other: nn.Sequential | None = None,
+               other_x: Tensor | None = None) -> dict:
     """CKA between every pair of layers of `model`, or between `model` (rows) and `other` (columns).
 
     `x` is a normalised input batch (N×C×H×W); `other` gets `other_x` (the same samples under its
@@ -93,12 +87,8 @@ def cka_matrix(
     rows = len(model)
     if other is None:
         return {"layers": names, "matrix": scores.tolist(), "estimator": estimator}
-    return {
-        "layers": names[:rows],
-        "other_layers": names[rows:],
-        "matrix": scores[:rows, rows:].tolist(),
-        "estimator": estimator,
-    }
+    return {"layers": names[:rows], "other_layers": names[rows:], "matrix": scores[:rows, rows:].tolist(),
+            "estimator": estimator}
 
 
 def activations(model: nn.Sequential, x: Tensor, *, layer: int) -> Tensor:
@@ -111,17 +101,9 @@ def activations(model: nn.Sequential, x: Tensor, *, layer: int) -> Tensor:
     return out
 
 
-def top_images(
-    model: nn.Sequential,
-    images_uint8: Tensor,
-    *,
-    mean: Sequence[float] | Tensor,
-    std: Sequence[float] | Tensor,
-    layer: int,
-    channel: int,
-    k: int,
-    batch_size: int = 512,
-) -> tuple[list[int], list[float]]:
+def top_images(model: nn.Sequential, images_uint8: Tensor, *, mean: Sequence[float] | Tensor,
+               std: Sequence[float] | Tensor, layer: int, channel: int, k: int,
+               batch_size: int = 512) -> tuple[list[int], list[float]]:
     """Indices and values of the k images whose mean activation of `channel` at `layer` is highest."""
     _check_layer(model, layer)
     if images_uint8.dim() != 4 or images_uint8.shape[0] == 0:
@@ -131,18 +113,14 @@ def top_images(
     device, channels = _device(model), images_uint8.shape[1]
     mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device).reshape(1, -1, 1, 1) for v in (mean, std))
     if {mean_t.numel(), std_t.numel()} - {1, channels}:
-        raise AnalysisInputError(
-            f"mean and std need one value per channel ({channels}); got {mean_t.numel()}, {std_t.numel()}"
-        )
+        raise AnalysisInputError(f"mean and std need one value per channel ({channels}); got {mean_t.numel()}, "
+                                 f"{std_t.numel()}")
     scores = []
     for batch in images_uint8.split(batch_size):
         out = _run_prefix(model, (batch.to(device).float() / 255 - mean_t) / std_t, layer=layer)
         if not 0 <= channel < out.shape[1]:
-            raise AnalysisInputError(
-                f"channel {channel} is out of range; layer {layer} has {out.shape[1]} channels "
-                f"(0..{out.shape[1] - 1})",
-                field="channel",
-            )
+            raise AnalysisInputError(f"channel {channel} is out of range; layer {layer} has {out.shape[1]} channels "
+                                     f"(0..{out.shape[1] - 1})", field="channel")
         # Spatial mean for conv maps; a flat output's "channel" is its feature itself.
         scores.append(out[:, channel].reshape(out.shape[0], -1).mean(dim=1).cpu())
     scores = torch.cat(scores)
@@ -187,9 +165,8 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
 
 def _check_layer(model: nn.Sequential, layer: int) -> None:
     if not 0 <= layer < len(model):
-        raise AnalysisInputError(
-            f"layer {layer} is out of range; the model has {len(model)} layers (0..{len(model) - 1})", field="layer"
-        )
+        raise AnalysisInputError(f"layer {layer} is out of range; the model has {len(model)} layers "
+                                 f"(0..{len(model) - 1})", field="layer")
 
 
 def _check_estimator(estimator: str) -> None:

@@ -10,16 +10,8 @@ from torch import Tensor
 
 # Viridis sampled at eight evenly spaced points: perceptually uniform, and its luminance rises
 # monotonically, so the figure still reads in greyscale and for colour-blind viewers.
-_VIRIDIS = (
-    (68, 1, 84),
-    (70, 51, 126),
-    (54, 92, 141),
-    (39, 127, 142),
-    (31, 161, 135),
-    (74, 193, 109),
-    (159, 218, 58),
-    (253, 231, 37),
-)
+_VIRIDIS = ((68, 1, 84), (70, 51, 126), (54, 92, 141), (39, 127, 142), (31, 161, 135), (74, 193, 109),
+            (159, 218, 58), (253, 231, 37))
 _NAN_COLOUR = (160, 160, 160)
 _BACKGROUND = (255, 255, 255)
 _INK = (0, 0, 0)
@@ -36,15 +28,8 @@ def viridis(fraction: float) -> tuple[int, int, int]:
     return tuple(round(a + (b - a) * t) for a, b in zip(_VIRIDIS[low], _VIRIDIS[low + 1], strict=True))
 
 
-def heatmap_png(
-    matrix: list[list[float]],
-    *,
-    row_labels: list[str],
-    col_labels: list[str],
-    title: str,
-    vmin: float = 0.0,
-    vmax: float = 1.0,
-) -> bytes:
+def heatmap_png(matrix: list[list[float]], *, row_labels: list[str], col_labels: list[str], title: str,
+                vmin: float = 0.0, vmax: float = 1.0) -> bytes:
     """A labelled heatmap of `matrix`: square cells, axis labels, a colour bar and a title.
 
     The title is also stored as the PNG's `Title` text chunk, for programs that read the file.
@@ -53,15 +38,13 @@ def heatmap_png(
     if rows == 0 or cols == 0 or any(len(row) != cols for row in matrix):
         raise ValueError("matrix must be a non-empty list of equally long rows")
     if len(row_labels) != rows or len(col_labels) != cols:
-        raise ValueError(
-            f"{rows}×{cols} matrix needs {rows} row labels and {cols} column labels, "
-            f"got {len(row_labels)} and {len(col_labels)}"
-        )
+        raise ValueError(f"{rows}×{cols} matrix needs {rows} row labels and {cols} column labels, "
+                         f"got {len(row_labels)} and {len(col_labels)}")
     # Cells shrink as the matrix grows so a 40-layer model still fits on a screen.
     cell = max(12, min(40, 480 // max(rows, cols)))
     font = ImageFont.load_default(size=max(8, min(12, cell - 2)))
     title_font = ImageFont.load_default(size=14)
-    ticks = (_tick(vmax), _tick(vmin))
+    ticks = (f"{vmax:.3g}", f"{vmin:.3g}")
 
     # Column labels are written bottom to top, ending at the grid, so neighbours never overlap.
     col_label_images = [_text_image(font, label).rotate(90, expand=True) for label in col_labels]
@@ -114,10 +97,6 @@ def to_uint8_maps(maps: Tensor) -> Tensor:
     spread = flat.amax(dim=1, keepdim=True) - low
     scaled = torch.where(spread > 0, (flat - low) / spread.clamp(min=1e-300) * 255, 127.5)
     return scaled.round().to(torch.uint8).reshape(maps.shape[0], 1, *maps.shape[1:]).cpu()
-
-
-def _tick(value: float) -> str:
-    return f"{value:.3g}"
 
 
 def _text_width(font: ImageFont.FreeTypeFont, text: str) -> int:

@@ -22,8 +22,6 @@ RESPONSES = {200: {"content": {"application/json": {}, "image/png": {}}},
              409: {**_PROBLEM, "description": "The model is still training; the problem links its job"},
              422: {**_PROBLEM, "description": "A parameter out of range; `field` names it"}}
 Format = Literal["json", "png"]
-
-
 Layer = Annotated[int, Query(ge=0, description="module index in the Sequential, 0-based")]
 
 

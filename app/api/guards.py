@@ -79,7 +79,6 @@ class BodyLimit:
         await problem(413, title="Payload too large", detail=self.too_big)(scope, receive, send)
 
 
-
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 

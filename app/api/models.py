@@ -1,6 +1,7 @@
 """Model routes: pages, download (ETag, Range, HEAD), metadata, delete and predict; `@alias` for any version."""
 
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -74,14 +75,10 @@ DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "descri
 
 
 @router.get("", response_model=ModelPage)
-def list_models(
-    registry: RegistryDep,
-    labels: LabelFilter,
-    dataset: Annotated[str | None, Query(max_length=64)] = None,
-    sort: Annotated[Literal["created_at", "test_accuracy"], Query(description="descending")] = "created_at",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
-) -> dict:
+def list_models(registry: RegistryDep, labels: LabelFilter, dataset: Annotated[str | None, Query(max_length=64)] = None,
+                sort: Annotated[Literal["created_at", "test_accuracy"], Query(description="descending")] = "created_at",
+                limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict:
     """Stored, unexpired models, newest (or most accurate) first, a page at a time; filters `dataset`,
     `label=key:value` (repeatable)."""
     items, after = registry.page(dataset=dataset, labels=labels, sort=sort, limit=limit, cursor=cursor)
@@ -120,21 +117,17 @@ async def predict(version: ModelVersion, request: Request, registry: RegistryDep
             if not all(isinstance(part, UploadFile) for part in parts):
                 raise InvalidInput("field `files` must hold uploaded PNG/JPEG files, not text", field="files")
             blobs = [await part.read() for part in parts]
-        decode = _bind(inference.decode_files, blobs)
+        decode = partial(inference.decode_files, blobs)
     elif kind == "application/json":
         try:
             body = ImagesBody.model_validate_json(await request.body())
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-        decode = _bind(inference.decode_arrays, body.images)
+        decode = partial(inference.decode_arrays, body.images)
     else:
         raise UnsupportedMediaType(f"send multipart/form-data (field `files`) or application/json, not "
                                    f"{kind or 'no content type'}")
     return {"predictions": await run_in_threadpool(_classify, registry, version, decode)}
-
-
-def _bind(decode: Callable, images: list) -> Callable:
-    return lambda input_shape: decode(images, input_shape)
 
 
 def _classify(registry: ModelRegistry, version: str, decode: Callable) -> list[dict]:

@@ -31,14 +31,10 @@ def submit(body: TrainRequest, response: Response, jobs: JobsDep) -> dict:
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(
-    jobs: JobsDep,
-    labels: LabelFilter,
-    status: Annotated[Literal[STATUSES] | None, Query()] = None,
-    dataset: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
-) -> dict:
+def list_jobs(jobs: JobsDep, labels: LabelFilter, status: Annotated[Literal[STATUSES] | None, Query()] = None,
+              dataset: Annotated[str | None, Query(max_length=64)] = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+              cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict:
     """Job records, newest first, a page at a time; filters `status`, `dataset`, `label=key:value` (repeatable)."""
     items, after = jobs.page(status=status, dataset=dataset, labels=labels, limit=limit, cursor=cursor)
     return {"items": items, "next": after}
@@ -58,11 +54,9 @@ def cancel_job(version: str, jobs: JobsDep) -> dict:
 
 @router.get("/{version}/events", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(
-    version: str,
-    jobs: ExistingJobDep,
-    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
-) -> AsyncIterator[ServerSentEvent]:
+async def job_events(version: str, jobs: ExistingJobDep,
+                     last_event_id: Annotated[str | None, Header(max_length=32)] = None
+                     ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: the job record on every change (`id` = its revision), ending after a terminal status.
     A client reconnecting with `Last-Event-ID` receives only newer records."""
     async for event in jobs.events(version, last_event_id=last_event_id):

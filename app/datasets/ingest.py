@@ -26,6 +26,7 @@ import torch
 import torchvision
 from safetensors.torch import save
 from tqdm import tqdm
+from tqdm.utils import CallbackIOWrapper
 
 from app.datasets import definitions
 from app.datasets.definitions import DatasetInfo
@@ -187,7 +188,8 @@ def _upload(store: Store, bucket: str, name: str, objects: dict[str, bytes], man
     with tqdm(total=sum(map(len, uploads.values())), desc=f"upload {name}", unit="B", unit_scale=True,
               file=sys.stderr, disable=not progress or not uploads) as bar:
         for obj, data in uploads.items():
-            store.put(bucket=bucket, key=f"{name}/{obj}", data=_Counted(data, bar), length=len(data),
+            store.put(bucket=bucket, key=f"{name}/{obj}", data=CallbackIOWrapper(bar.update, io.BytesIO(data)),
+                      length=len(data),
                       content_type="application/json" if obj.endswith(".json") else "application/octet-stream")
     return {"name": name, "action": "uploaded" if uploads else "skipped",
             "bytes": sum(map(len, uploads.values())), "objects": list(uploads)}
@@ -206,7 +208,7 @@ def _stored_equals(store: Store, bucket: str, key: str, data: bytes) -> bool:
     # nothing either way, so those objects are downloaded and hashed.
     if info.etag in _etags(data):
         return True
-    stored = store.get_bytes(bucket=bucket, key=key, size=info.size)
+    stored = store.get_bytes(bucket=bucket, key=key)
     return hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
 
 
@@ -222,16 +224,3 @@ def _same_manifest(store: Store, bucket: str, name: str, manifest: dict) -> bool
     except (ObjectMissing, ValueError):
         return False
     return {**stored, "created_at": None} == {**manifest, "created_at": None}
-
-
-class _Counted(io.BytesIO):
-    """Bytes read by the uploader, counted on a progress bar."""
-
-    def __init__(self, data: bytes, bar: tqdm):
-        super().__init__(data)
-        self.bar = bar
-
-    def read(self, size: int | None = -1) -> bytes:
-        chunk = super().read(size)
-        self.bar.update(len(chunk))
-        return chunk

@@ -15,7 +15,7 @@ import models
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import ServiceError, Unavailable
-from app.jobs.checkpoints import Checkpoints
+from app.jobs.checkpoints import Checkpoints, CheckpointWriter
 from app.jobs.lease import JobCancelled, Lease
 from app.jobs.queue import Claim, JobQueue, LeaseLost
 from app.registry import publishing
@@ -58,7 +58,7 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
         resume, resumed_from = checkpoints.load(version, fingerprint=fingerprint, setup=setup)
         lease.restart(history=resume.meta["history"] if resume else [], resumed_from=resumed_from)
         model = models.seeded_model(record["layers"], seed=request["seed"])
-        with checkpoints.writer(claim, fingerprint=fingerprint) as save:
+        with CheckpointWriter(checkpoints, claim, fingerprint) as save:
             result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
                                   test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
                                   on_progress=lease.update, resume=resume, on_checkpoint=save)
@@ -139,10 +139,10 @@ def _end(queue: JobQueue, claim: Claim, status: str, reason: str | None, *, stor
             time.sleep(1.0)
 
 
-def job_queue(settings: Settings, *, store: Store | None = None) -> JobQueue:
-    """The job queue on the catalog named by the settings; given `store`, a job that ends failed or cancelled
-    through it loses its model objects there."""
+def job_queue(settings: Settings, *, store: Store | None = None, db: Database | None = None) -> JobQueue:
+    """The job queue on `db`, else on the catalog named by the settings; given `store`, a job that ends failed or
+    cancelled through it loses its model objects there."""
     bucket = settings.minio_model_bucket
     on_end = None if store is None else (lambda v: publishing.delete_objects(store, bucket=bucket, version=v))
-    return JobQueue(Database(settings.catalog_url), lease_seconds=settings.lease_seconds,
+    return JobQueue(db or Database(settings.catalog_url), lease_seconds=settings.lease_seconds,
                     max_attempts=settings.max_attempts, on_end=on_end)

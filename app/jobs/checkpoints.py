@@ -55,9 +55,6 @@ class Checkpoints:
             return None, {"epoch": 1, "step": 0, "exact": True, "note": "; ".join(notes) + "; started over"}
         return None, None
 
-    def writer(self, claim: Claim, *, fingerprint: str) -> CheckpointWriter:
-        return CheckpointWriter(self, claim, fingerprint)
-
     def discard(self, version: str) -> None:
         """Remove every checkpoint object of a job and its catalog row."""
         self.store.delete_prefix(bucket=self.bucket, prefix=layout.prefix(version) + FOLDER)

@@ -34,8 +34,7 @@ class LocalPool:
         self.queue, self.env, self.slots = queue, env, slots  # env: Settings.to_env(), every child's settings
         self._ctx = multiprocessing.get_context("forkserver")
         self._running: dict[str, tuple[Claim, multiprocessing.Process]] = {}
-        self._cond = threading.Condition()
-        self._stopped = self._woken = False
+        self._lock, self._wake, self._stopped = threading.Lock(), threading.Event(), False
         self._backoff, self._paused_until = 0.0, 0.0
         self._thread = threading.Thread(target=self._supervise, name="scv-pool", daemon=True)
 
@@ -48,29 +47,29 @@ class LocalPool:
 
     def wake(self) -> None:
         """Look for queued jobs now (a job was just submitted)."""
-        with self._cond:
-            self._woken = True
-            self._cond.notify()
+        self._wake.set()
 
     def cancel(self, version: str) -> bool:
         """Stop the job's child if it runs here, and record `cancelled`; False when it does not run here."""
-        with self._cond:
+        with self._lock:
             held = self._running.pop(version, None)
         if held is None:
             return False
         claim, process = held
-        _end_process(process)
+        process.kill()
+        process.join()
         self._release(claim, None)  # cancel_requested is set: release records `cancelled`
         return True
 
     def stop(self) -> None:
         """Stop claiming; running jobs are ended and go back to the queue at once, for any worker to resume."""
-        with self._cond:
+        with self._lock:
             self._stopped = True
             running, self._running = dict(self._running), {}
-            self._cond.notify()
+        self._wake.set()
         for claim, process in running.values():
-            _end_process(process)
+            process.kill()
+            process.join()
             self._release(claim, None)
         if self._thread.is_alive():
             self._thread.join(5)
@@ -79,7 +78,7 @@ class LocalPool:
         # The lock guards `_running` only: the catalog calls (claim, release) happen outside it, so cancel()
         # and stop() never wait behind a database that is slow to answer.
         while True:
-            with self._cond:
+            with self._lock:
                 if self._stopped:
                     return
                 ended = [held for held in self._running.values() if held[1].exitcode is not None]
@@ -93,17 +92,15 @@ class LocalPool:
                     free -= self._launch(claim)
             except ServiceError as exc:
                 log.warning("could not claim jobs: %s", exc.detail)
-            with self._cond:
-                if not self._woken and not self._stopped:
-                    self._cond.wait(POLL_S)
-                self._woken = False
+            self._wake.wait(POLL_S)
+            self._wake.clear()
 
     def _launch(self, claim: Claim) -> int:
         """Start the claimed job's child; 1 when it runs, 0 when the job was handed back."""
         process = self._ctx.Process(target=run_in_child, name=f"scv-train-{claim.version}",
                                     args=(claim, self.env, self.slots), daemon=False)
         failure = None  # stop() hands every job back: one claimed while it did goes back too
-        with self._cond:
+        with self._lock:
             if not self._stopped:
                 try:
                     process.start()
@@ -132,8 +129,3 @@ class LocalPool:
             self.queue.release(claim, reason=reason)
         except ServiceError as exc:  # the lease lapses and any process's reaper takes the job back
             log.warning("job %s: could not hand the job back yet (%s)", claim.version, exc.detail)
-
-
-def _end_process(process: multiprocessing.Process) -> None:
-    process.kill()
-    process.join()

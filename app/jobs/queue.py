@@ -44,6 +44,11 @@ class Claim:
     attempt: int
 
 
+def _held(claim: Claim) -> list:
+    """What every write of an attempt expects: its job still running under that attempt."""
+    return [Job.version == claim.version, Job.attempts == claim.attempt, Job.status == "running"]
+
+
 def import_job(conn: Connection, record: JobRecord | dict) -> bool:
     """Insert a job that no worker holds, and its labels, unless its version has a job row already (`scv catalog
     rebuild`: the queue's own records win); True when inserted."""
@@ -160,15 +165,11 @@ class JobQueue:
                          .values(progress=resume_progress(row.progress, latest)))
         return Claim(row.version, row.attempts)
 
-    def _fenced(self, claim: Claim):
-        return update(Job).where(Job.version == claim.version, Job.attempts == claim.attempt,
-                                 Job.status == "running")
-
     def start(self, claim: Claim, *, worker: dict, request: dict, resumed_from: dict | None = None) -> dict:
         """The attempt's worker process begins: record who runs it and the request as it resolved it (precision);
         LeaseLost when it no longer holds the job."""
         with self.db.write() as conn:
-            row = conn.execute(self._fenced(claim).values(
+            row = conn.execute(update(Job).where(*_held(claim)).values(
                 worker=worker, request=request, resumed_from=resumed_from, started_at=layout.utcnow(),
                 lease_until=db_now() + self.lease_seconds, revision=Job.revision + 1).returning(Job)).first()
         if row is None:
@@ -182,7 +183,8 @@ class JobQueue:
         if state:
             values.update(state, revision=Job.revision + 1)
         with self.db.write() as conn:
-            row = conn.execute(self._fenced(claim).values(**values).returning(Job.cancel_requested)).first()
+            row = conn.execute(update(Job).where(*_held(claim)).values(**values)
+                               .returning(Job.cancel_requested)).first()
         if row is None:
             raise LeaseLost(claim.version)
         return bool(row.cancel_requested)
@@ -192,7 +194,7 @@ class JobQueue:
         """End the attempt's job with a terminal status (and, on success, list its model in the same transaction:
         `publish(conn)`); False when the attempt no longer held it, in which case nothing changed."""
         with self.db.write() as conn:
-            done = conn.execute(self._fenced(claim).values(
+            done = conn.execute(update(Job).where(*_held(claim)).values(
                 status=status, error=error, finished_at=layout.utcnow(), lease_until=None, cancel_requested=False,
                 revision=Job.revision + 1, **state)).rowcount == 1
             if done and publish is not None:
@@ -208,7 +210,7 @@ class JobQueue:
 
         The decision is made under the row's lock (FOR UPDATE on PostgreSQL; SQLite's write transaction holds
         the database), and its write states what it read, so a cancel or renewal in between is never lost."""
-        held = [Job.version == claim.version, Job.attempts == claim.attempt, Job.status == "running"]
+        held = _held(claim)
         if if_lapsed:
             held.append(Job.lease_until < db_now())
         with self.db.write() as conn:
@@ -230,17 +232,13 @@ class JobQueue:
             return self.release(claim, reason=reason, if_lapsed=if_lapsed)
         log.info("job %s (attempt %d) %s%s", claim.version, claim.attempt,
                  "handed back" if reason is None else f"lost: {reason}", f"; now {status}")
-        if self.on_end is not None:  # no attempt succeeded: whatever model objects one stored are not a model
-            self._ended(claim.version)
-        return status
-
-    def _ended(self, version: str) -> None:
-        """An attempt was given up (the job queued again, failed or cancelled): remove the model objects it may
-        have stored (`on_end`), after its worker stopped; a failure is logged (rebuild never lists them)."""
+        # The attempt was given up and its worker stopped: whatever model objects it stored are not a model.
         try:
-            self.on_end(version)
-        except Exception as exc:  # noqa: BLE001 - the job has ended; leftovers are logged, not raised
-            log.warning("job %s: could not remove its objects: %s", version, exc)
+            if self.on_end is not None:
+                self.on_end(claim.version)
+        except Exception as exc:  # noqa: BLE001 - the job has ended; leftovers are logged (rebuild never lists them)
+            log.warning("job %s: could not remove its objects: %s", claim.version, exc)
+        return status
 
     def lapsed(self) -> list[Claim]:
         """The attempts whose lease lapsed (their worker died, hung or lost its machine)."""
@@ -260,9 +258,7 @@ class JobQueue:
         """Point the job at a newly stored checkpoint, keeping the one before; returns the entry no longer kept
         (its object can go). LeaseLost when this attempt no longer holds the job."""
         with self.db.write() as conn:
-            held = conn.execute(select(Job.version).where(
-                Job.version == claim.version, Job.attempts == claim.attempt, Job.status == "running")).first()
-            if held is None:
+            if conn.execute(select(Job.version).where(*_held(claim))).first() is None:
                 raise LeaseLost(claim.version)
             row = conn.execute(select(CheckpointRow).where(CheckpointRow.version == claim.version)).first()
             if row is None:

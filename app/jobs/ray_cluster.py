@@ -67,14 +67,14 @@ class RayJobs:
         if num_gpus:
             body["entrypoint_num_gpus"] = num_gpus
         try:
-            self._post_job(body)
+            self._call("POST", "/api/jobs/", json=body, refusable=True)
         except SubmissionTaken:
             earlier = self.status(sid)
             if earlier is not None and earlier["status"] not in RAY_TERMINAL:
                 raise
             # Ray keeps finished jobs: this one ran for an earlier job of the same version (deleted, then reused).
             self._call("DELETE", f"/api/jobs/{sid}")
-            self._post_job(body)
+            self._call("POST", "/api/jobs/", json=body, refusable=True)
         return sid
 
     def status(self, sid: str) -> dict | None:
@@ -105,18 +105,16 @@ class RayJobs:
             text = text.replace(secret, "***")
         return text
 
-    def _post_job(self, body: dict) -> None:
-        if self._call("POST", "/api/jobs/", json=body, refusable=True) is None:
-            raise RayRefused(f"HTTP 404 from {self.address}/api/jobs/; is RAY_ADDRESS the Ray dashboard's URL?")
-
     def _call(self, method: str, path: str, *, json: dict | None = None,
               refusable: bool = False) -> httpx.Response | None:
-        """Ray's answer, None for 404; RayRefused for a refused submission; RayUnavailable otherwise."""
+        """Ray's answer, None for 404; RayRefused for a refused submission (404 too); RayUnavailable otherwise."""
         try:
             response = self._http.request(method, path, json=json)
         except httpx.HTTPError as exc:
             raise RayUnavailable(self.redact(f"Ray at {self.address} did not answer ({type(exc).__name__}: {exc})")) \
                 from None
+        if response.status_code == 404 and refusable:
+            raise RayRefused(f"HTTP 404 from {self.address}{path}; is RAY_ADDRESS the Ray dashboard's URL?")
         if response.status_code == 404:
             return None
         if response.is_success:
@@ -137,29 +135,23 @@ class RayDispatcher:
     starting), this renews its lease; then the worker does. A Ray job that ends without recording an end (its node
     was lost, it was stopped from outside) gives the job back as a lost attempt."""
 
-    def __init__(self, *, queue: JobQueue, address: str | None, env: dict[str, str], token: str | None = None,
-                 num_cpus: float = 1, num_gpus: float = 0):
-        self.queue = queue
+    def __init__(self, settings: Settings, queue: JobQueue):
+        self.queue, address, env = queue, dashboard_url(settings.ray_address), settings.to_env()
+        if settings.database_url is None and httpx.URL(address).host not in LOOPBACK:
+            log.warning("the catalog is SQLite in SCV_DATA_DIR: Ray jobs reach it only on this machine; for a "
+                        "Ray head elsewhere set SCV_DATABASE_URL to a PostgreSQL database every Ray node reaches")
+        token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
         masked = [token or "", env.get("MINIO_SECRET_KEY", ""), env.get("MINIO_ACCESS_KEY", ""),
                   env.get("SCV_DATABASE_URL", "")]
-        self.ray = RayJobs(address=dashboard_url(address), token=token, secrets=masked)
+        self.ray = RayJobs(address=address, token=token, secrets=masked)
+        self.num_cpus, self.num_gpus = 1, 1 if settings.device == "cuda" else 0
         # Torch would use every core of the node while Ray counted only num_cpus of them.
-        self.env = {**env, "OMP_NUM_THREADS": str(max(1, int(num_cpus)))}
-        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.env = {**env, "OMP_NUM_THREADS": str(self.num_cpus)}
         self._lock = threading.Lock()
         self._inflight: dict[str, Claim] = {}  # Ray submission id -> the claim it runs
         self._started: set[str] = set()  # submission ids whose worker renews its own lease
         self._wake, self._stopped, self._ray_down = threading.Event(), False, False
         self._thread = threading.Thread(target=self._supervise, name="scv-ray-dispatcher", daemon=True)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, queue: JobQueue) -> RayDispatcher:
-        token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
-        if settings.database_url is None and httpx.URL(dashboard_url(settings.ray_address)).host not in LOOPBACK:
-            log.warning("the catalog is SQLite in SCV_DATA_DIR: Ray jobs reach it only on this machine; for a "
-                        "Ray head elsewhere set SCV_DATABASE_URL to a PostgreSQL database every Ray node reaches")
-        return cls(queue=queue, address=settings.ray_address, env=settings.to_env(), token=token,
-                   num_gpus=1 if settings.device == "cuda" else 0)
 
     def start(self) -> None:
         self._thread.start()

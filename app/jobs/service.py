@@ -142,15 +142,9 @@ def prepare(request: dict, *, manifest: dict, max_bytes: int) -> tuple[str, list
     except models.LayerSpecError as exc:
         field = f"layers[{exc.index}]" if exc.index is not None else "layers"
         raise InvalidInput(str(exc), field=field, index=exc.index, reason=exc.reason) from None
-    _check_batch(request["batch_size"], layers, input_shape=manifest["image_shape"], max_bytes=max_bytes)
-    return version, layers
-
-
-def _check_batch(batch_size: int, layers: list[dict], *, input_shape: list[int], max_bytes: int) -> None:
-    import models
-
+    batch_size = request["batch_size"]
     try:
-        fits = models.training_batch(layers, input_shape=input_shape, max_bytes=max_bytes)
+        fits = models.training_batch(layers, input_shape=manifest["image_shape"], max_bytes=max_bytes)
     except models.MemoryBudgetError as exc:
         raise InvalidInput(f"batch_size {batch_size}: not even one image fits a worker's memory budget in "
                            f"training: {exc}", field="batch_size", needed_bytes=exc.needed,
@@ -161,3 +155,4 @@ def _check_batch(batch_size: int, layers: list[dict], *, input_shape: list[int],
                            f"{max_bytes:,} bytes (SCV_ANALYSIS_MAX_BYTES) hold at most {fits} images — use "
                            f"batch_size {fits} or less", field="batch_size", max_batch_size=fits,
                            max_bytes=max_bytes)
+    return version, layers

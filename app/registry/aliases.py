@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.errors import ServiceError
 from app.registry import catalog
-from app.registry.errors import AliasNotFound, ModelExpired, checked_name
+from app.registry.errors import AliasNotFound, ModelExpired
 from app.storage import layout
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ class Aliases:
     def apply_retention(self) -> None:
         """Remove a bucket lifecycle rule of earlier releases: it would expire aliased models too."""
         try:
-            self.store.set_expiry(bucket=self.bucket, days=0)
+            self.store.clear_expiry(bucket=self.bucket)
         except ServiceError as exc:
             log.debug("bucket lifecycle of %s not cleared: %s", self.bucket, exc.detail)
 
@@ -38,8 +38,8 @@ class Aliases:
 
     def put_alias(self, alias: str, version: str) -> dict:
         """Create the alias or move it to `version`; 404 naming the version when no such model is served."""
-        checked_name(alias, field="alias")
-        checked_name(version, field="version")
+        layout.validate_version(alias, field="alias")
+        layout.validate_version(version)
         with self.db.write() as conn:
             row = catalog.model_row(conn, version, lock=True)  # a delete of it waits, then sees the alias
             if row is None:
@@ -51,7 +51,7 @@ class Aliases:
     def get_alias(self, alias: str) -> dict:
         """One alias record; 404 when unknown."""
         with self.db.read() as conn:
-            record = catalog.get_alias(conn, checked_name(alias, field="alias"))
+            record = catalog.get_alias(conn, layout.validate_version(alias, field="alias"))
         if record is None:
             raise AliasNotFound(alias)
         return record
@@ -64,5 +64,5 @@ class Aliases:
     def delete_alias(self, alias: str) -> None:
         """Remove an alias (the model stays); 404 when unknown."""
         with self.db.write() as conn:
-            if not catalog.delete_alias(conn, checked_name(alias, field="alias")):
+            if not catalog.delete_alias(conn, layout.validate_version(alias, field="alias")):
                 raise AliasNotFound(alias)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Row, and_, delete, insert, or_, select
+from sqlalchemy import Connection, Row, and_, delete, or_, select
 
-from app.db.engine import dialect_insert
+from app.db.engine import dialect_insert, insert_absent
 from app.db.tables import Alias, Deletion, Job, Label, Model
 
 SORTS = ("created_at", "test_accuracy")
@@ -145,8 +145,7 @@ def aliases_by_version(conn: Connection, versions: Sequence[str]) -> dict[str, l
 
 def begin_deletion(conn: Connection, version: str, *, requested_at: str) -> None:
     """Record that the objects under `<version>/` are to be removed (once, however often it is asked)."""
-    if not deletion_pending(conn, version):
-        conn.execute(insert(Deletion).values(version=version, requested_at=requested_at))
+    insert_absent(conn, Deletion, {"version": version, "requested_at": requested_at})
 
 
 def deletion_pending(conn: Connection, version: str) -> bool:

@@ -32,16 +32,13 @@ class Deletion:
             if found := publishing.remove_version(conn, version) or catalog.deletion_pending(conn, version):
                 catalog.begin_deletion(conn, version, requested_at=layout.utcnow())
         if not found:  # no rows: objects a rebuild has not imported, or leftovers, may still be removed
-            if not self._has_objects(version):
+            if next(iter(self.store.list(bucket=self.bucket, prefix=layout.prefix(version))), None) is None:
                 raise ModelNotFound(version)
             with self.db.write() as conn:
                 if catalog.job_status(conn, version) is None:  # not submitted meanwhile
                     catalog.begin_deletion(conn, version, requested_at=layout.utcnow())
         self._loaded.pop(version)
         self._remove_objects(version)
-
-    def _has_objects(self, version: str) -> bool:
-        return next(iter(self.store.list(bucket=self.bucket, prefix=layout.prefix(version))), None) is not None
 
     def _remove_objects(self, version: str) -> None:
         publishing.delete_version_objects(self.store, bucket=self.bucket, version=version)

@@ -1,7 +1,6 @@
 """What the registry refuses: a model or alias that is missing, expired, not stored yet or still named."""
 
-from app.errors import Conflict, InvalidInput, NotFound
-from app.storage import layout
+from app.errors import Conflict, NotFound
 
 
 class ModelNotFound(NotFound):
@@ -40,11 +39,3 @@ class ModelAliased(Conflict):
         named = ", ".join(repr(a) for a in aliases)
         super().__init__(f"model {version!r} is named by alias {named}; move or delete the alias first "
                          "(DELETE /aliases/{alias})", version=version, aliases=aliases)
-
-
-def checked_name(name: str, *, field: str) -> str:
-    """A version or alias name that follows the version pattern, else 422 naming `field`."""
-    try:
-        return layout.validate_version(name)
-    except InvalidInput as exc:
-        raise InvalidInput(exc.detail.replace("invalid version", f"invalid {field}"), field=field) from None

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from app.db.cursors import decode_cursor, encode_cursor
 from app.errors import ServiceError
 from app.registry import catalog
-from app.registry.errors import AliasNotFound, ModelExpired, ModelNotFound, ModelNotReady, checked_name
+from app.registry.errors import AliasNotFound, ModelExpired, ModelNotFound, ModelNotReady
+from app.storage import layout
 
 log = logging.getLogger(__name__)
 # What a page's cursor may hold after its sort name: the sort value, then the version.
@@ -39,8 +40,8 @@ class Listing:
     def resolve(self, name: str, *, field: str = "version") -> str:
         """The version `name` stands for: itself, or for `@alias` the version the alias names now."""
         if not name.startswith("@"):
-            return checked_name(name, field=field)
-        alias = checked_name(name[1:], field=field)
+            return layout.validate_version(name, field=field)
+        alias = layout.validate_version(name[1:], field=field)
         with self.db.read() as conn:
             record = catalog.get_alias(conn, alias)
         if record is None:

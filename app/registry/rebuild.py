@@ -60,8 +60,9 @@ def rebuild_catalog(*, store: Store, db: Database, bucket: str) -> dict[str, int
         records = dict(zip(unrecorded, pool.map(lambda v: _job_record(store, bucket, v), unrecorded), strict=True))
     counts["skipped"] = sum(meta is None for meta in metas.values()) + sum(r is None for r in records.values())
     models = {v: publishing.model_values(meta) for v, meta in metas.items() if meta is not None}
-    gone = [v for v in rows.keys() - models.keys() - deleting
-            if layout.MODEL_FILE not in objects.get(v, {}) and _model_gone(store, bucket, v)]
+    # A listed model whose object is not listed is asked for again: the listing may be stale.
+    gone = [v for v in rows.keys() - models.keys() - deleting if layout.MODEL_FILE not in objects.get(v, {})
+            and not store.exists(bucket=bucket, key=layout.key(v, layout.MODEL_FILE))]
 
     imports = [_job_values(record, models.get(version))
                for version, record in records.items() if record is not None]
@@ -133,25 +134,12 @@ def _job_record(store: Store, bucket: str, version: str) -> dict | None:
         return None
 
 
-def _model_gone(store: Store, bucket: str, version: str) -> bool:
-    """True when the model object of a catalog row is not in storage (asked again: the listing may be stale)."""
-    try:
-        store.stat(bucket=bucket, key=layout.key(version, layout.MODEL_FILE))
-        return False
-    except ObjectMissing:
-        return True
-
-
 def _job_values(record: dict | None, model: dict | None) -> JobRecord | None:
     """The record of a job no worker holds, from an old job record and/or the model it produced; None (logged)
     when the old record is not one."""
     meta = model["meta"] if model else {}
-    record = record or {
-        "version": meta["version"], "dataset": meta["dataset"], "status": "succeeded",
-        "request": meta.get("request") or {}, "layers": meta.get("layers") or [], "metrics": meta.get("metrics"),
-        "history": meta.get("history") or [], "error": None, "created_at": model["created_at"],
-        "started_at": None, "finished_at": model["created_at"]}
-    status, error, finished = record["status"], record.get("error"), record.get("finished_at")
+    record = record or {**meta, "created_at": model["created_at"]}  # no record: the metadata says what it can
+    status, error, finished = record.get("status"), record.get("error"), record.get("finished_at")
     if model is not None:
         status, error, finished = "succeeded", None, finished or model["created_at"]
     elif status == "running":

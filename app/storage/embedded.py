@@ -24,7 +24,6 @@ from app.storage.s3 import store_from_settings
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
               "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
 # Every bucket is a SeaweedFS collection with volumes of its own, so the volume count runs out before the bytes.
@@ -85,7 +84,7 @@ def _accepts_connections(port: int) -> bool:
 def _die_with_parent() -> None:
     # Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL (Linux only).
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 

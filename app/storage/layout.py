@@ -12,13 +12,14 @@ _VERSION = re.compile(VERSION_PATTERN)
 MODEL_FILE, METADATA_FILE, JOB_FILE = "model.safetensors", "metadata.json", "job.json"
 
 
-def validate_version(version: str) -> str:
-    """Return `version` if it is a safe ID, else raise InvalidInput; runs before any key is built."""
+def validate_version(version: str, *, field: str = "version") -> str:
+    """Return `version` if it is a safe ID, else raise InvalidInput naming `field` (a version, or an alias: it
+    follows the same pattern); runs before any key is built."""
     if not is_valid_version(version):
         shown = repr(version[:40] + ("…" if len(version) > 40 else "")) if isinstance(version, str) else "?"
         raise InvalidInput(
-            f"invalid version {shown}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit, without '..'", field="version")
+            f"invalid {field} {shown}: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, without '..'", field=field)
     return version
 
 
@@ -40,11 +41,6 @@ def key(version: str, name: str) -> str:
 def prefix(version: str) -> str:
     """`<version>/`: every object of one version lives under it."""
     return f"{validate_version(version)}/"
-
-
-def version_of(object_key: str) -> str:
-    """The version part of a model-bucket key."""
-    return object_key.split("/", 1)[0]
 
 
 def utcnow() -> str:

@@ -6,7 +6,6 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,10 +14,8 @@ from typing import BinaryIO
 import certifi
 import urllib3
 from minio import Minio
-from minio.commonconfig import ENABLED, Filter
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
-from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
 from app.errors import ObjectMissing, StorageUnavailable
 
@@ -26,7 +23,6 @@ log = logging.getLogger(__name__)
 
 PART_SIZE = 16 * 1024 * 1024
 MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NoSuchVersion"}
-RANGED_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,26 +36,14 @@ class ObjectInfo:
 class Store:
     """A thin, typed wrapper around one `Minio` client, shared by the whole process."""
 
-    def __init__(
-        self,
-        *,
-        endpoint: str,
-        access_key: str,
-        secret_key: str,
-        secure: bool = False,
-        ca_cert: str | None = None,
-        timeout_s: float = 5.0,
-    ):
+    def __init__(self, *, endpoint: str, access_key: str, secret_key: str, secure: bool = False,
+                 ca_cert: str | None = None, timeout_s: float = 5.0):
         self.endpoint = endpoint
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(timeout_s, 3.0), read=timeout_s),
-            maxsize=32,
-            cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE",
-            ca_certs=str(ca_cert) if ca_cert else certifi.where(),
+            timeout=urllib3.Timeout(connect=min(timeout_s, 3.0), read=timeout_s), maxsize=32,
+            cert_reqs="CERT_REQUIRED" if secure else "CERT_NONE", ca_certs=str(ca_cert) if ca_cert else certifi.where(),
             # One quick retry for a dropped connection; a stalled server must fail fast, not hang.
-            retries=urllib3.Retry(total=2, connect=1, read=0, backoff_factor=0.1,
-                                  status_forcelist=(502, 503, 504)),
-        )
+            retries=urllib3.Retry(total=2, connect=1, read=0, backoff_factor=0.1, status_forcelist=(502, 503, 504)))
         self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
                              secure=secure, http_client=http)
 
@@ -72,20 +56,16 @@ class Store:
         except S3Error as exc:
             if exc.code in MISSING_CODES:
                 raise ObjectMissing(f"{what}: not found") from None
-            raise StorageUnavailable(
-                f"S3 server at {self.endpoint} refused {what} ({exc.code}); check the endpoint, "
-                "the credentials and the bucket policy"
-            ) from None
+            raise StorageUnavailable(f"S3 server at {self.endpoint} refused {what} ({exc.code}); check the endpoint, "
+                                     "the credentials and the bucket policy") from None
         except (ServerError, InvalidResponseError, MinioException, urllib3.exceptions.HTTPError,
                 OSError, ValueError) as exc:
             if isinstance(getattr(exc, "reason", exc), urllib3.exceptions.SSLError):
                 raise StorageUnavailable(
                     f"TLS to the S3 server at {self.endpoint} failed during {what}; check MINIO_SECURE and "
                     "point MINIO_CA_CERT at the CA that signed the server's certificate") from None
-            raise StorageUnavailable(
-                f"S3 server at {self.endpoint} is unreachable or failing during {what} "
-                f"({type(exc).__name__}); retry later"
-            ) from None
+            raise StorageUnavailable(f"S3 server at {self.endpoint} is unreachable or failing during {what} "
+                                     f"({type(exc).__name__}); retry later") from None
 
     # -- buckets -------------------------------------------------------------------------------
 
@@ -101,15 +81,10 @@ class Store:
         with self._translated("checking buckets"):
             return all(self._client.bucket_exists(bucket_name=b) for b in buckets)
 
-    def set_expiry(self, *, bucket: str, days: int) -> None:
-        """Install (days > 0) or remove (days == 0) a whole-bucket expiration lifecycle rule."""
-        with self._translated(f"setting the lifecycle of {bucket!r}"):
-            if days <= 0:
-                self._client.delete_bucket_lifecycle(bucket_name=bucket)
-                return
-            rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id="scv-model-ttl",
-                        expiration=Expiration(days=days))
-            self._client.set_bucket_lifecycle(bucket_name=bucket, config=LifecycleConfig([rule]))
+    def clear_expiry(self, *, bucket: str) -> None:
+        """Remove the bucket's lifecycle rules (earlier releases set one for SCV_MODEL_TTL_DAYS)."""
+        with self._translated(f"clearing the lifecycle of {bucket!r}"):
+            self._client.delete_bucket_lifecycle(bucket_name=bucket)
 
     # -- objects -------------------------------------------------------------------------------
 
@@ -130,23 +105,9 @@ class Store:
         """Download and parse a JSON document."""
         return json.loads(self.get_bytes(bucket=bucket, key=key))
 
-    def get_bytes(self, *, bucket: str, key: str, size: int | None = None, parallel: int = 1) -> bytes:
-        """Download a whole object; with `parallel` > 1 and a known size, by concurrent ranged GETs."""
-        if parallel <= 1 or size is None or size <= RANGED_CHUNK:
-            return b"".join(self.iter_bytes(bucket=bucket, key=key))
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-
-        def fetch(offset: int) -> None:
-            pos = offset
-            for chunk in self.iter_bytes(bucket=bucket, key=key, offset=offset,
-                                         length=min(RANGED_CHUNK, size - offset)):
-                view[pos:pos + len(chunk)] = chunk
-                pos += len(chunk)
-
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            list(pool.map(fetch, range(0, size, RANGED_CHUNK)))
-        return bytes(buffer)
+    def get_bytes(self, *, bucket: str, key: str) -> bytes:
+        """Download a whole object."""
+        return b"".join(self.iter_bytes(bucket=bucket, key=key))
 
     def iter_bytes(self, *, bucket: str, key: str, offset: int = 0, length: int | None = None,
                    chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
@@ -177,12 +138,11 @@ class Store:
             return False
         return True
 
-    def list(self, *, bucket: str, prefix: str = "", recursive: bool = True,
-             start_after: str | None = None) -> Iterator[ObjectInfo]:
+    def list(self, *, bucket: str, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
         """Objects under a prefix in key order (directories too when not recursive)."""
         with self._translated(f"listing {bucket}/{prefix}"):
             for obj in self._client.list_objects(bucket_name=bucket, prefix=prefix or None,
-                                                 recursive=recursive, start_after=start_after):
+                                                 recursive=recursive):
                 yield ObjectInfo(key=obj.object_name, size=obj.size or 0,
                                  etag=(obj.etag or "").strip('"'), last_modified=obj.last_modified)
 
@@ -206,12 +166,8 @@ class Store:
 
 def store_from_settings(settings) -> Store:
     """Build the process's Store from Settings (endpoint and credentials must be resolved)."""
-    return Store(
-        endpoint=settings.minio_endpoint,
-        access_key=settings.minio_access_key or "",
-        secret_key=settings.minio_secret_key.get_secret_value() if settings.minio_secret_key else "",
-        secure=settings.minio_secure,
-        ca_cert=str(settings.minio_ca_cert) if settings.minio_ca_cert else None,
-        timeout_s=settings.storage_timeout_s,
-    )
+    return Store(endpoint=settings.minio_endpoint, access_key=settings.minio_access_key or "",
+                 secret_key=settings.minio_secret_key.get_secret_value() if settings.minio_secret_key else "",
+                 secure=settings.minio_secure, ca_cert=str(settings.minio_ca_cert) if settings.minio_ca_cert else None,
+                 timeout_s=settings.storage_timeout_s)
 
