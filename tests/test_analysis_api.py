@@ -10,10 +10,11 @@ from PIL import Image
 from safetensors.torch import load as load_tensors
 
 import models
-from app.analysis.maths import cka, record_layers
+from app.analysis.maths import cka
 from app.analysis.plots import to_uint8_maps, viridis
 from app.main import create_app
 from app.storage.s3 import store_from_settings
+from tests.support.layers import record_layers
 from tests.support.rawdata import seed_raw, write_raw
 from tests.support.registry import store_model
 from tests.support.s3 import make_settings

@@ -54,13 +54,6 @@ def layer_names(model: nn.Sequential) -> list[str]:
     return [f"{index}:{type(module).__name__}" for index, module in enumerate(model)]
 
 
-def record_layers(model: nn.Sequential, x: Tensor) -> list[tuple[str, Tensor]]:
-    """Outputs of every top-level module of `model` for input `x`, named "index:ClassName"."""
-    # A copy each, because a following in-place module (ReLU(inplace=True)) rewrites the original.
-    with _evaluating(model):
-        return [(name, out.clone()) for name, out in _layer_outputs(model, x)]
-
-
 def cka_matrix(model: nn.Sequential, x: Tensor, *, estimator: str = "linear", other: nn.Sequential | None = None,
                other_x: Tensor | None = None) -> dict:
     """CKA between every pair of layers of `model`, or between `model` (rows) and `other` (columns).

@@ -167,14 +167,6 @@ class EmbeddedS3:
             except subprocess.TimeoutExpired:
                 continue
 
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections hang, as with a stalled endpoint. For fault tests."""
-        os.killpg(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Undo `pause`."""
-        os.killpg(self.process.pid, signal.SIGCONT)
-
 
 def _last_error(log_path: Path, offset: int) -> str:
     """weed's last error line written since `offset` (this run's), without its glog prefix."""

@@ -76,11 +76,6 @@ class Store:
                 if not self._client.bucket_exists(bucket_name=bucket):
                     self._client.make_bucket(bucket_name=bucket)
 
-    def buckets_exist(self, *buckets: str) -> bool:
-        """True when every bucket exists; raises StorageUnavailable when storage does not answer."""
-        with self._translated("checking buckets"):
-            return all(self._client.bucket_exists(bucket_name=b) for b in buckets)
-
     def clear_expiry(self, *, bucket: str) -> None:
         """Remove the bucket's lifecycle rules (earlier releases set one for SCV_MODEL_TTL_DAYS)."""
         with self._translated(f"clearing the lifecycle of {bucket!r}"):
