@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.errors import ServiceError
 from app.registry import catalog
-from app.registry.errors import AliasNotFound, ModelExpired
+from app.registry.errors import AliasNotFound
 from app.storage import layout
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,7 @@ class Aliases:
         layout.validate_version(alias, field="alias")
         layout.validate_version(version)
         with self.db.write() as conn:
-            row = catalog.model_row(conn, version, lock=True)  # a delete of it waits, then sees the alias
-            if row is None:
-                raise self._absent(conn, version)
-            if self._expired(row.created_at, aliased=bool(catalog.aliases_of(conn, version))):
-                raise ModelExpired(version, self.expires_at(row.created_at))
+            self._served(conn, version, lock=True)  # a delete of it waits, then sees the alias
             return catalog.put_alias(conn, alias, version, updated_at=layout.utcnow())
 
     def get_alias(self, alias: str) -> dict:
