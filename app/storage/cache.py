@@ -118,19 +118,16 @@ class LocalCache:
             file.close()
             yield self.path(sha256)
             return
-        if self.keeps(sha256, size):
-            for _ in self._written(sha256, size, fetch()):
-                pass
-            yield self.path(sha256)
-            return
+        keep = self.keeps(sha256, size)
         tmp = self._temp(sha256 if SHA256.fullmatch(sha256 or "") else "unnamed")
         try:
             with open(tmp, "wb") as out:
-                for _ in _checked(sha256, size, fetch(), out=out):
+                publish = (lambda: self._publish(out, tmp, sha256)) if keep else (lambda: None)
+                for _ in _checked(sha256, size, fetch(), out=out, then=publish):
                     pass
-            yield tmp
+            yield self.path(sha256) if keep else tmp
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # gone already once published
 
     def entries(self) -> list[tuple[int, str, int]]:
         """(last use in ns, file name, size) of every entry, least recently used first; stale temp files go."""
