@@ -159,13 +159,12 @@ class EmbeddedS3:
         for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
                 self.process.wait(wait)
                 return
+            except ProcessLookupError:
+                return
             except subprocess.TimeoutExpired:
-                continue
+                pass
 
 
 def _last_error(log_path: Path, offset: int) -> str:
@@ -218,14 +217,13 @@ def connect(settings):
         store.ensure_buckets(settings.minio_model_bucket, settings.minio_dataset_bucket)
         return store, resolved
 
-    if (endpoint := _running_endpoint(data_dir)) is not None:
-        try:
-            shared = ready(endpoint)
-        except ServiceError:
-            shared = None  # a stale record: start our own below
-        if shared is not None:
-            yield shared
-            return
+    try:
+        shared = ready(endpoint) if (endpoint := _running_endpoint(data_dir)) is not None else None
+    except ServiceError:
+        shared = None  # a stale record: start our own below
+    if shared is not None:
+        yield shared
+        return
     server, started = EmbeddedS3(data_dir=data_dir, access_key=access, secret_key=secret), {}
     server.start(ready_check=lambda: started.setdefault("pair", ready(server.endpoint)))
     marker = data_dir / RUNNING_FILE

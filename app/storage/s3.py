@@ -130,11 +130,10 @@ class Store:
             return False
         return True
 
-    def list(self, *, bucket: str, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
-        """Objects under a prefix in key order (directories too when not recursive)."""
+    def list(self, *, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under a prefix in key order."""
         with self._translated(f"listing {bucket}/{prefix}"):
-            for obj in self._client.list_objects(bucket_name=bucket, prefix=prefix or None,
-                                                 recursive=recursive):
+            for obj in self._client.list_objects(bucket_name=bucket, prefix=prefix or None, recursive=True):
                 yield ObjectInfo(key=obj.object_name, size=obj.size or 0,
                                  etag=(obj.etag or "").strip('"'), last_modified=obj.last_modified)
 
