@@ -208,8 +208,7 @@ def _stored_equals(store: Store, bucket: str, key: str, data: bytes) -> bool:
     # nothing either way, so those objects are downloaded and hashed.
     if info.etag in _etags(data):
         return True
-    stored = store.get_bytes(bucket=bucket, key=key)
-    return hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    return store.get_bytes(bucket=bucket, key=key) == data
 
 
 def _etags(data: bytes) -> set[str]:
