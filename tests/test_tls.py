@@ -4,17 +4,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
 from tests.support.s3 import ACCESS_KEY, SECRET_KEY, buckets_exist, make_settings
-from tests.support.tlscerts import write_ca_and_server_cert
+from tests.support.tlscerts import TlsS3, write_ca_and_server_cert
 
 
 @pytest.fixture(scope="module")
 def tls_s3(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tls")
     ca, cert, key = write_ca_and_server_cert(directory)
-    server = EmbeddedS3(data_dir=directory / "s3", access_key=ACCESS_KEY, secret_key=SECRET_KEY, tls=(cert, key))
+    server = TlsS3(data_dir=directory / "s3", access_key=ACCESS_KEY, secret_key=SECRET_KEY, tls=(cert, key))
     server.start(ready_check=lambda: buckets_exist(Store(endpoint=server.endpoint, access_key=ACCESS_KEY,
                                                          secret_key=SECRET_KEY, secure=True, ca_cert=str(ca)), "probe"))
     yield server, ca

@@ -92,11 +92,9 @@ def _die_with_parent() -> None:
 class EmbeddedS3:
     """A `weed mini` child process in its own process group, stopped with the parent."""
 
-    def __init__(self, *, data_dir: Path, access_key: str, secret_key: str,
-                 tls: tuple[Path, Path] | None = None):
+    def __init__(self, *, data_dir: Path, access_key: str, secret_key: str):
         self.data_dir = Path(data_dir)
         self.access_key, self.secret_key = access_key, secret_key
-        self.tls = tls  # (certificate, key): serve S3 over HTTPS only, on `port`
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -112,26 +110,16 @@ class EmbeddedS3:
         """
         store_dir = self.data_dir / "s3"
         store_dir.mkdir(parents=True, exist_ok=True)
-        free = free_ports(len(PORT_FLAGS) + 1)
-        ports = dict(zip(PORT_FLAGS, free, strict=False))
-        # Clients use `port`: the plain S3 port, or with TLS an HTTPS port (the plain one stays internal).
-        self.port = s3_port or (free[-1] if self.tls else ports["s3.port"])
-        if not self.tls:
-            ports["s3.port"] = self.port
-        args = [weed_binary(), "mini", f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                *(f"-{flag}={port}" for flag, port in ports.items()),
-                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
-                "-master.telemetry=false", f"-volume.max={VOLUME_MAX}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}"]
-        if self.tls:
-            args += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}", f"-s3.port.https={self.port}"]
+        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        ports["s3.port"] = self.port = s3_port or ports["s3.port"]
+        args = self.command(store_dir, ports)
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log_path = self.data_dir / "s3.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
-        log_start = log_file.tell()
-        self.process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
-        log_file.close()
+        with open(log_path, "ab") as log_file:  # the child writes to its own copy
+            log_start = log_file.tell()
+            self.process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         deadline, waiting_for = time.monotonic() + timeout_s, f"nothing listened on port {self.port}"
         while True:
             if self.process.poll() is not None:
@@ -151,6 +139,13 @@ class EmbeddedS3:
             time.sleep(0.1)
         log.info("embedded S3 server (SeaweedFS) listening on %s, data in %s", self.endpoint, store_dir)
         return self.endpoint
+
+    def command(self, store_dir: Path, ports: dict[str, int]) -> list[str]:
+        """The `weed mini` command line keeping its files in `store_dir` and listening on `ports` (flag: port)."""
+        return [weed_binary(), "mini", f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                *(f"-{flag}={port}" for flag, port in ports.items()),
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+                "-master.telemetry=false", f"-volume.max={VOLUME_MAX}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}"]
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after `timeout_s`."""
