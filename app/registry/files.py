@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 from app.errors import IntegrityError, ServiceError
@@ -62,10 +63,8 @@ class Files:
         finally:
             chunks.close()
         if self.cache.keeps(model["sha256"], model["size_bytes"]):
-            try:
+            with suppress(RuntimeError):  # shutting down (close()): a later download fills it
                 self._filler.submit(self._fill, model)
-            except RuntimeError:  # shutting down (close()): a later download fills it
-                pass
 
     def settle(self, timeout: float | None = None) -> None:
         """Wait until the background fills queued so far have ended."""

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -81,10 +81,8 @@ class LocalCache:
                         path, info.st_size, info.st_mtime_ns, size)
             self._remove(path, info.st_ino)
             return None
-        try:
+        with suppress(OSError):  # a read-only mount: still served, only its place in the eviction order is stale
             os.utime(file.fileno(), ns=(time.time_ns(), SEAL_NS))
-        except OSError:  # a read-only mount: still served, only its place in the eviction order is stale
-            pass
         return file
 
     def discard(self, sha256: str) -> None:
@@ -186,11 +184,10 @@ class LocalCache:
                 log.info("cache full (SCV_CACHE_MAX_BYTES=%d): evicted %s (%d bytes)", self.max_bytes, name, size)
 
     def _remove(self, path: Path, inode: int) -> None:
-        try:  # only the file that was looked at: a verified copy another process just published stays
+        # Only the file that was looked at: a verified copy another process just published stays.
+        with suppress(FileNotFoundError):
             if os.stat(path).st_ino == inode:
                 path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 _filling: set[Path] = set()  # entries this process is writing now: concurrent first downloads write one copy

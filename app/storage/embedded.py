@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sysconfig
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -83,10 +83,8 @@ def _accepts_connections(port: int) -> bool:
 
 def _die_with_parent() -> None:
     # Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL (Linux only).
-    try:
+    with suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class EmbeddedS3:
