@@ -33,9 +33,6 @@ class Aliases:
         """Models created before this have expired (unless aliased); None when models are kept."""
         return catalog.iso(datetime.now(UTC) - timedelta(days=self.ttl_days)) if self.ttl_days > 0 else None
 
-    def _expired(self, created_at: str, *, aliased: bool) -> bool:
-        return not aliased and self.ttl_days > 0 and created_at < self._fresh_since()
-
     def put_alias(self, alias: str, version: str) -> dict:
         """Create the alias or move it to `version`; 404 naming the version when no such model is served."""
         layout.validate_version(alias, field="alias")

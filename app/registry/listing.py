@@ -60,7 +60,7 @@ class Listing:
             raise ModelNotFound(version, f"model {version!r} does not exist: its training job ended {status} "
                                 f"without one (see /train/{version})", job=f"/train/{version}")
         aliases = catalog.aliases_of(conn, version)
-        if self._expired(row.created_at, aliased=bool(aliases)):
+        if not aliases and self.ttl_days > 0 and row.created_at < self._fresh_since():
             raise ModelExpired(version, self.expires_at(row.created_at))
         return row, aliases
 
