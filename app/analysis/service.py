@@ -27,7 +27,6 @@ class Analyses:
 
     def __init__(self, *, registry: ModelRegistry, datasets: DatasetService, entries: int = CACHE_ENTRIES):
         self.registry, self.datasets, self._results = registry, datasets, LRU(entries)
-        self.hits = self.misses = 0
 
     def cka(self, version: str, *, estimator: str, against: str | None) -> dict:
         """{"layers", "matrix", "estimator"}, plus "other_layers" (the columns) with `against`."""
@@ -90,13 +89,11 @@ class Analyses:
         data = (self.datasets.manifest(model["dataset"]).get("sha256") or {}).get(obj)
         key = (*params, model["version"], model["sha256"], data)
         if (value := self._results.get(key)) is not None:
-            self.hits += 1
             return value
         try:
             value = compute(*self.registry.load(model["version"]))
         except maths.AnalysisInputError as exc:
             raise InvalidInput(str(exc), field=exc.field) from None
-        self.misses += 1
         self._results.put(key, value)
         return value
 
