@@ -87,8 +87,7 @@ class LocalCache:
 
     def discard(self, sha256: str) -> None:
         """Remove the entry, found damaged by a reader after it was verified; absent is fine."""
-        if SHA256.fullmatch(sha256 or ""):
-            self.path(sha256).unlink(missing_ok=True)
+        self.path(sha256).unlink(missing_ok=True)
 
     def fill(self, sha256: str, size: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """`chunks` passed through while hashed (and, when kept, written); the entry is published once verified.
