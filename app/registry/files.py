@@ -66,10 +66,6 @@ class Files:
             with suppress(RuntimeError):  # shutting down (close()): a later download fills it
                 self._filler.submit(self._fill, model)
 
-    def settle(self, timeout: float | None = None) -> None:
-        """Wait until the background fills queued so far have ended."""
-        self._filler.submit(lambda: None).result(timeout)
-
     def close(self) -> None:
         """Let a fill in progress end (seconds), drop queued ones: the next download queues them again."""
         self._filler.shutdown(wait=True, cancel_futures=True)
