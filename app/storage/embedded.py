@@ -66,8 +66,7 @@ def credentials(data_dir: Path) -> tuple[str, str]:
         return saved["access_key"], saved["secret_key"]
     data_dir.mkdir(parents=True, exist_ok=True)
     access, secret = "scv-" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with open(path, "x", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
         json.dump({"access_key": access, "secret_key": secret}, f)
     return access, secret
 
