@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sysconfig
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -46,16 +46,11 @@ def weed_binary() -> str:
 
 def free_ports(count: int) -> list[int]:
     """Distinct free loopback TCP ports (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
         for s in sockets:
-            s.close()
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def credentials(data_dir: Path) -> tuple[str, str]:
