@@ -97,13 +97,17 @@ class LocalCache:
         an entry, other fills of it here only verify: concurrent first downloads write one copy.
         """
         path = self.path(sha256) if self.keeps(sha256, size) else None
-        if path is None or not _claim(path):
+        with _filling_lock:
+            if claimed := path is not None and path not in _filling:
+                _filling.add(path)
+        if not claimed:
             yield from _checked(sha256, size, chunks, out=None)
             return
         try:
             yield from self._written(sha256, size, chunks)
         finally:
-            _release(path)
+            with _filling_lock:
+                _filling.discard(path)
 
     @contextmanager
     def entry(self, sha256: str, size: int, fetch: Callable[[], Iterable[bytes]]) -> Iterator[Path]:
@@ -191,19 +195,6 @@ class LocalCache:
 
 _filling: set[Path] = set()  # entries this process is writing now: concurrent first downloads write one copy
 _filling_lock = threading.Lock()
-
-
-def _claim(path: Path) -> bool:
-    with _filling_lock:
-        if path in _filling:
-            return False
-        _filling.add(path)
-        return True
-
-
-def _release(path: Path) -> None:
-    with _filling_lock:
-        _filling.discard(path)
 
 
 def _checked(sha256: str, size: int, chunks: Iterable[bytes], *, out: BinaryIO | None,
