@@ -83,7 +83,5 @@ class NotReady(Unavailable):
         super().__init__(f"{dependency} did not answer; see the service's log", dependency=dependency)
 
 
-class ObjectMissing(ServiceError):
+class ObjectMissing(NotFound):
     """A storage key that does not exist; callers usually turn it into a more specific NotFound."""
-
-    status, title, slug = 404, "Not found", "not-found"

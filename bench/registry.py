@@ -158,10 +158,10 @@ def put_wide_model(store, bucket: str, *, version: str, shape: list[int], wide: 
     blob = models.save_model(net, layers=layers, input_shape=shape, classes=[str(i) for i in range(10)],
                              normalization={"mean": [0.5], "std": [0.25]}, dataset="mnist", version=version)
     metadata = _metadata(blob, version=version, layers=layers, shape=shape)
-    if db is None:
-        publishing.store_objects(store, bucket=bucket, metadata=metadata, blob=blob)
-    else:
-        publishing.publish(store, db, bucket=bucket, metadata=metadata, blob=blob)
+    publishing.store_objects(store, bucket=bucket, metadata=metadata, blob=blob)
+    if db is not None:
+        with db.write() as conn:
+            publishing.list_models(conn, [metadata])
     return blob
 
 

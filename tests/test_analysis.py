@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from app.analysis.maths import AnalysisInputError, activations, cka, cka_matrix, record_layers, top_images
+from app.analysis.maths import AnalysisInputError, activations, cka, cka_matrix, top_images
+from tests.support.layers import record_layers
 
 FAST = settings(deadline=None, max_examples=25, database=None)
 seeds = st.integers(0, 2**32 - 1)
@@ -142,9 +143,10 @@ def test_record_layers_keeps_outputs_that_an_inplace_relu_overwrites():
     assert torch.equal(flat, model(x).detach())
 
 
-def test_recording_uses_eval_mode_and_leaves_the_model_as_it_was():
-    model, x = nn.Sequential(nn.Flatten(), nn.Dropout(0.9)).train(), torch.ones(4, 1, 5, 5)
-    assert torch.equal(record_layers(model, x)[1][1], x.reshape(4, -1))
+def test_analyses_use_eval_mode_and_leave_the_model_as_it_was():
+    model, x = nn.Sequential(nn.Flatten(), nn.Dropout(0.9)).train(), torch.ones(1, 1, 5, 5)
+    assert torch.equal(activations(model, x, layer=1), x.reshape(-1))
+    assert cka_matrix(model, torch.randn(4, 1, 5, 5))["matrix"][0][1] == pytest.approx(1.0)
     assert model.training and model[1].training
 
 

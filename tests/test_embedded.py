@@ -11,7 +11,7 @@ from app.errors import StorageUnavailable
 from app.storage import embedded
 from app.storage.embedded import VOLUME_SIZE_MB, EmbeddedS3
 from app.storage.s3 import Store
-from tests.support.s3 import ACCESS_KEY, SECRET_KEY, drop_bucket
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, buckets_exist, drop_bucket
 
 BUCKETS = 200
 
@@ -47,8 +47,8 @@ def test_an_object_larger_than_a_volume_round_trips_intact(store):
 
 
 def _store_check(server: EmbeddedS3):
-    return lambda: Store(endpoint=server.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-                         timeout_s=1).buckets_exist("probe")
+    return lambda: buckets_exist(Store(endpoint=server.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                                       timeout_s=1), "probe")
 
 
 def test_a_missing_weed_binary_says_how_to_install_it(tmp_path, monkeypatch):

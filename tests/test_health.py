@@ -3,13 +3,13 @@
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.support.s3 import make_settings
+from tests.support.s3 import buckets_exist, make_settings
 
 
 def test_readyz_creates_both_buckets(client, settings, store):
     body = client.get("/readyz").json()
     assert body["status"] == "ready"
-    assert store.buckets_exist(settings.minio_model_bucket, settings.minio_dataset_bucket)
+    assert buckets_exist(store, settings.minio_model_bucket, settings.minio_dataset_bucket)
 
 
 def test_unknown_route_and_method_are_problem_json(client):

@@ -16,7 +16,7 @@ from app.registry.service import ModelRegistry
 from app.storage.cache import LocalCache
 from app.storage.s3 import Store
 from tests.support.catalog import add_job, iso
-from tests.support.registry import keys, listed, put_model
+from tests.support.registry import keys, listed, put_model, settle
 from tests.support.s3 import make_settings
 from tests.support.waiting import train, wait_for
 
@@ -299,7 +299,7 @@ def test_registry_load_returns_the_network_and_its_metadata(client, settings, st
 
 def cache_of(client) -> LocalCache:
     """The app's local cache once the background fills queued by its downloads so far have ended."""
-    client.app.state.registry.settle(60)
+    settle(client.app.state.registry, 60)
     return client.app.state.registry.cache
 
 

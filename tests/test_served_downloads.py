@@ -19,7 +19,7 @@ from app.api.downloads import pumped
 from app.db.engine import Database
 from app.storage.embedded import free_ports
 from tests.support.liveserver import LiveServer
-from tests.support.registry import put_model
+from tests.support.registry import put_model, settle
 from tests.support.waiting import wait_until
 
 SIZE = 6 * 1024 * 1024 + 123  # more than the socket buffers of a client that reads slowly hold
@@ -120,7 +120,7 @@ def test_a_client_that_leaves_a_first_download_stops_its_storage_reads(settings,
             time.sleep(0.5)
             assert _pumps() == 1  # still there: the client has not read the rest
         wait_until(lambda: _pumps() == 0, timeout=10, what="end of the pump")  # the reads stopped
-        app.state.registry.settle(60)
+        settle(app.state.registry, 60)
         assert not app.state.registry.cache.path(hashlib.sha256(blob).hexdigest()).exists()  # nor was it cached
         whole = client.get("/models/left-early")
         assert whole.status_code == 200 and whole.content == blob

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.storage.embedded import free_ports
-from tests.support.s3 import SECRET_KEY, make_settings, start_s3, store_on
+from tests.support.s3 import SECRET_KEY, buckets_exist, make_settings, pause, resume, start_s3, store_on
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -100,7 +100,7 @@ def _readyz_within(client, seconds: float):
 def own_s3(tmp_path):
     server = start_s3(tmp_path / "own-s3")
     yield server
-    server.resume() if server.process.poll() is None else None
+    resume(server) if server.process.poll() is None else None
     server.stop()
 
 
@@ -117,11 +117,11 @@ def _assert_503_naming(response, endpoint: str, caplog):
 def test_stalled_storage_is_503_quickly_then_recovers(own_s3, tmp_path, caplog):
     with TestClient(create_app(make_settings(own_s3, tmp_path))) as client:
         assert _readyz_within(client, 15).status_code == 200
-        own_s3.pause()
+        pause(own_s3)
         try:
             _assert_503_naming(_readyz_within(client, 15), own_s3.endpoint, caplog)
         finally:
-            own_s3.resume()
+            resume(own_s3)
         assert _readyz_within(client, 15).status_code == 200
 
 
@@ -150,7 +150,7 @@ def test_external_endpoint_gets_both_buckets(own_s3, tmp_path):
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").json() == {"status": "ready"}
     store = store_on(own_s3)
-    assert store.buckets_exist(settings.minio_model_bucket, settings.minio_dataset_bucket)
+    assert buckets_exist(store, settings.minio_model_bucket, settings.minio_dataset_bucket)
 
 
 def test_bad_configuration_names_the_variable(tmp_path):

@@ -62,6 +62,6 @@ def test_missing_key_is_a_domain_error(store, bucket):
 def test_wrong_credentials_name_the_endpoint_not_the_secret(s3):
     bad = Store(endpoint=s3.endpoint, access_key="scv-test-access", secret_key="not-the-secret-at-all")
     with pytest.raises(StorageUnavailable) as caught:
-        bad.buckets_exist("models")
+        list(bad.list(bucket="models"))
     assert s3.endpoint in caught.value.detail
     assert "not-the-secret-at-all" not in caught.value.detail

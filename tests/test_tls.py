@@ -4,19 +4,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
-from tests.support.s3 import ACCESS_KEY, SECRET_KEY, make_settings
-from tests.support.tlscerts import write_ca_and_server_cert
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, buckets_exist, make_settings
+from tests.support.tlscerts import TlsS3, write_ca_and_server_cert
 
 
 @pytest.fixture(scope="module")
 def tls_s3(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tls")
     ca, cert, key = write_ca_and_server_cert(directory)
-    server = EmbeddedS3(data_dir=directory / "s3", access_key=ACCESS_KEY, secret_key=SECRET_KEY, tls=(cert, key))
-    server.start(ready_check=lambda: Store(endpoint=server.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY,
-                                           secure=True, ca_cert=str(ca)).buckets_exist("probe"))
+    server = TlsS3(data_dir=directory / "s3", access_key=ACCESS_KEY, secret_key=SECRET_KEY, tls=(cert, key))
+    server.start(ready_check=lambda: buckets_exist(Store(endpoint=server.endpoint, access_key=ACCESS_KEY,
+                                                         secret_key=SECRET_KEY, secure=True, ca_cert=str(ca)), "probe"))
     yield server, ca
     server.stop()
 
@@ -27,8 +26,8 @@ def test_service_talks_tls_when_it_trusts_the_ca(tls_s3, tmp_path):
     with TestClient(create_app(settings)) as client:
         r = client.get("/readyz")
         assert r.status_code == 200, r.text
-    assert Store(endpoint=server.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=True,
-                 ca_cert=str(ca)).buckets_exist(settings.minio_model_bucket, settings.minio_dataset_bucket)
+    store = Store(endpoint=server.endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=True, ca_cert=str(ca))
+    assert buckets_exist(store, settings.minio_model_bucket, settings.minio_dataset_bucket)
 
 
 def test_untrusted_certificate_is_a_clear_503(tls_s3, tmp_path, caplog):

@@ -1,5 +1,3 @@
 """Representation analysis: CKA maths (float64), the cached per-model analyses, and their plots."""
 
-from app.analysis.maths import cka
-
-__all__ = ["cka"]
+from app.analysis.maths import cka as cka  # the Python API SPEC names: app.analysis.cka

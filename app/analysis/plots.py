@@ -78,7 +78,11 @@ def heatmap_png(matrix: list[list[float]], *, row_labels: list[str], col_labels:
     tick_left = bar_left + _BAR_WIDTH + _GAP
     draw.text((tick_left, grid_top), ticks[0], fill=_INK, font=font, anchor="lt")
     draw.text((tick_left, grid_top + grid_height), ticks[1], fill=_INK, font=font, anchor="lb")
-    return _png(image, title=title)
+    buffer, info = io.BytesIO(), PngInfo()
+    if title:
+        info.add_itxt("Title", title)  # iTXt: UTF-8, so any version name survives
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 def to_uint8_maps(maps: Tensor) -> Tensor:
@@ -109,11 +113,3 @@ def _text_image(font: ImageFont.FreeTypeFont, text: str) -> Image.Image:
     mask = Image.new("L", (max(right, 1), max(bottom, 1)), 0)
     ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
     return mask
-
-
-def _png(image: Image.Image, *, title: str | None = None) -> bytes:
-    buffer, info = io.BytesIO(), PngInfo()
-    if title:
-        info.add_itxt("Title", title)  # iTXt: UTF-8, so any version name survives
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()

@@ -1,6 +1,6 @@
 """Analyses of stored models on their dataset's images (CKA, activations, top images), with a result cache."""
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +27,6 @@ class Analyses:
 
     def __init__(self, *, registry: ModelRegistry, datasets: DatasetService, entries: int = CACHE_ENTRIES):
         self.registry, self.datasets, self._results = registry, datasets, LRU(entries)
-        self.hits = self.misses = 0
 
     def cka(self, version: str, *, estimator: str, against: str | None) -> dict:
         """{"layers", "matrix", "estimator"}, plus "other_layers" (the columns) with `against`."""
@@ -38,8 +37,7 @@ class Analyses:
                                f"{model['dataset']}; CKA compares two models on the same images, so pick a "
                                f"model of {model['dataset']}", field="against")
 
-        def compute() -> dict:
-            net, meta = self.registry.load(version)
+        def compute(net, meta: dict) -> dict:
             images = self.datasets.cka_set(model["dataset"])[0]
             if other is None:
                 return maths.cka_matrix(net, _normalised(images, meta), estimator=estimator)
@@ -50,15 +48,14 @@ class Analyses:
             return maths.cka_matrix(net, _normalised(images, meta), estimator=estimator, other=other_net,
                                        other_x=_normalised(images, other_meta))
 
-        key = ("cka", *_identity(model), *(_identity(other) if other else ()), self._data(model, CKA_SET), estimator)
-        return self._cached(key, compute)
+        against_key = (other["version"], other["sha256"]) if other else ()
+        return self._cached(model, CKA_SET, ("cka", *against_key, estimator), compute)
 
     def activations(self, version: str, *, layer: int, sample: int) -> dict:
         """One CKA sample's output at one layer ("maps": C×H×W or F), with its label and test-split index."""
         model = self.registry.get(version)
 
-        def compute() -> dict:
-            net, meta = self.registry.load(version)
+        def compute(net, meta: dict) -> dict:
             images, labels, indices = self.datasets.cka_set(model["dataset"])
             if not 0 <= sample < len(images):
                 raise InvalidInput(f"sample {sample} is out of range; the CKA set of {model['dataset']} has "
@@ -67,14 +64,13 @@ class Analyses:
             return {"layer": layer, "name": maths.layer_names(net)[layer], "sample": sample,
                     "label": int(labels[sample]), "index": int(indices[sample]), "maps": maps}
 
-        return self._cached(("activations", *_identity(model), self._data(model, CKA_SET), layer, sample), compute)
+        return self._cached(model, CKA_SET, ("activations", layer, sample), compute)
 
     def top_images(self, version: str, *, layer: int, channel: int, k: int) -> dict:
         """The k test-split images with the highest mean activation of `channel` ("images": their pixels)."""
         model = self.registry.get(version)
 
-        def compute() -> dict:
-            net, meta = self.registry.load(version)
+        def compute(net, meta: dict) -> dict:
             images, labels = self.datasets.load_split(model["dataset"], "test")
             norm = meta["normalization"]
             indices, values = maths.top_images(net, images, mean=norm["mean"], std=norm["std"], layer=layer,
@@ -84,28 +80,22 @@ class Analyses:
                     "images": images[indices]}
 
         # The ranking is stable, so every k is a prefix of the top MAX_K: one pass serves them all.
-        key = ("top-images", *_identity(model), self._data(model, TEST_SPLIT), layer, channel)
-        top = self._cached(key, compute)
+        top = self._cached(model, TEST_SPLIT, ("top-images", layer, channel), compute)
         return {**top, **{name: top[name][:k] for name in ("indices", "labels", "activations", "images")}}
 
-    def _data(self, model: dict, obj: str) -> str | None:
-        return (self.datasets.manifest(model["dataset"]).get("sha256") or {}).get(obj)
-
-    def _cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+    def _cached(self, model: dict, obj: str, params: tuple, compute: Callable[[Any, dict], Any]) -> Any:
+        """`compute(net, meta)` of `model`, or its result kept under the model file's and the dataset object `obj`'s
+        sha256 and `params`."""
+        data = (self.datasets.manifest(model["dataset"]).get("sha256") or {}).get(obj)
+        key = (*params, model["version"], model["sha256"], data)
         if (value := self._results.get(key)) is not None:
-            self.hits += 1
             return value
         try:
-            value = compute()
+            value = compute(*self.registry.load(model["version"]))
         except maths.AnalysisInputError as exc:
             raise InvalidInput(str(exc), field=exc.field) from None
-        self.misses += 1
         self._results.put(key, value)
         return value
-
-
-def _identity(model: dict) -> tuple[str, str]:
-    return model["version"], model["sha256"]
 
 
 def _normalised(images: torch.Tensor, meta: dict) -> torch.Tensor:

@@ -8,11 +8,9 @@ gzipped, as they are distributed (`train-images-idx3-ubyte.gz`).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 import torchvision
 from safetensors.torch import save
+from torchvision.datasets.utils import extract_archive
 from tqdm import tqdm
 from tqdm.utils import CallbackIOWrapper
 
@@ -109,8 +108,7 @@ def _unpacked(info: DatasetInfo, root: Path) -> Iterator[Path]:
         for name in names:
             if name in packed:
                 try:
-                    with gzip.open(raw / f"{name}.gz") as source, open(staged / name, "wb") as target:
-                        shutil.copyfileobj(source, target, 1 << 20)
+                    extract_archive(raw / f"{name}.gz", staged)  # unpacked as torchvision's download does
                 except (OSError, EOFError) as exc:
                     raise InvalidInput(f"{info.name}: {raw / name}.gz is not a complete gzip file ({exc}); "
                                        "download it again", field="from_dir") from None
@@ -208,8 +206,7 @@ def _stored_equals(store: Store, bucket: str, key: str, data: bytes) -> bool:
     # nothing either way, so those objects are downloaded and hashed.
     if info.etag in _etags(data):
         return True
-    stored = store.get_bytes(bucket=bucket, key=key)
-    return hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    return store.get_bytes(bucket=bucket, key=key) == data
 
 
 def _etags(data: bytes) -> set[str]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.errors import ServiceError
 from app.registry import catalog
-from app.registry.errors import AliasNotFound, ModelExpired
+from app.registry.errors import AliasNotFound
 from app.storage import layout
 
 log = logging.getLogger(__name__)
@@ -33,19 +33,12 @@ class Aliases:
         """Models created before this have expired (unless aliased); None when models are kept."""
         return catalog.iso(datetime.now(UTC) - timedelta(days=self.ttl_days)) if self.ttl_days > 0 else None
 
-    def _expired(self, created_at: str, *, aliased: bool) -> bool:
-        return not aliased and self.ttl_days > 0 and created_at < self._fresh_since()
-
     def put_alias(self, alias: str, version: str) -> dict:
         """Create the alias or move it to `version`; 404 naming the version when no such model is served."""
         layout.validate_version(alias, field="alias")
         layout.validate_version(version)
         with self.db.write() as conn:
-            row = catalog.model_row(conn, version, lock=True)  # a delete of it waits, then sees the alias
-            if row is None:
-                raise self._absent(conn, version)
-            if self._expired(row.created_at, aliased=bool(catalog.aliases_of(conn, version))):
-                raise ModelExpired(version, self.expires_at(row.created_at))
+            self._served(conn, version, lock=True)  # a delete of it waits, then sees the alias
             return catalog.put_alias(conn, alias, version, updated_at=layout.utcnow())
 
     def get_alias(self, alias: str) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 from app.errors import IntegrityError, ServiceError
@@ -62,29 +63,21 @@ class Files:
         finally:
             chunks.close()
         if self.cache.keeps(model["sha256"], model["size_bytes"]):
-            try:
+            with suppress(RuntimeError):  # shutting down (close()): a later download fills it
                 self._filler.submit(self._fill, model)
-            except RuntimeError:  # shutting down (close()): a later download fills it
-                pass
-
-    def settle(self, timeout: float | None = None) -> None:
-        """Wait until the background fills queued so far have ended."""
-        self._filler.submit(lambda: None).result(timeout)
 
     def close(self) -> None:
         """Let a fill in progress end (seconds), drop queued ones: the next download queues them again."""
         self._filler.shutdown(wait=True, cancel_futures=True)
 
     def _fill(self, model: dict) -> None:
-        sha, size, version = model["sha256"], model["size_bytes"], model["version"]
         try:
-            with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)):
-                pass  # cached already (an earlier fill), or fetched, verified and kept
-        except CacheMismatch as exc:
-            self._suspect.add(sha)
-            log.error("%s; its downloads are verified on the way from now on", self._mismatch(version, exc).detail)
+            self.cached_file(model, fetch=True)  # cached already (an earlier fill), or fetched, verified and kept
+        except IntegrityError as exc:  # the stored bytes are not the catalog's
+            self._suspect.add(model["sha256"])
+            log.error("%s; its downloads are verified on the way from now on", exc.detail)
         except ServiceError as exc:  # storage went away meanwhile: a later download fills it
-            log.warning("model %s not cached: %s", version, exc.detail)
+            log.warning("model %s not cached: %s", model["version"], exc.detail)
 
     def _verified(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The whole file passed through the cache: kept once its sha256 matched; the last chunk only then."""

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
+from sqlalchemy import Row
+
 from app.db.cursors import decode_cursor, encode_cursor
-from app.errors import ServiceError
 from app.registry import catalog
-from app.registry.errors import AliasNotFound, ModelExpired, ModelNotFound, ModelNotReady
+from app.registry.errors import ModelExpired, ModelNotFound, ModelNotReady
 from app.storage import layout
 
-log = logging.getLogger(__name__)
 # What a page's cursor may hold after its sort name: the sort value, then the version.
 CURSOR_KEYS = {"created_at": (str,), "test_accuracy": (float, int, type(None))}
 
@@ -41,33 +40,29 @@ class Listing:
         """The version `name` stands for: itself, or for `@alias` the version the alias names now."""
         if not name.startswith("@"):
             return layout.validate_version(name, field=field)
-        alias = layout.validate_version(name[1:], field=field)
-        with self.db.read() as conn:
-            record = catalog.get_alias(conn, alias)
-        if record is None:
-            raise AliasNotFound(alias)
-        return record["version"]
+        return self.get_alias(layout.validate_version(name[1:], field=field))["version"]
 
     def get(self, version: str) -> dict:
         """The listing item of one served model (a version `resolve()` checked) plus its metadata (`meta`); 404
         unknown or expired, 409 while it trains."""
         with self.db.read() as conn:
-            row = catalog.model_row(conn, version)
-            if row is None:
-                raise self._absent(conn, version)
-            aliases = catalog.aliases_of(conn, version)
-        if self._expired(row.created_at, aliased=bool(aliases)):
-            raise ModelExpired(version, self.expires_at(row.created_at))
+            row, aliases = self._served(conn, version)
         return {**self._item(row._mapping, aliases), "meta": row.meta}
 
-    def _absent(self, conn, version: str) -> ServiceError:
-        status = catalog.job_status(conn, version)
-        if status is None:
-            return ModelNotFound(version)
-        if status in catalog.ACTIVE:
-            return ModelNotReady(version, status)
-        return ModelNotFound(version, f"model {version!r} does not exist: its training job ended {status} "
-                             f"without one (see /train/{version})", job=f"/train/{version}")
+    def _served(self, conn, version: str, *, lock: bool = False) -> tuple[Row, list[str]]:
+        """The model's row (`lock`: held until the transaction ends) and the aliases naming it; 404 unknown or
+        expired, 409 while it trains."""
+        if (row := catalog.model_row(conn, version, lock=lock)) is None:
+            if (status := catalog.job_status(conn, version)) is None:
+                raise ModelNotFound(version)
+            if status in catalog.ACTIVE:
+                raise ModelNotReady(version, status)
+            raise ModelNotFound(version, f"model {version!r} does not exist: its training job ended {status} "
+                                f"without one (see /train/{version})", job=f"/train/{version}")
+        aliases = catalog.aliases_of(conn, version)
+        if not aliases and self.ttl_days > 0 and row.created_at < self._fresh_since():
+            raise ModelExpired(version, self.expires_at(row.created_at))
+        return row, aliases
 
     def metadata(self, version: str) -> dict:
         """The full metadata of a served model (from the catalog), plus `expires_at`."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, update
 
-from app.db.engine import Database, insert_absent
+from app.db.engine import insert_absent
 from app.db.tables import Job, Label, Model
 from app.registry.catalog import iso
 from app.storage import layout
@@ -98,13 +98,3 @@ def remove_version(conn: Connection, version: str) -> bool:
     for table in (Job, Label):
         removed |= conn.execute(delete(table).where(table.version == version)).rowcount > 0
     return removed
-
-
-# -- both --------------------------------------------------------------------------------------------------------
-
-
-def publish(store: Store, db: Database, *, bucket: str, metadata: dict[str, Any], blob: bytes) -> None:
-    """Store a model's objects and list it in the catalog (a model made outside a training job: tests, benchmarks)."""
-    store_objects(store, bucket=bucket, metadata=metadata, blob=blob)
-    with db.write() as conn:
-        list_models(conn, [metadata])

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -81,16 +81,13 @@ class LocalCache:
                         path, info.st_size, info.st_mtime_ns, size)
             self._remove(path, info.st_ino)
             return None
-        try:
+        with suppress(OSError):  # a read-only mount: still served, only its place in the eviction order is stale
             os.utime(file.fileno(), ns=(time.time_ns(), SEAL_NS))
-        except OSError:  # a read-only mount: still served, only its place in the eviction order is stale
-            pass
         return file
 
     def discard(self, sha256: str) -> None:
         """Remove the entry, found damaged by a reader after it was verified; absent is fine."""
-        if SHA256.fullmatch(sha256 or ""):
-            self.path(sha256).unlink(missing_ok=True)
+        self.path(sha256).unlink(missing_ok=True)
 
     def fill(self, sha256: str, size: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
         """`chunks` passed through while hashed (and, when kept, written); the entry is published once verified.
@@ -100,13 +97,17 @@ class LocalCache:
         an entry, other fills of it here only verify: concurrent first downloads write one copy.
         """
         path = self.path(sha256) if self.keeps(sha256, size) else None
-        if path is None or not _claim(path):
+        with _filling_lock:
+            if claimed := path is not None and path not in _filling:
+                _filling.add(path)
+        if not claimed:
             yield from _checked(sha256, size, chunks, out=None)
             return
         try:
             yield from self._written(sha256, size, chunks)
         finally:
-            _release(path)
+            with _filling_lock:
+                _filling.discard(path)
 
     @contextmanager
     def entry(self, sha256: str, size: int, fetch: Callable[[], Iterable[bytes]]) -> Iterator[Path]:
@@ -118,19 +119,16 @@ class LocalCache:
             file.close()
             yield self.path(sha256)
             return
-        if self.keeps(sha256, size):
-            for _ in self._written(sha256, size, fetch()):
-                pass
-            yield self.path(sha256)
-            return
+        keep = self.keeps(sha256, size)
         tmp = self._temp(sha256 if SHA256.fullmatch(sha256 or "") else "unnamed")
         try:
             with open(tmp, "wb") as out:
-                for _ in _checked(sha256, size, fetch(), out=out):
+                publish = (lambda: self._publish(out, tmp, sha256)) if keep else (lambda: None)
+                for _ in _checked(sha256, size, fetch(), out=out, then=publish):
                     pass
-            yield tmp
+            yield self.path(sha256) if keep else tmp
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # gone already once published
 
     def entries(self) -> list[tuple[int, str, int]]:
         """(last use in ns, file name, size) of every entry, least recently used first; stale temp files go."""
@@ -189,28 +187,14 @@ class LocalCache:
                 log.info("cache full (SCV_CACHE_MAX_BYTES=%d): evicted %s (%d bytes)", self.max_bytes, name, size)
 
     def _remove(self, path: Path, inode: int) -> None:
-        try:  # only the file that was looked at: a verified copy another process just published stays
+        # Only the file that was looked at: a verified copy another process just published stays.
+        with suppress(FileNotFoundError):
             if os.stat(path).st_ino == inode:
                 path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 _filling: set[Path] = set()  # entries this process is writing now: concurrent first downloads write one copy
 _filling_lock = threading.Lock()
-
-
-def _claim(path: Path) -> bool:
-    with _filling_lock:
-        if path in _filling:
-            return False
-        _filling.add(path)
-        return True
-
-
-def _release(path: Path) -> None:
-    with _filling_lock:
-        _filling.discard(path)
 
 
 def _checked(sha256: str, size: int, chunks: Iterable[bytes], *, out: BinaryIO | None,

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sysconfig
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -46,16 +46,11 @@ def weed_binary() -> str:
 
 def free_ports(count: int) -> list[int]:
     """Distinct free loopback TCP ports (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
         for s in sockets:
-            s.close()
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def credentials(data_dir: Path) -> tuple[str, str]:
@@ -66,8 +61,7 @@ def credentials(data_dir: Path) -> tuple[str, str]:
         return saved["access_key"], saved["secret_key"]
     data_dir.mkdir(parents=True, exist_ok=True)
     access, secret = "scv-" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with open(path, "x", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
         json.dump({"access_key": access, "secret_key": secret}, f)
     return access, secret
 
@@ -83,20 +77,16 @@ def _accepts_connections(port: int) -> bool:
 
 def _die_with_parent() -> None:
     # Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL (Linux only).
-    try:
+    with suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class EmbeddedS3:
     """A `weed mini` child process in its own process group, stopped with the parent."""
 
-    def __init__(self, *, data_dir: Path, access_key: str, secret_key: str,
-                 tls: tuple[Path, Path] | None = None):
+    def __init__(self, *, data_dir: Path, access_key: str, secret_key: str):
         self.data_dir = Path(data_dir)
         self.access_key, self.secret_key = access_key, secret_key
-        self.tls = tls  # (certificate, key): serve S3 over HTTPS only, on `port`
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -112,26 +102,16 @@ class EmbeddedS3:
         """
         store_dir = self.data_dir / "s3"
         store_dir.mkdir(parents=True, exist_ok=True)
-        free = free_ports(len(PORT_FLAGS) + 1)
-        ports = dict(zip(PORT_FLAGS, free, strict=False))
-        # Clients use `port`: the plain S3 port, or with TLS an HTTPS port (the plain one stays internal).
-        self.port = s3_port or (free[-1] if self.tls else ports["s3.port"])
-        if not self.tls:
-            ports["s3.port"] = self.port
-        args = [weed_binary(), "mini", f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                *(f"-{flag}={port}" for flag, port in ports.items()),
-                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
-                "-master.telemetry=false", f"-volume.max={VOLUME_MAX}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}"]
-        if self.tls:
-            args += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}", f"-s3.port.https={self.port}"]
+        ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        ports["s3.port"] = self.port = s3_port or ports["s3.port"]
+        args = self.command(store_dir, ports)
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         log_path = self.data_dir / "s3.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
-        log_start = log_file.tell()
-        self.process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
-        log_file.close()
+        with open(log_path, "ab") as log_file:  # the child writes to its own copy
+            log_start = log_file.tell()
+            self.process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         deadline, waiting_for = time.monotonic() + timeout_s, f"nothing listened on port {self.port}"
         while True:
             if self.process.poll() is not None:
@@ -152,6 +132,13 @@ class EmbeddedS3:
         log.info("embedded S3 server (SeaweedFS) listening on %s, data in %s", self.endpoint, store_dir)
         return self.endpoint
 
+    def command(self, store_dir: Path, ports: dict[str, int]) -> list[str]:
+        """The `weed mini` command line keeping its files in `store_dir` and listening on `ports` (flag: port)."""
+        return [weed_binary(), "mini", f"-dir={store_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                *(f"-{flag}={port}" for flag, port in ports.items()),
+                "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+                "-master.telemetry=false", f"-volume.max={VOLUME_MAX}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}"]
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after `timeout_s`."""
         if self.process is None or self.process.poll() is not None:
@@ -159,21 +146,12 @@ class EmbeddedS3:
         for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
                 self.process.wait(wait)
                 return
+            except ProcessLookupError:
+                return
             except subprocess.TimeoutExpired:
-                continue
-
-    def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections hang, as with a stalled endpoint. For fault tests."""
-        os.killpg(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Undo `pause`."""
-        os.killpg(self.process.pid, signal.SIGCONT)
+                pass
 
 
 def _last_error(log_path: Path, offset: int) -> str:
@@ -226,14 +204,13 @@ def connect(settings):
         store.ensure_buckets(settings.minio_model_bucket, settings.minio_dataset_bucket)
         return store, resolved
 
-    if (endpoint := _running_endpoint(data_dir)) is not None:
-        try:
-            shared = ready(endpoint)
-        except ServiceError:
-            shared = None  # a stale record: start our own below
-        if shared is not None:
-            yield shared
-            return
+    try:
+        shared = ready(endpoint) if (endpoint := _running_endpoint(data_dir)) is not None else None
+    except ServiceError:
+        shared = None  # a stale record: start our own below
+    if shared is not None:
+        yield shared
+        return
     server, started = EmbeddedS3(data_dir=data_dir, access_key=access, secret_key=secret), {}
     server.start(ready_check=lambda: started.setdefault("pair", ready(server.endpoint)))
     marker = data_dir / RUNNING_FILE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,8 +17,6 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from app.errors import ObjectMissing, StorageUnavailable
-
-log = logging.getLogger(__name__)
 
 PART_SIZE = 16 * 1024 * 1024
 MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "NoSuchVersion"}
@@ -75,11 +72,6 @@ class Store:
             with self._translated(f"creating bucket {bucket!r}"):
                 if not self._client.bucket_exists(bucket_name=bucket):
                     self._client.make_bucket(bucket_name=bucket)
-
-    def buckets_exist(self, *buckets: str) -> bool:
-        """True when every bucket exists; raises StorageUnavailable when storage does not answer."""
-        with self._translated("checking buckets"):
-            return all(self._client.bucket_exists(bucket_name=b) for b in buckets)
 
     def clear_expiry(self, *, bucket: str) -> None:
         """Remove the bucket's lifecycle rules (earlier releases set one for SCV_MODEL_TTL_DAYS)."""
@@ -138,11 +130,10 @@ class Store:
             return False
         return True
 
-    def list(self, *, bucket: str, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
-        """Objects under a prefix in key order (directories too when not recursive)."""
+    def list(self, *, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under a prefix in key order."""
         with self._translated(f"listing {bucket}/{prefix}"):
-            for obj in self._client.list_objects(bucket_name=bucket, prefix=prefix or None,
-                                                 recursive=recursive):
+            for obj in self._client.list_objects(bucket_name=bucket, prefix=prefix or None, recursive=True):
                 yield ObjectInfo(key=obj.object_name, size=obj.size or 0,
                                  etag=(obj.etag or "").strip('"'), last_modified=obj.last_modified)
 

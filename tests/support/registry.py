@@ -56,3 +56,8 @@ def keys(store: Store, bucket: str, prefix: str = "") -> list[str]:
 
 def listed(client) -> list[str]:
     return [i["version"] for i in client.get("/models", params={"limit": 1000}).json()["items"]]
+
+
+def settle(registry, timeout: float) -> None:
+    """Wait until the background cache fills the registry queued so far have ended (they run one at a time)."""
+    registry._filler.submit(lambda: None).result(timeout)

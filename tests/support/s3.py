@@ -1,11 +1,14 @@
 """The embedded S3 server the tests and benchmarks run on, its credentials, and settings and buckets on it."""
 
+import os
 import secrets
+import signal
 from pathlib import Path
 
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 
+from app.errors import ObjectMissing
 from app.settings import Settings
 from app.storage.embedded import EmbeddedS3
 from app.storage.s3 import Store
@@ -16,14 +19,34 @@ ACCESS_KEY, SECRET_KEY = "scv-test-access", "scv-test-secret-" + secrets.token_h
 def start_s3(data_dir: Path) -> EmbeddedS3:
     """A running `weed mini` keeping its files in `data_dir`, on ACCESS_KEY/SECRET_KEY; `stop()` it when done."""
     server = EmbeddedS3(data_dir=data_dir, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
-    server.start(ready_check=lambda: store_on(server).buckets_exist("probe"))
+    server.start(ready_check=lambda: buckets_exist(store_on(server), "probe"))
     return server
+
+
+def pause(server: EmbeddedS3) -> None:
+    """Freeze the server (SIGSTOP): connections hang, as with a stalled endpoint."""
+    os.killpg(server.process.pid, signal.SIGSTOP)
+
+
+def resume(server: EmbeddedS3) -> None:
+    """Undo `pause`."""
+    os.killpg(server.process.pid, signal.SIGCONT)
 
 
 def store_on(server: EmbeddedS3, *, timeout_s: float = 5.0) -> Store:
     """A Store client of `server`."""
     return Store(endpoint=server.endpoint, access_key=server.access_key, secret_key=server.secret_key,
                  timeout_s=timeout_s)
+
+
+def buckets_exist(store: Store, *buckets: str) -> bool:
+    """True when every bucket exists (a listing of it answers); StorageUnavailable when storage does not answer."""
+    try:
+        for bucket in buckets:
+            next(iter(store.list(bucket=bucket)), None)
+    except ObjectMissing:
+        return False
+    return True
 
 
 def drop_bucket(client: Minio, bucket: str) -> None:

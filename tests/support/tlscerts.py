@@ -1,4 +1,4 @@
-"""A throw-away CA and a server certificate for 127.0.0.1, for TLS tests of the S3 connection."""
+"""A throw-away CA and a server certificate for 127.0.0.1, and the embedded server serving S3 over TLS with them."""
 
 import datetime
 import ipaddress
@@ -8,6 +8,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from app.storage.embedded import EmbeddedS3, free_ports
 
 
 def _name(common_name: str) -> x509.Name:
@@ -34,3 +36,18 @@ def write_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
     paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return paths
+
+
+class TlsS3(EmbeddedS3):
+    """The embedded server speaking S3 over HTTPS only, with `tls` = (certificate, key), on `port`; its plain S3
+    port stays internal."""
+
+    def __init__(self, *, tls: tuple[Path, Path], **kwargs):
+        super().__init__(**kwargs)
+        self.tls = tls
+
+    def command(self, store_dir: Path, ports: dict[str, int]) -> list[str]:
+        # One more free port than `ports` holds, so at least one of them is none of theirs.
+        self.port = next(port for port in free_ports(len(ports) + 1) if port not in ports.values())
+        return [*super().command(store_dir, ports), f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}",
+                f"-s3.port.https={self.port}"]
