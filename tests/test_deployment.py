@@ -43,6 +43,7 @@ SECRET_EXAMPLE = K8S_DIR / "secret.example.yaml"
 # Variables .env.example documents that Settings does not read: build-time ones of docker-compose.yml
 # (checked below to be used there) and the `scv` client's base URL (SPEC §7).
 CLIENT_VARIABLES = {"SCV_URL"}
+SERVER_VARIABLES = {"FORWARDED_ALLOW_IPS"}  # uvicorn's own: the TLS proxy whose forwarded headers the api believes
 RAY_SERVICES = {"ray-head", "ray-worker"}
 CORE_SERVICES = {"minio", "postgres", "init", "api", "worker"}
 ENV_LINE = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
@@ -350,11 +351,12 @@ def test_worker_runs_the_pool_alone_and_scales(compose):
     assert worker["depends_on"] == {"minio": HEALTHY, "postgres": HEALTHY}
     # The image's check probes /healthz, which a worker does not serve: left on, it marks workers unhealthy.
     assert worker["healthcheck"] == {"disable": True}
-    # The same settings as the api, except that the worker trains.
+    # The same settings as the api, except that the worker trains (and serves no HTTP behind a proxy).
     worker_env, api_env = service_env(worker), service_env(api)
     assert worker_env.get("SCV_MAX_CONCURRENT_JOBS") != "0"
-    assert {k: v for k, v in worker_env.items() if k != "SCV_MAX_CONCURRENT_JOBS"} == \
-        {k: v for k, v in api_env.items() if k != "SCV_MAX_CONCURRENT_JOBS"}
+    api_only = {"SCV_MAX_CONCURRENT_JOBS", *SERVER_VARIABLES}
+    assert {k: v for k, v in worker_env.items() if k not in api_only} == \
+        {k: v for k, v in api_env.items() if k not in api_only}
     # SIGTERM hands the jobs back within the lease; Compose's 10 s default would kill it mid-hand-back.
     assert LEASE_SECONDS < seconds(worker["stop_grace_period"]) <= 2 * LEASE_SECONDS
     assert worker["restart"] == "unless-stopped"
@@ -371,7 +373,8 @@ def test_api_init_and_workers_share_the_data_volume_at_scv_data_dir(compose):
 
 @pytest.mark.parametrize("name", ["api", "init", "worker"])
 def test_service_environment_uses_only_variables_the_settings_know(compose, name):
-    unknown = set(service_env(compose["services"][name])) - settings_variables()
+    unknown = set(service_env(compose["services"][name])) - settings_variables() - (
+        SERVER_VARIABLES if name == "api" else set())
     assert not unknown, f"{name} passes variables app.settings.Settings ignores: {sorted(unknown)}"
 
 
@@ -497,7 +500,7 @@ def test_env_example_covers_every_setting_and_documents_each_line(env_example):
 
 def test_env_example_names_only_known_variables(env_example):
     compose_variables = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
-    unknown = set(env_example) - settings_variables() - compose_variables - CLIENT_VARIABLES
+    unknown = set(env_example) - settings_variables() - compose_variables - CLIENT_VARIABLES - SERVER_VARIABLES
     assert not unknown, f".env.example names variables nothing reads: {sorted(unknown)}"
 
 
