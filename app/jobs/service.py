@@ -121,7 +121,7 @@ class JobService:
             return record
         if self.executor is not None and self.executor.cancel(version):  # held here: stopped now
             return self.queue.get(version)
-        # Held elsewhere: its lease holder sees the flag at its next renewal (about twice a second).
+        # Held elsewhere (or on Ray): its lease holder sees the flag at its next renewal (about twice a second).
         deadline = time.monotonic() + CANCEL_WAIT_S
         while record["status"] == "running" and time.monotonic() < deadline:
             time.sleep(0.1)
