@@ -1,7 +1,6 @@
 """The app factory: assembles settings, storage, services, guards and routers; nothing else."""
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -15,7 +14,7 @@ from app.api import datasets as datasets_api
 from app.api.guards import BearerAuth, BodyLimit, LoopbackHosts
 from app.datasets.service import DatasetService
 from app.db.engine import Database
-from app.errors import DatabaseUnavailable, ServiceError
+from app.errors import ServiceError
 from app.jobs.attempt import job_queue
 from app.jobs.checkpoints import Checkpoints
 from app.jobs.local import LocalPool
@@ -47,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except ServiceError as exc:
                 log.warning("storage not ready at start-up (%s); /readyz retries", exc.detail)
             app.state.db = db = Database(resolved.catalog_url)
-            migrate(db)
+            db.migrate()
             app.state.registry = ModelRegistry(store=store, settings=resolved, db=db)
             app.state.datasets = DatasetService(store=store, settings=resolved)
             app.state.jobs = job_service(resolved, store=store, db=db, datasets=app.state.datasets,
@@ -97,16 +96,3 @@ def make_executor(settings: Settings, queue: JobQueue) -> Executor | None:
 
         return RayDispatcher(settings, queue)
     return LocalPool(queue=queue, env=settings.to_env(), slots=settings.max_concurrent_jobs)
-
-
-def migrate(db: Database, *, patience_s: float = 60.0) -> None:
-    """Migrate the catalog, waiting for a database that is still starting (compose, Kubernetes)."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            return db.migrate()
-        except DatabaseUnavailable as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("%s; retrying", exc.detail)
-            time.sleep(2.0)
