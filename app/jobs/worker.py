@@ -16,13 +16,7 @@ from app.jobs.attempt import run
 from app.jobs.queue import Claim
 from app.settings import LOG_FORMAT, Settings, load_settings
 from app.storage import layout
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+from app.storage.embedded import die_with_parent
 
 
 def keep_freed_memory() -> None:
@@ -39,7 +33,7 @@ def keep_freed_memory() -> None:
 
 def run_in_child(claim: Claim, env: dict[str, str], concurrency: int) -> None:
     """Entry point of a local pool's child process; `env` is the pool's `Settings.to_env()`."""
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)
     keep_freed_memory()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the pool decides
