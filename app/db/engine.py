@@ -160,13 +160,9 @@ class Database:
 
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
-        if self.sqlite:
-            database = self.url.database
-            if not database or database == ":memory:":
-                yield
-                return
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-            with open(f"{database}.migrate-lock", "a") as lock:
+        if self.sqlite:  # a lock file beside the database file
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            with open(f"{self.url.database}.migrate-lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 yield
             return
