@@ -49,17 +49,16 @@ class LocalPool:
         """Look for queued jobs now (a job was just submitted)."""
         self._wake.set()
 
-    def cancel(self, version: str) -> bool:
-        """Stop the job's child if it runs here, and record `cancelled`; False when it does not run here."""
+    def cancel(self, version: str) -> None:
+        """Stop the job's child if it runs here, and record `cancelled`."""
         with self._lock:
             held = self._running.pop(version, None)
         if held is None:
-            return False
+            return
         claim, process = held
         process.kill()
         process.join()
         self._release(claim, None)  # cancel_requested is set: release records `cancelled`
-        return True
 
     def stop(self) -> None:
         """Stop claiming; running jobs are ended and go back to the queue at once, for any worker to resume."""

@@ -157,10 +157,9 @@ class RayDispatcher:
     def wake(self) -> None:
         self._wake.set()
 
-    def cancel(self, version: str) -> bool:
-        """Ask Ray to stop the job's Ray job if held here. False: the end is recorded later, `cancelled` at once for
-        a Ray job Ray never started, else by the poll once Ray reports it stopped (or by its worker, which sees the
-        cancel flag at its next renewal)."""
+    def cancel(self, version: str) -> None:
+        """Ask Ray to stop the job's Ray job if held here; `cancelled` is recorded at once for a Ray job Ray never
+        started, else by the poll once Ray reports it stopped (or by its worker, at its next renewal)."""
         with self._lock:
             held = [(sid, claim) for sid, claim in self._inflight.items() if claim.version == version]
         for sid, claim in held:
@@ -169,7 +168,6 @@ class RayDispatcher:
             except (RayUnavailable, ServiceError) as exc:
                 log.warning("job %s: could not stop Ray job %s yet (%s); its worker stops at its next renewal",
                             version, sid, getattr(exc, "detail", exc))
-        return False
 
     def stop(self) -> None:
         """Stop dispatching. Ray jobs that run keep their leases (their workers renew them); jobs Ray has not
