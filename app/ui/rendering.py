@@ -100,8 +100,9 @@ class PageRoute(APIRoute):
         async def handler(request: Request) -> Response:
             try:
                 response = await handle(request)
-            except SignInRequired:
-                login = "/ui/login?" + urlencode({"next": next_page(request)})
+            except SignInRequired:  # back to this page after signing in (a partial's own page for htmx)
+                here = request.headers.get("hx-current-url") if is_htmx(request) else str(request.url)
+                login = "/ui/login?" + urlencode({"next": safe_next(here)})
                 if is_htmx(request):  # htmx swaps what it fetched; this makes the whole page go
                     return Response(status_code=401, headers={"HX-Redirect": login})
                 return RedirectResponse(login, status_code=303)
@@ -115,12 +116,6 @@ class PageRoute(APIRoute):
             return response
 
         return handler
-
-
-def next_page(request: Request) -> str:
-    """Where to return after signing in: this page (a partial's own page for htmx)."""
-    current = request.headers.get("hx-current-url") if is_htmx(request) else str(request.url)
-    return safe_next(current)
 
 
 def safe_next(url: str | None) -> str:
