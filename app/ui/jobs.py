@@ -147,10 +147,7 @@ def parse_labels(text: str) -> dict[str, str]:
 @router.get("/jobs/{version}")
 def job_page(request: Request, version: str, jobs: JobsDep) -> Response:
     """One job: status, progress and curves, kept live over Server-Sent Events until it ends."""
-    record = jobs.get(version)
-    if is_htmx(request):
-        return render(request, "_job_summary.html", job=record)
-    return render(request, "job.html", job=record)
+    return render(request, "_job_summary.html" if is_htmx(request) else "job.html", job=jobs.get(version))
 
 
 @router.get("/jobs/{version}/events", response_class=EventSourceResponse)
