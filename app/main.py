@@ -62,8 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 db.dispose()
 
     app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan, responses=problems.PROBLEM_RESPONSES,
+                  exception_handlers=problems.HANDLERS,
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
-    problems.install(app)
     for part in (health, train, models, aliases, datasets_api, analysis_api, ui):
         app.include_router(part.router)
     app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
