@@ -34,11 +34,9 @@ def _storage(args, settings) -> int:
               f"MINIO_SECRET_KEY={secret}\n# buckets: {resolved.minio_model_bucket}, "
               f"{resolved.minio_dataset_bucket}; Ctrl-C stops the server", flush=True)
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
     return 0
 
 
