@@ -70,28 +70,24 @@ async def submit_job(request: Request, jobs: JobsDep, datasets: DatasetsDep) -> 
             for kind, args in zip(form.getlist("layer_type"), form.getlist("layer_args"), strict=False)]
     try:
         version = await run_in_threadpool(_submit, values, rows, jobs=jobs)
+    except ValidationError as exc:  # every field at once, as the API's 422 lists them
+        errors = {e["field"]: e["message"] for e in invalid_fields(exc.errors())[1]}
     except ServiceError as exc:
         if exc.status not in (404, 409, 422):
             raise
         errors = {e["field"]: e["message"] for e in exc.extra.get("errors", [])}
         field = exc.extra.get("field") or {404: "dataset", 409: "version"}.get(exc.status, "form")
         errors.setdefault(field, exc.detail)
-        return _form(request, datasets, values=values, rows=rows, errors=errors, status_code=422)
-    return RedirectResponse(f"/ui/jobs/{version}", status_code=303)
+    else:
+        return RedirectResponse(f"/ui/jobs/{version}", status_code=303)
+    return _form(request, datasets, values=values, rows=rows, errors=errors, status_code=422)
 
 
 def _submit(values: dict, rows: list[dict], *, jobs) -> str:
     body: dict[str, Any] = {key: values[key] for key in ("dataset", *HYPERPARAMETERS) if values.get(key)}
     body["layers"] = [{"type": row["type"], **parse_args(index, row["args"])} for index, row in enumerate(rows)]
     body["labels"] = parse_labels(values.get("labels", ""))
-    try:
-        request = TrainRequest.model_validate(body)
-    except ValidationError as exc:
-        _, errors = invalid_fields(exc.errors())
-        problem = InvalidInput(errors[0]["message"], field=errors[0]["field"])
-        problem.extra["errors"] = errors  # every field at once, as the API's 422 lists them
-        raise problem from None
-    return jobs.submit(request)["version"]
+    return jobs.submit(TrainRequest.model_validate(body))["version"]
 
 
 def _form(request: Request, datasets, *, values: dict, rows: list[dict], errors: dict,
