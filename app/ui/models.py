@@ -1,5 +1,6 @@
 """Dashboard pages for models: the table, one model (layers, CKA, activations, top images, predict), compare."""
 
+from functools import partial
 from typing import Annotated, Literal
 
 import torch
@@ -122,10 +123,9 @@ async def predict(request: Request, version: str, registry: RegistryDep) -> Resp
     blob = await upload.read()
 
     def classify() -> tuple[dict, list[str]]:
-        model, meta = registry.load(registry.resolve(version))
-        images = inference.decode_files([blob], meta["input_shape"])
-        return inference.predict(model, meta, images, max_bytes=registry.max_bytes, precision=registry.precision,
-                                 cpu_bf16=registry.cpu_bf16)[0], meta["classes"]
+        resolved = registry.resolve(version)
+        classes = registry.get(resolved)["meta"]["classes"]
+        return registry.predict(resolved, partial(inference.decode_files, [blob]))[0], classes
 
     prediction, classes = await run_in_threadpool(classify)
     ranked = sorted(zip(classes, prediction["probabilities"], strict=True), key=lambda pair: -pair[1])
