@@ -24,7 +24,6 @@ router = APIRouter(prefix="/ui", route_class=PageRoute, dependencies=[Depends(cu
 PAGE_SIZE = 25
 MAX_CHANNELS = 256  # maps shown per layer; a wider layer shows its first ones
 TOP_K = 9
-Version = Annotated[str, Query(max_length=129)]
 
 
 @router.get("/models")
@@ -74,7 +73,7 @@ def download(version: str, request: Request, registry: RegistryDep) -> Response:
 
 @router.get("/models/{version}/cka")
 def cka(request: Request, version: str, registry: RegistryDep, analyses: AnalysesDep,
-        against: Version | None = None) -> Response:
+        against: Annotated[str | None, Query(max_length=129)] = None) -> Response:
     """The CKA heatmap (viridis, values on hover) and its numeric table; `against=` compares two models."""
     other = registry.resolve(against, field="against") if against else None
     result = analyses.cka(registry.resolve(version), estimator="linear", against=other)

@@ -73,8 +73,3 @@ def has_ended(db: Database, session: Session) -> bool:
 def csrf_matches(session: Session, given: str | None) -> bool:
     """Whether a form field or header carries this session's CSRF token."""
     return bool(given) and hmac.compare_digest(given.encode(), session.csrf.encode())
-
-
-def token_matches(expected: str, given: str) -> bool:
-    """Whether the token typed at sign-in is SCV_API_TOKEN (constant time)."""
-    return hmac.compare_digest(given.encode(), expected.encode())
