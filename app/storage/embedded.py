@@ -188,7 +188,7 @@ def connect(settings):
     runs on the same SCV_DATA_DIR (say `scv serve`, while `scv datasets seed` runs) is shared, never
     started twice on one directory.
     """
-    if not settings.embedded:
+    if settings.minio_endpoint is not None:  # MINIO_ENDPOINT names the S3 server: none is embedded
         yield store_from_settings(settings), settings
         return
     data_dir = Path(settings.data_dir)
