@@ -4,6 +4,7 @@ Starlette's FileResponse, a first download streamed from storage by a thread tha
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
 from datetime import datetime
 from email.utils import formatdate
 
@@ -111,10 +112,8 @@ async def pumped(chunks: Iterator[bytes], *, depth: int, name: str) -> AsyncIter
             item = exc
         finally:
             chunks.close()
-        try:
+        with suppress(RuntimeError):  # the loop has closed: nobody waits for it
             loop.call_soon_threadsafe(ready.put_nowait, item)
-        except RuntimeError:  # the loop has closed: nobody waits for it
-            pass
 
     threading.Thread(target=pump, name=name, daemon=True).start()
     try:
