@@ -4,18 +4,19 @@
 the CSS, the small ES modules and the vendored htmx and uPlot. The API and its bearer auth stay as they are.
 """
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from app.ui import auth, datasets, jobs, models
-from app.ui.rendering import HERE
+from app.ui.rendering import HERE, current_session
 
 STATIC_PATH = "/ui/static"
 router = APIRouter(include_in_schema=False)
-for part in (auth, jobs, models, datasets):
-    router.include_router(part.router)
+router.include_router(auth.router, prefix="/ui")
+for part in (jobs, models, datasets):  # every page but sign-in asks for the browser's session first
+    router.include_router(part.router, prefix="/ui", dependencies=[Depends(current_session)])
 
 
 @router.get("/")

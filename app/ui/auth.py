@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse
 from app.ui.rendering import PageRoute, SessionDep, render, safe_next, set_session_cookie, signer, signing_in
 from app.ui.session import COOKIE, end_session
 
-router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
+router = APIRouter(route_class=PageRoute)  # under /ui (app/ui/__init__.py)
 
 
 @router.get("/login")

@@ -5,7 +5,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -17,10 +17,9 @@ from app.api.problems import invalid_fields
 from app.errors import InvalidInput, ServiceError
 from app.jobs.queue import STATUSES, TERMINAL
 from app.jobs.request import TrainRequest
-from app.ui.rendering import PageRoute, current_session, is_htmx, render, safe_next
+from app.ui.rendering import PageRoute, is_htmx, render, safe_next
 
-router = APIRouter(prefix="/ui", route_class=PageRoute, dependencies=[Depends(current_session)],
-                   include_in_schema=False)
+router = APIRouter(route_class=PageRoute)  # under /ui, each asking for the session first (app/ui/__init__.py)
 PAGE_SIZE = 25
 POLL_STOP = 286  # htmx stops polling on this status: nothing left that could change
 LABEL_FILTERS = Annotated[list[str], Query(max_length=16)]

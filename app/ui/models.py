@@ -4,7 +4,7 @@ from functools import partial
 from typing import Annotated, Literal
 
 import torch
-from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import UploadFile
@@ -17,10 +17,9 @@ from app.errors import InvalidInput
 from app.registry import inference
 from app.storage import layout
 from app.ui.pictures import activation_pngs, image_png, symmetric_scale
-from app.ui.rendering import PageRoute, current_session, render, safe_next
+from app.ui.rendering import PageRoute, render, safe_next
 
-router = APIRouter(prefix="/ui", route_class=PageRoute, dependencies=[Depends(current_session)],
-                   include_in_schema=False)
+router = APIRouter(route_class=PageRoute)  # under /ui, each asking for the session first (app/ui/__init__.py)
 PAGE_SIZE = 25
 MAX_CHANNELS = 256  # maps shown per layer; a wider layer shows its first ones
 TOP_K = 9
