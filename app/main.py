@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app import ui
 from app.analysis.service import Analyses
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
     for part in (health, train, models, aliases, datasets_api, analysis_api, ui):
         app.include_router(part.router)
-    app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
+    app.mount(ui.STATIC_PATH, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:
         app.add_middleware(BearerAuth, token=settings.api_token.get_secret_value())
