@@ -15,46 +15,41 @@ from app.errors import ServiceError
 from app.settings import LOG_FORMAT, SettingsError, check_bind, load_settings
 
 
-def _serve(args) -> int:
+def _serve(args, settings) -> int:
     import uvicorn
 
     from app.main import create_app
 
-    settings = load_settings()
     check_bind(settings, args.host)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
-def _storage(args) -> int:
+def _storage(args, settings) -> int:
     from app.storage import embedded
 
-    settings = load_settings()
     with embedded.connect(settings) as (_, resolved):
         secret = resolved.minio_secret_key.get_secret_value()
         print(f"MINIO_ENDPOINT={resolved.minio_endpoint}\nMINIO_ACCESS_KEY={resolved.minio_access_key}\n"
               f"MINIO_SECRET_KEY={secret}\n# buckets: {resolved.minio_model_bucket}, "
               f"{resolved.minio_dataset_bucket}; Ctrl-C stops the server", flush=True)
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
     return 0
 
 
-def _worker(args) -> int:
+def _worker(args, settings) -> int:
     from app.db.engine import Database
-    from app.main import job_service, migrate
+    from app.main import job_service
     from app.storage import embedded
 
-    settings = load_settings()
     if settings.max_concurrent_jobs == 0:
         raise SettingsError("SCV_MAX_CONCURRENT_JOBS is 0: a worker with no slots would train nothing")
     with embedded.connect(settings) as (store, resolved):
         db = Database(resolved.catalog_url)
-        migrate(db)
+        db.migrate()
         jobs = job_service(resolved, store=store, db=db)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -67,26 +62,23 @@ def _worker(args) -> int:
     return 0
 
 
-def _catalog_rebuild(args) -> int:
+def _catalog_rebuild(args, settings) -> int:
     from app.db.engine import Database
-    from app.main import migrate
     from app.registry.rebuild import rebuild_catalog
     from app.storage import embedded
 
-    settings = load_settings()
     with embedded.connect(settings) as (store, resolved):
         db = Database(resolved.catalog_url)
-        migrate(db)
+        db.migrate()
         counts = rebuild_catalog(store=store, db=db, bucket=resolved.minio_model_bucket)
     print(" ".join(f"{name}={count}" for name, count in counts.items()))
     return 0
 
 
-def _datasets_seed(args) -> int:
+def _datasets_seed(args, settings) -> int:
     from app.datasets import ingest
     from app.storage import embedded
 
-    settings = load_settings()
     with embedded.connect(settings) as (store, resolved):
         results = ingest.seed(store, resolved, names=args.names or None, from_dir=args.from_dir,
                               force=args.force, cka_per_class=args.cka_per_class, progress=True)
@@ -95,11 +87,10 @@ def _datasets_seed(args) -> int:
     return 0
 
 
-def _datasets_ls(args) -> int:
+def _datasets_ls(args, settings) -> int:
     from app.datasets.service import DatasetService
     from app.storage import embedded
 
-    settings = load_settings()
     with embedded.connect(settings) as (store, resolved):
         items = DatasetService(store=store, settings=resolved).list()
     for item in items:
@@ -110,10 +101,10 @@ def _datasets_ls(args) -> int:
 
 # -- clients of a running service ------------------------------------------------------------------
 
-def _client():
+def _client(settings):
+    """An HTTP client of the service at SCV_URL, with SCV_API_TOKEN (from the environment or `.env`)."""
     import httpx
 
-    settings = load_settings()  # SCV_URL and SCV_API_TOKEN, from the environment or `.env`
     token = settings.api_token.get_secret_value() if settings.api_token else None
     return httpx.Client(base_url=settings.service_url, timeout=30.0,
                         headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -126,13 +117,13 @@ def _checked(response):
     return response
 
 
-def _train(args) -> int:
+def _train(args, settings) -> int:
     body = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
     if args.version:
         body["version"] = args.version
     if args.layers:
         body["layers"] = json.loads(Path(args.layers).read_text())
-    with _client() as client:
+    with _client(settings) as client:
         record = _checked(client.post("/train", json=body)).json()
         print(f"queued {record['version']}", file=sys.stderr)
         if args.wait:
@@ -165,9 +156,9 @@ def _follow(client, record: dict) -> dict:
     return record
 
 
-def _models_ls(args) -> int:
+def _models_ls(args, settings) -> int:
     params = {"limit": 1000, **({"dataset": args.dataset} if args.dataset else {})}
-    with _client() as client:
+    with _client(settings) as client:
         while True:
             page = _checked(client.get("/models", params=params)).json()
             for item in page["items"]:
@@ -179,13 +170,13 @@ def _models_ls(args) -> int:
             params["cursor"] = page["next"]
 
 
-def _models_pull(args) -> int:
+def _models_pull(args, settings) -> int:
     from tqdm import tqdm
 
     out = Path(args.output or f"{args.version}.safetensors")
     partial = out.with_name(out.name + ".part")
     digest = hashlib.sha256()
-    with _client() as client, client.stream("GET", f"/models/{args.version}") as response:
+    with _client(settings) as client, client.stream("GET", f"/models/{args.version}") as response:
         if response.status_code >= 400:
             response.read()  # a streamed error body must be read before it can be shown
         _checked(response)
@@ -204,21 +195,20 @@ def _models_pull(args) -> int:
     return 0
 
 
-def _models_rm(args) -> int:
-    with _client() as client:
+def _models_rm(args, settings) -> int:
+    with _client(settings) as client:
         _checked(client.delete(f"/models/{args.version}"))
     print(f"deleted {args.version}")
     return 0
 
 
-def _logging(args) -> str:
+def _logging(args, settings) -> str:
     """Configure logging once for every command and return the level (debug, info, warning or error).
 
     --verbose means debug; else SCV_LOG_LEVEL, whose default is info for the service and warning for the clients of
     one, so that their output is only what they report. Libraries' per-request (and alembic's set-up) lines need
     debug.
     """
-    settings = load_settings()
     if args.verbose:
         level = "debug"
     elif args.run in (_train, _models_ls, _models_pull, _models_rm) and "log_level" not in settings.model_fields_set:
@@ -286,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `scv` console script."""
     args = parser().parse_args(argv)
     try:
-        args.log_level = _logging(args)
-        return args.run(args)
+        settings = load_settings()
+        args.log_level = _logging(args, settings)
+        return args.run(args, settings)
     except SettingsError as exc:
         print(f"scv: {exc}", file=sys.stderr)
         return 2

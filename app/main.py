@@ -1,11 +1,11 @@
 """The app factory: assembles settings, storage, services, guards and routers; nothing else."""
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app import ui
 from app.analysis.service import Analyses
@@ -15,7 +15,7 @@ from app.api import datasets as datasets_api
 from app.api.guards import BearerAuth, BodyLimit, LoopbackHosts
 from app.datasets.service import DatasetService
 from app.db.engine import Database
-from app.errors import DatabaseUnavailable, ServiceError
+from app.errors import ServiceError
 from app.jobs.attempt import job_queue
 from app.jobs.checkpoints import Checkpoints
 from app.jobs.local import LocalPool
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except ServiceError as exc:
                 log.warning("storage not ready at start-up (%s); /readyz retries", exc.detail)
             app.state.db = db = Database(resolved.catalog_url)
-            migrate(db)
+            db.migrate()
             app.state.registry = ModelRegistry(store=store, settings=resolved, db=db)
             app.state.datasets = DatasetService(store=store, settings=resolved)
             app.state.jobs = job_service(resolved, store=store, db=db, datasets=app.state.datasets,
@@ -63,11 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 db.dispose()
 
     app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan, responses=problems.PROBLEM_RESPONSES,
+                  exception_handlers=problems.HANDLERS,
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
-    problems.install(app)
     for part in (health, train, models, aliases, datasets_api, analysis_api, ui):
         app.include_router(part.router)
-    app.mount(ui.STATIC_PATH, ui.static_files(), name="ui-static")
+    app.mount(ui.STATIC_PATH, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:
         app.add_middleware(BearerAuth, token=settings.api_token.get_secret_value())
@@ -97,16 +97,3 @@ def make_executor(settings: Settings, queue: JobQueue) -> Executor | None:
 
         return RayDispatcher(settings, queue)
     return LocalPool(queue=queue, env=settings.to_env(), slots=settings.max_concurrent_jobs)
-
-
-def migrate(db: Database, *, patience_s: float = 60.0) -> None:
-    """Migrate the catalog, waiting for a database that is still starting (compose, Kubernetes)."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            return db.migrate()
-        except DatabaseUnavailable as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("%s; retrying", exc.detail)
-            time.sleep(2.0)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app instance: HTTP requests by route and status, plus job counts."""
+"""Prometheus metrics of one app instance: HTTP requests by route and status, and storage readiness."""
 
 import time
 
@@ -14,8 +14,6 @@ class Metrics:
                                 registry=self.registry)
         self.latency = Histogram("scv_http_request_seconds", "HTTP request latency", ["method", "route"],
                                  registry=self.registry)
-        self.jobs = Gauge("scv_jobs", "Training jobs known to this process, by status", ["status"],
-                          registry=self.registry)
         self.storage_ready = Gauge("scv_storage_ready", "1 when the last readiness check passed",
                                    registry=self.registry)
 

@@ -94,11 +94,6 @@ class Settings(BaseSettings):
             return self.database_url.get_secret_value()
         return f"sqlite:///{Path(self.data_dir).resolve() / 'catalog.db'}"
 
-    @property
-    def embedded(self) -> bool:
-        """True when no external S3 endpoint is configured."""
-        return self.minio_endpoint is None
-
     def to_env(self) -> dict[str, str]:
         """Every setting as the environment variable that sets it, for a worker that reads them back (a training
         child, a Ray job): paths made absolute (a worker may start elsewhere), secrets in clear (never log it);

@@ -4,6 +4,7 @@ Starlette's FileResponse, a first download streamed from storage by a thread tha
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
 from datetime import datetime
 from email.utils import formatdate
 
@@ -34,7 +35,10 @@ def model_file(version: str, request: Request, registry: ModelRegistry) -> Respo
     headers.update({"Content-Length": str(model["size_bytes"]), "Accept-Ranges": "bytes" if keeps else "none"})
     if request.method == "HEAD":
         return Response(headers=headers, media_type=OCTET_STREAM)
-    return from_storage(registry.download(model), headers=headers)
+    # Read by a thread up to READ_AHEAD pieces ahead of the client (so reads overlap sends); the first piece is read
+    # before the status line, so a storage failure is still problem+json.
+    return StreamingResponse(pumped(_opened(registry.download(model)), depth=READ_AHEAD, name="scv-download"),
+                             headers=headers, media_type=OCTET_STREAM)
 
 
 class ModelFile(FileResponse):
@@ -64,13 +68,6 @@ class ModelFile(FileResponse):
         named = {"X-SCV-Version": v} if (v := self.headers.get("x-scv-version")) else {}
         await problem(416, title="Range not satisfiable", headers={"Content-Range": f"bytes */{size}", **named},
                       detail=f"the requested range lies outside the {size}-byte file")(scope, receive, send)
-
-
-def from_storage(chunks: Iterator[bytes], *, headers: dict[str, str]) -> StreamingResponse:
-    """The whole file as storage gives it, read by a thread up to READ_AHEAD pieces ahead of the client (so reads
-    overlap sends); the first piece is read before the status line, so a storage failure is still problem+json."""
-    return StreamingResponse(pumped(_opened(chunks), depth=READ_AHEAD, name="scv-download"), headers=headers,
-                             media_type=OCTET_STREAM)
 
 
 def not_modified(if_none_match: str | None, etag: str) -> bool:
@@ -115,10 +112,8 @@ async def pumped(chunks: Iterator[bytes], *, depth: int, name: str) -> AsyncIter
             item = exc
         finally:
             chunks.close()
-        try:
+        with suppress(RuntimeError):  # the loop has closed: nobody waits for it
             loop.call_soon_threadsafe(ready.put_nowait, item)
-        except RuntimeError:  # the loop has closed: nobody waits for it
-            pass
 
     threading.Thread(target=pump, name=name, daemon=True).start()
     try:

@@ -1,6 +1,5 @@
 """Model routes: pages, download (ETag, Range, HEAD), metadata, delete and predict; `@alias` for any version."""
 
-from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -15,7 +14,6 @@ from app.api.deps import LabelFilter, ModelRoute, ModelVersion, RegistryDep
 from app.api.downloads import model_file
 from app.errors import InvalidInput, ServiceError
 from app.registry import inference
-from app.registry.service import ModelRegistry
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=ModelRoute)
 
@@ -127,10 +125,4 @@ async def predict(version: ModelVersion, request: Request, registry: RegistryDep
     else:
         raise UnsupportedMediaType(f"send multipart/form-data (field `files`) or application/json, not "
                                    f"{kind or 'no content type'}")
-    return {"predictions": await run_in_threadpool(_classify, registry, version, decode)}
-
-
-def _classify(registry: ModelRegistry, version: str, decode: Callable) -> list[dict]:
-    model, meta = registry.load(version)
-    return inference.predict(model, meta, decode(meta["input_shape"]), max_bytes=registry.max_bytes,
-                             precision=registry.precision, cpu_bf16=registry.cpu_bf16)
+    return {"predictions": await run_in_threadpool(registry.predict, version, decode)}

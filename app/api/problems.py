@@ -3,7 +3,7 @@
 import logging
 from collections.abc import Iterable
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
@@ -93,9 +93,5 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
                    detail="the service failed unexpectedly; the error is logged on the server")
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers on `app`."""
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected_error)
+HANDLERS = {ServiceError: service_error, RequestValidationError: validation_error, HTTPException: http_error,
+            Exception: unexpected_error}  # the app's exception_handlers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 
 from itsdangerous import BadData, URLSafeSerializer
 
@@ -20,12 +21,10 @@ def encode_cursor(sort: str, *key) -> str:
 def decode_cursor(cursor: str, *, sort: str, kinds: Sequence[tuple[type, ...]]) -> tuple:
     """The key a cursor of `sort` continues after, each part of one of its `kinds`; 422 naming `cursor` when it was
     altered, made for another sort or holds other types."""
-    try:
+    with suppress(BadData, ValueError, TypeError):
         name, *key = _SIGNED.loads(cursor)
         if name == sort and len(key) == len(kinds) and all(
                 type(part) in kind for part, kind in zip(key, kinds, strict=True)):
             return tuple(key)
-    except (BadData, ValueError, TypeError):
-        pass
     raise InvalidInput("invalid cursor: pass the `next` value of the previous page unchanged, with the same sort",
                        field="cursor")

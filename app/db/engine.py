@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -125,9 +126,9 @@ class Database:
         with self.read() as conn:
             conn.execute(text("SELECT 1"))
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration, logging one line that says what it did; safe when several
-        processes start at once."""
+    def migrate(self, *, patience_s: float = 60.0) -> None:
+        """Bring the schema to the newest migration, logging one line that says what it did; waits for a database
+        that is still starting (compose, Kubernetes), and is safe when several processes start at once."""
         from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
@@ -136,13 +137,22 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         head = ScriptDirectory.from_config(config).get_current_head()
-        with self._migration_lock(), self.write(bounded=False) as conn:
-            found = MigrationContext.configure(conn).get_current_revision()
-            if found != head:
-                if not self.sqlite:
-                    conn.execute(text("SET LOCAL statement_timeout = 0"))  # a migration may rewrite a big table
-                config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                with self._migration_lock(), self.write(bounded=False) as conn:
+                    found = MigrationContext.configure(conn).get_current_revision()
+                    if found != head:
+                        if not self.sqlite:  # a migration may rewrite a big table
+                            conn.execute(text("SET LOCAL statement_timeout = 0"))
+                        config.attributes["connection"] = conn
+                        command.upgrade(config, "head")
+                break
+            except DatabaseUnavailable as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("%s; retrying", exc.detail)
+                time.sleep(2.0)
         if found == head:
             log.info("catalog schema up to date at %s", head)
         else:
@@ -150,13 +160,9 @@ class Database:
 
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
-        if self.sqlite:
-            database = self.url.database
-            if not database or database == ":memory:":
-                yield
-                return
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-            with open(f"{database}.migrate-lock", "a") as lock:
+        if self.sqlite:  # a lock file beside the database file
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            with open(f"{self.url.database}.migrate-lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 yield
             return

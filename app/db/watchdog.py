@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 CHECK_S = 0.25  # how late past its deadline a stuck call may be noticed
 
@@ -62,9 +62,6 @@ class Watchdog:
 
 
 def _shut_down(fd: int) -> None:
-    try:
-        # shutdown acts on the connection, not on the descriptor: the driver's own wait sees it end
-        with socket.socket(fileno=os.dup(fd)) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed
+    # shutdown acts on the connection, not on the descriptor: the driver's own wait sees it end
+    with suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:  # OSError: already closed
+        sock.shutdown(socket.SHUT_RDWR)

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from contextlib import suppress
 
 import torch
 
@@ -110,10 +111,8 @@ def run(claim: Claim, settings: Settings, *, threads: int | None = None) -> int:
         return 0
     except Unavailable as exc:  # storage or the catalog is away: not the job's fault, so another attempt runs it
         log.warning("job %s: attempt %d gives the job back: %s", claim.version, claim.attempt, exc.detail)
-        try:
+        with suppress(ServiceError):  # the catalog is away too: the lease lapses and a reaper takes the job back
             queue.release(claim, reason=exc.detail)
-        except ServiceError:
-            pass  # the catalog is away too: the lease lapses and a reaper takes the job back
         return EXIT_UNAVAILABLE
     except Exception as exc:  # every failure becomes the job's recorded reason
         reason = exc.detail if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"

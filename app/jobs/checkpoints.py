@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from app.errors import ServiceError, Unavailable
 from app.jobs.queue import Claim, JobQueue, LeaseLost
@@ -72,43 +72,32 @@ class CheckpointWriter:
 
     def __init__(self, checkpoints: Checkpoints, claim: Claim, fingerprint: str):
         self.checkpoints, self.claim, self.fingerprint = checkpoints, claim, fingerprint
-        self._pending: Checkpoint | None = None
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="scv-checkpoints", daemon=True)
+        self._pool = ThreadPoolExecutor(1, "scv-checkpoints")
+        self._waiting: Future | None = None
+        self._lost = False  # another attempt holds the job: store nothing more
 
     def __enter__(self) -> CheckpointWriter:
-        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        with self._cond:
-            self._closed = True
-            self._pending = None  # the job is ending: a checkpoint not yet stored is not needed
-            self._cond.notify()
-        self._thread.join()
+        self._pool.shutdown(cancel_futures=True)  # the job is ending: a checkpoint not yet stored is not needed
 
     def __call__(self, checkpoint: Checkpoint) -> None:
         checkpoint.meta["fingerprint"] = self.fingerprint
-        with self._cond:
-            self._pending = checkpoint
-            self._cond.notify()
+        if self._waiting is not None:
+            self._waiting.cancel()  # unless its store has begun: this newer one replaces it
+        self._waiting = self._pool.submit(self._stored, checkpoint)
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                checkpoint, self._pending = self._pending, None
-            try:
-                self._store(checkpoint)
-            except LeaseLost:
-                return
-            except ServiceError as exc:  # the next checkpoint tries again; the previous one stays valid
-                log.warning("job %s: checkpoint at epoch %d step %d not stored: %s", self.claim.version,
-                            checkpoint.epoch, checkpoint.step, exc.detail)
+    def _stored(self, checkpoint: Checkpoint) -> None:
+        if self._lost:
+            return
+        try:
+            self._store(checkpoint)
+        except LeaseLost:
+            self._lost = True
+        except ServiceError as exc:  # the next checkpoint tries again; the previous one stays valid
+            log.warning("job %s: checkpoint at epoch %d step %d not stored: %s", self.claim.version,
+                        checkpoint.epoch, checkpoint.step, exc.detail)
 
     def _store(self, checkpoint: Checkpoint) -> None:
         store, bucket = self.checkpoints.store, self.checkpoints.bucket

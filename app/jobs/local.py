@@ -49,28 +49,25 @@ class LocalPool:
         """Look for queued jobs now (a job was just submitted)."""
         self._wake.set()
 
-    def cancel(self, version: str) -> bool:
-        """Stop the job's child if it runs here, and record `cancelled`; False when it does not run here."""
+    def cancel(self, version: str) -> None:
+        """End the job's child if it runs here and hand the job back: `cancelled` once a cancel was asked for."""
         with self._lock:
             held = self._running.pop(version, None)
         if held is None:
-            return False
+            return
         claim, process = held
         process.kill()
         process.join()
-        self._release(claim, None)  # cancel_requested is set: release records `cancelled`
-        return True
+        self._release(claim, None)  # handed back, not lost (fenced: an end the child recorded stays)
 
     def stop(self) -> None:
         """Stop claiming; running jobs are ended and go back to the queue at once, for any worker to resume."""
         with self._lock:
             self._stopped = True
-            running, self._running = dict(self._running), {}
+            running = list(self._running)
         self._wake.set()
-        for claim, process in running.values():
-            process.kill()
-            process.join()
-            self._release(claim, None)
+        for version in running:
+            self.cancel(version)  # no cancel was asked for: the job goes back to the queue
         if self._thread.is_alive():
             self._thread.join(5)
 

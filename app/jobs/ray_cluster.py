@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import httpx
 
@@ -15,7 +14,6 @@ from app.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
-CANCEL_WAIT_S = 15.0  # how long DELETE /train/{version} waits for Ray to stop a running attempt
 IN_FLIGHT = 32  # claims one dispatcher holds at once; Ray queues them by resources
 RAY_TERMINAL = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
 MESSAGE_CHARS = 600
@@ -159,9 +157,9 @@ class RayDispatcher:
     def wake(self) -> None:
         self._wake.set()
 
-    def cancel(self, version: str) -> bool:
-        """Stop the job's Ray job if held here and record `cancelled` once Ray has stopped it; False when not held
-        here (its worker sees the cancel flag at its next renewal)."""
+    def cancel(self, version: str) -> None:
+        """Ask Ray to stop the job's Ray job if held here; `cancelled` is recorded at once for a Ray job Ray never
+        started, else by the poll once Ray reports it stopped (or by its worker, at its next renewal)."""
         with self._lock:
             held = [(sid, claim) for sid, claim in self._inflight.items() if claim.version == version]
         for sid, claim in held:
@@ -170,7 +168,6 @@ class RayDispatcher:
             except (RayUnavailable, ServiceError) as exc:
                 log.warning("job %s: could not stop Ray job %s yet (%s); its worker stops at its next renewal",
                             version, sid, getattr(exc, "detail", exc))
-        return bool(held)
 
     def stop(self) -> None:
         """Stop dispatching. Ray jobs that run keep their leases (their workers renew them); jobs Ray has not
@@ -266,13 +263,10 @@ class RayDispatcher:
         return record["attempts"] == claim.attempt and record["worker"] is not None
 
     def _stop_attempt(self, sid: str, claim: Claim) -> None:
-        """Stop a cancelled job's Ray job and record `cancelled` once Ray no longer runs it."""
+        """Ask Ray to stop a cancelled job's Ray job; one Ray does not run is recorded `cancelled` now."""
         self.ray.stop(sid)
-        deadline = time.monotonic() + CANCEL_WAIT_S
-        while (info := self.ray.status(sid)) and info["status"] == "RUNNING" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if info and info["status"] == "RUNNING":
-            return  # the next polls see it end
+        if (info := self.ray.status(sid)) and info["status"] == "RUNNING":
+            return  # the poll records `cancelled` once Ray reports it stopped
         # cancel_requested is set, so this records `cancelled`; a Ray job still PENDING finds its attempt gone.
         self.queue.release(claim, reason="cancelled")
         self._drop(sid)

@@ -30,7 +30,7 @@ class Executor(Protocol):
 
     def start(self) -> None: ...
     def wake(self) -> None: ...
-    def cancel(self, version: str) -> bool: ...
+    def cancel(self, version: str) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -116,16 +116,12 @@ class JobService:
 
     def cancel(self, version: str) -> dict:
         """Stop a queued or running job; it ends `cancelled` and no model is kept."""
-        record = self.queue.cancel(layout.validate_version(version))
-        if record["status"] != "running":
-            return record
-        if self.executor is not None and self.executor.cancel(version):  # held here: stopped now
-            return self.queue.get(version)
+        if self.queue.cancel(layout.validate_version(version))["status"] == "running" and self.executor is not None:
+            self.executor.cancel(version)  # held by the local pool: ended now; on Ray: Ray is asked to stop it
         # Held elsewhere: its lease holder sees the flag at its next renewal (about twice a second).
         deadline = time.monotonic() + CANCEL_WAIT_S
-        while record["status"] == "running" and time.monotonic() < deadline:
+        while (record := self.queue.get(version))["status"] == "running" and time.monotonic() < deadline:
             time.sleep(0.1)
-            record = self.queue.get(version)
         return record
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -16,30 +17,22 @@ from app.jobs.attempt import run
 from app.jobs.queue import Claim
 from app.settings import LOG_FORMAT, Settings, load_settings
 from app.storage import layout
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+from app.storage.embedded import die_with_parent
 
 
 def keep_freed_memory() -> None:
     """Keep freed memory in the process (glibc), as every job process does; the bench does it too."""
     # torch frees and re-allocates the same MB-sized buffers every step; with glibc's defaults a fresh
     # child hands them back to the kernel and faults them in again (2-5x the page faults, +10-25% CPU).
-    try:
+    with suppress(OSError, AttributeError):  # not glibc
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD, glibc's largest
-    except (OSError, AttributeError):
-        pass
 
 
 def run_in_child(claim: Claim, env: dict[str, str], concurrency: int) -> None:
     """Entry point of a local pool's child process; `env` is the pool's `Settings.to_env()`."""
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)
     keep_freed_memory()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the pool decides

@@ -1,10 +1,10 @@
-"""A model's file: downloads from storage or the local cache, cache fills after them, and loaded networks."""
+"""A model's file: downloads from storage or the local cache, cache fills after them, loaded networks, predictions."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -104,6 +104,14 @@ class Files:
                                    device=self.device)
         self._loaded.put(version, (model["sha256"], net, meta))
         return net, meta
+
+    def predict(self, version: str, decode: Callable) -> list[dict]:
+        """What the served model makes of the images `decode(input_shape)` gives, as inference.predict says."""
+        from app.registry.inference import predict
+
+        model, meta = self.load(version)
+        return predict(model, meta, decode(meta["input_shape"]), max_bytes=self.max_bytes, precision=self.precision,
+                       cpu_bf16=self.cpu_bf16)
 
     def _model_bytes(self, version: str, *, sha: str, size: int) -> bytes:
         """The model file through the local cache; a cached copy whose bytes changed on disk is fetched again."""

@@ -75,10 +75,10 @@ def _accepts_connections(port: int) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    # Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL (Linux only).
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Ask for `signum` when the parent dies, even by SIGKILL (Linux only): run in the child, before exec or work."""
     with suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6").prctl(1, signum)  # PR_SET_PDEATHSIG
 
 
 class EmbeddedS3:
@@ -111,7 +111,7 @@ class EmbeddedS3:
             log_start = log_file.tell()
             self.process = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=die_with_parent)
         deadline, waiting_for = time.monotonic() + timeout_s, f"nothing listened on port {self.port}"
         while True:
             if self.process.poll() is not None:
@@ -188,7 +188,7 @@ def connect(settings):
     runs on the same SCV_DATA_DIR (say `scv serve`, while `scv datasets seed` runs) is shared, never
     started twice on one directory.
     """
-    if not settings.embedded:
+    if settings.minio_endpoint is not None:  # MINIO_ENDPOINT names the S3 server: none is embedded
         yield store_from_settings(settings), settings
         return
     data_dir = Path(settings.data_dir)

@@ -1,21 +1,21 @@
 """The dashboard at /ui: server-rendered pages over the same services as the API, its session and static files.
 
-`router` holds every page (none in the OpenAPI schema) and the `/` redirect for browsers; `static_files()` serves
+`router` holds every page (none in the OpenAPI schema) and the `/` redirect for browsers; STATIC_DIR (at STATIC_PATH)
 the CSS, the small ES modules and the vendored htmx and uPlot. The API and its bearer auth stay as they are.
 """
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from app.ui import auth, datasets, jobs, models
-from app.ui.rendering import HERE
+from app.ui.rendering import HERE, current_session
 
-STATIC_PATH = "/ui/static"
+STATIC_PATH, STATIC_DIR = "/ui/static", HERE / "static"
 router = APIRouter(include_in_schema=False)
-for part in (auth, jobs, models, datasets):
-    router.include_router(part.router)
+router.include_router(auth.router, prefix="/ui")
+for part in (jobs, models, datasets):  # every page but sign-in asks for the browser's session first
+    router.include_router(part.router, prefix="/ui", dependencies=[Depends(current_session)])
 
 
 @router.get("/")
@@ -24,8 +24,3 @@ def root(request: Request) -> RedirectResponse:
     if "text/html" not in request.headers.get("accept", ""):
         raise HTTPException(status_code=404)
     return RedirectResponse("/ui", status_code=307)
-
-
-def static_files() -> StaticFiles:
-    """The dashboard's static files, to mount at STATIC_PATH."""
-    return StaticFiles(directory=HERE / "static")

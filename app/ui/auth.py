@@ -1,14 +1,15 @@
 """Dashboard sign-in and sign-out: SCV_API_TOKEN typed once, then a signed session cookie."""
 
+import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
 from app.ui.rendering import PageRoute, SessionDep, render, safe_next, set_session_cookie, signer, signing_in
-from app.ui.session import COOKIE, end_session, token_matches
+from app.ui.session import COOKIE, end_session
 
-router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
+router = APIRouter(route_class=PageRoute)  # under /ui (app/ui/__init__.py)
 
 
 @router.get("/login")
@@ -25,7 +26,7 @@ def login(request: Request, token: Annotated[str, Form(max_length=4096)],
     expected = request.app.state.settings.api_token
     if expected is None:
         return RedirectResponse(safe_next(next), status_code=303)
-    if not token_matches(expected.get_secret_value(), token):
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):  # constant time
         return render(request, "login.html", status_code=401, next=safe_next(next), failed=True)
     _, cookie = signer(request).issue()
     response = RedirectResponse(safe_next(next), status_code=303)

@@ -1,12 +1,11 @@
 """Dashboard pages for datasets: each manifest and its CKA sample grid."""
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import DatasetsDep
-from app.ui.rendering import PageRoute, current_session, render
+from app.ui.rendering import PageRoute, render
 
-router = APIRouter(prefix="/ui", route_class=PageRoute, dependencies=[Depends(current_session)],
-                   include_in_schema=False)
+router = APIRouter(route_class=PageRoute)  # under /ui, each asking for the session first (app/ui/__init__.py)
 
 
 @router.get("/datasets")

@@ -5,7 +5,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -17,10 +17,9 @@ from app.api.problems import invalid_fields
 from app.errors import InvalidInput, ServiceError
 from app.jobs.queue import STATUSES, TERMINAL
 from app.jobs.request import TrainRequest
-from app.ui.rendering import PageRoute, current_session, is_htmx, render, safe_next
+from app.ui.rendering import PageRoute, is_htmx, render, safe_next
 
-router = APIRouter(prefix="/ui", route_class=PageRoute, dependencies=[Depends(current_session)],
-                   include_in_schema=False)
+router = APIRouter(route_class=PageRoute)  # under /ui, each asking for the session first (app/ui/__init__.py)
 PAGE_SIZE = 25
 POLL_STOP = 286  # htmx stops polling on this status: nothing left that could change
 LABEL_FILTERS = Annotated[list[str], Query(max_length=16)]
@@ -70,28 +69,24 @@ async def submit_job(request: Request, jobs: JobsDep, datasets: DatasetsDep) -> 
             for kind, args in zip(form.getlist("layer_type"), form.getlist("layer_args"), strict=False)]
     try:
         version = await run_in_threadpool(_submit, values, rows, jobs=jobs)
+    except ValidationError as exc:  # every field at once, as the API's 422 lists them
+        errors = {e["field"]: e["message"] for e in invalid_fields(exc.errors())[1]}
     except ServiceError as exc:
         if exc.status not in (404, 409, 422):
             raise
         errors = {e["field"]: e["message"] for e in exc.extra.get("errors", [])}
         field = exc.extra.get("field") or {404: "dataset", 409: "version"}.get(exc.status, "form")
         errors.setdefault(field, exc.detail)
-        return _form(request, datasets, values=values, rows=rows, errors=errors, status_code=422)
-    return RedirectResponse(f"/ui/jobs/{version}", status_code=303)
+    else:
+        return RedirectResponse(f"/ui/jobs/{version}", status_code=303)
+    return _form(request, datasets, values=values, rows=rows, errors=errors, status_code=422)
 
 
 def _submit(values: dict, rows: list[dict], *, jobs) -> str:
     body: dict[str, Any] = {key: values[key] for key in ("dataset", *HYPERPARAMETERS) if values.get(key)}
     body["layers"] = [{"type": row["type"], **parse_args(index, row["args"])} for index, row in enumerate(rows)]
     body["labels"] = parse_labels(values.get("labels", ""))
-    try:
-        request = TrainRequest.model_validate(body)
-    except ValidationError as exc:
-        _, errors = invalid_fields(exc.errors())
-        problem = InvalidInput(errors[0]["message"], field=errors[0]["field"])
-        problem.extra["errors"] = errors  # every field at once, as the API's 422 lists them
-        raise problem from None
-    return jobs.submit(request)["version"]
+    return jobs.submit(TrainRequest.model_validate(body))["version"]
 
 
 def _form(request: Request, datasets, *, values: dict, rows: list[dict], errors: dict,
@@ -147,10 +142,7 @@ def parse_labels(text: str) -> dict[str, str]:
 @router.get("/jobs/{version}")
 def job_page(request: Request, version: str, jobs: JobsDep) -> Response:
     """One job: status, progress and curves, kept live over Server-Sent Events until it ends."""
-    record = jobs.get(version)
-    if is_htmx(request):
-        return render(request, "_job_summary.html", job=record)
-    return render(request, "job.html", job=record)
+    return render(request, "_job_summary.html" if is_htmx(request) else "job.html", job=jobs.get(version))
 
 
 @router.get("/jobs/{version}/events", response_class=EventSourceResponse)

@@ -1,9 +1,10 @@
 """Dashboard pages for models: the table, one model (layers, CKA, activations, top images, predict), compare."""
 
+from functools import partial
 from typing import Annotated, Literal
 
 import torch
-from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import UploadFile
@@ -16,14 +17,12 @@ from app.errors import InvalidInput
 from app.registry import inference
 from app.storage import layout
 from app.ui.pictures import activation_pngs, image_png, symmetric_scale
-from app.ui.rendering import PageRoute, current_session, render, safe_next
+from app.ui.rendering import PageRoute, render, safe_next
 
-router = APIRouter(prefix="/ui", route_class=PageRoute, dependencies=[Depends(current_session)],
-                   include_in_schema=False)
+router = APIRouter(route_class=PageRoute)  # under /ui, each asking for the session first (app/ui/__init__.py)
 PAGE_SIZE = 25
 MAX_CHANNELS = 256  # maps shown per layer; a wider layer shows its first ones
 TOP_K = 9
-Version = Annotated[str, Query(max_length=129)]
 
 
 @router.get("/models")
@@ -73,7 +72,7 @@ def download(version: str, request: Request, registry: RegistryDep) -> Response:
 
 @router.get("/models/{version}/cka")
 def cka(request: Request, version: str, registry: RegistryDep, analyses: AnalysesDep,
-        against: Version | None = None) -> Response:
+        against: Annotated[str | None, Query(max_length=129)] = None) -> Response:
     """The CKA heatmap (viridis, values on hover) and its numeric table; `against=` compares two models."""
     other = registry.resolve(against, field="against") if against else None
     result = analyses.cka(registry.resolve(version), estimator="linear", against=other)
@@ -122,10 +121,9 @@ async def predict(request: Request, version: str, registry: RegistryDep) -> Resp
     blob = await upload.read()
 
     def classify() -> tuple[dict, list[str]]:
-        model, meta = registry.load(registry.resolve(version))
-        images = inference.decode_files([blob], meta["input_shape"])
-        return inference.predict(model, meta, images, max_bytes=registry.max_bytes, precision=registry.precision,
-                                 cpu_bf16=registry.cpu_bf16)[0], meta["classes"]
+        resolved = registry.resolve(version)
+        classes = registry.get(resolved)["meta"]["classes"]
+        return registry.predict(resolved, partial(inference.decode_files, [blob]))[0], classes
 
     prediction, classes = await run_in_threadpool(classify)
     ranked = sorted(zip(classes, prediction["probabilities"], strict=True), key=lambda pair: -pair[1])

@@ -1,5 +1,6 @@
 """How dashboard routes answer: Jinja2 pages, the session and CSRF checks before each route, errors as pages."""
 
+import hmac
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from app.analysis.plots import viridis
 from app.api.problems import invalid_fields
 from app.errors import ServiceError
-from app.ui.session import COOKIE, LIFETIME_S, Session, SessionSigner, csrf_matches, has_ended
+from app.ui.session import COOKIE, LIFETIME_S, Session, SessionSigner, has_ended
 
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
@@ -58,7 +59,7 @@ async def current_session(request: Request) -> Session:
         if given is None and request.headers.get("content-type", "").startswith(
                 ("application/x-www-form-urlencoded", "multipart/form-data")):
             given = (await request.form()).get("csrf_token")
-        if not csrf_matches(session, given if isinstance(given, str) else None):
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), session.csrf.encode()):
             raise CsrfRefused("this form is stale or did not come from the dashboard (CSRF token missing or wrong); "
                               "reload the page and try again")
     return session
@@ -100,8 +101,9 @@ class PageRoute(APIRoute):
         async def handler(request: Request) -> Response:
             try:
                 response = await handle(request)
-            except SignInRequired:
-                login = "/ui/login?" + urlencode({"next": next_page(request)})
+            except SignInRequired:  # back to this page after signing in (a partial's own page for htmx)
+                here = request.headers.get("hx-current-url") if is_htmx(request) else str(request.url)
+                login = "/ui/login?" + urlencode({"next": safe_next(here)})
                 if is_htmx(request):  # htmx swaps what it fetched; this makes the whole page go
                     return Response(status_code=401, headers={"HX-Redirect": login})
                 return RedirectResponse(login, status_code=303)
@@ -115,12 +117,6 @@ class PageRoute(APIRoute):
             return response
 
         return handler
-
-
-def next_page(request: Request) -> str:
-    """Where to return after signing in: this page (a partial's own page for htmx)."""
-    current = request.headers.get("hx-current-url") if is_htmx(request) else str(request.url)
-    return safe_next(current)
 
 
 def safe_next(url: str | None) -> str:

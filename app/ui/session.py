@@ -2,7 +2,6 @@
 only the sessions signed out before their cookies expired, so a copied cookie stops working at sign-out."""
 
 import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -68,13 +67,3 @@ def has_ended(db: Database, session: Session) -> bool:
     """Whether the session was signed out."""
     with db.read() as conn:
         return conn.execute(select(EndedSession.session).where(EndedSession.session == session.key)).first() is not None
-
-
-def csrf_matches(session: Session, given: str | None) -> bool:
-    """Whether a form field or header carries this session's CSRF token."""
-    return bool(given) and hmac.compare_digest(given.encode(), session.csrf.encode())
-
-
-def token_matches(expected: str, given: str) -> bool:
-    """Whether the token typed at sign-in is SCV_API_TOKEN (constant time)."""
-    return hmac.compare_digest(given.encode(), expected.encode())
