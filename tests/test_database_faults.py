@@ -142,3 +142,24 @@ def test_a_database_that_stops_answering_is_503_within_15_s_and_the_service_reco
             r = pool.submit(client.request, method, path, **kwargs).result(timeout=15)
             assert r.status_code in (200, 202), (method, path, r.status_code, r.text[:300])
         assert client.get("/train").json()["items"][0]["status"] == "queued"  # the job posted after recovery
+
+
+def test_start_up_waits_for_a_database_that_is_still_starting(cut_database, caplog):
+    """Compose and Kubernetes start the API beside PostgreSQL: a refused connection at start-up is waited for (with a
+    log line), not a crash, and the migration runs once the database answers."""
+    from app.db.engine import Database
+
+    proxy, url = cut_database
+    proxy.refusing = True
+    db, done = Database(url), []
+    migrating = threading.Thread(target=lambda: done.append(db.migrate(patience_s=60)))
+    with caplog.at_level(logging.WARNING, logger="app.db.engine"):
+        migrating.start()
+        _logged(caplog, "retrying", after=0)
+        assert migrating.is_alive() and not done
+        proxy.refusing = False
+        migrating.join(60)
+    assert done == [None]
+    assert PASSWORD not in caplog.text
+    db.ping()
+    db.dispose()

@@ -140,7 +140,7 @@ class Database:
         deadline = time.monotonic() + patience_s
         while True:
             try:
-                with self._migration_lock(), self.write(bounded=False) as conn:
+                with self._translated(), self._migration_lock(), self.write(bounded=False) as conn:
                     found = MigrationContext.configure(conn).get_current_revision()
                     if found != head:
                         if not self.sqlite:  # a migration may rewrite a big table
