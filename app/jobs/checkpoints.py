@@ -98,6 +98,9 @@ class CheckpointWriter:
         except ServiceError as exc:  # the next checkpoint tries again; the previous one stays valid
             log.warning("job %s: checkpoint at epoch %d step %d not stored: %s", self.claim.version,
                         checkpoint.epoch, checkpoint.step, exc.detail)
+        except Exception:  # a future's exception is never shown: log it, as the thread before it did
+            log.exception("job %s: checkpoint at epoch %d step %d failed", self.claim.version, checkpoint.epoch,
+                          checkpoint.step)
 
     def _store(self, checkpoint: Checkpoint) -> None:
         store, bucket = self.checkpoints.store, self.checkpoints.bucket
