@@ -25,10 +25,11 @@ from tests.support.replicas import Replica, replica_env
 pytestmark = pytest.mark.slow
 NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
        {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
-JOB = {"dataset": "mnist", "layers": NET, "epochs": 25, "batch_size": 1}  # ~1,500 steps: long enough to be hit
+JOB = {"dataset": "mnist", "layers": NET, "epochs": 40, "batch_size": 1}  # ~2,400 steps: long enough to be hit
 JOBS = 12
 LEASE_S = 3
 DISRUPTIONS = 8  # then the jobs are left to finish
+AT_LEAST = 6  # of them while jobs still ran (a fast machine may finish the jobs first), the restart among them
 DEADLINE_S = 300
 HEADERS = {"Authorization": "Bearer replica-test-token"}
 
@@ -128,9 +129,9 @@ def test_jobs_survive_killed_workers_and_a_postgresql_restart(seed, seeded_setti
             assert r.status_code == 202, r.text
             versions.append(r.json()["version"])
 
-        actions = ["restart-postgres"] + [rng.choice(["kill-child", "stop-child", "term-worker", "kill-worker",
-                                                      "stop-worker"]) for _ in range(DISRUPTIONS - 1)]
-        rng.shuffle(actions)
+        actions = [rng.choice(["kill-child", "stop-child", "term-worker", "kill-worker", "stop-worker"])
+                   for _ in range(DISRUPTIONS - 1)]
+        actions.insert(rng.randrange(AT_LEAST), "restart-postgres")
         deadline = time.monotonic() + DEADLINE_S
         done = []
         for action in actions:
@@ -141,7 +142,7 @@ def test_jobs_survive_killed_workers_and_a_postgresql_restart(seed, seeded_setti
                 time.sleep(0.2)
             if not pids:
                 break
-            time.sleep(rng.uniform(1.0, 3.0))
+            time.sleep(rng.uniform(0.5, 2.0))
             done.append(action)
             if action == "kill-child":
                 _signal_quietly(rng.choice(pids), signal.SIGKILL)
@@ -155,7 +156,7 @@ def test_jobs_survive_killed_workers_and_a_postgresql_restart(seed, seeded_setti
                 _stop_for_a_while(worker.process.pid, LEASE_S + 1)
             elif action == "restart-postgres":
                 postgres_server.restart()
-        assert done == actions, f"the jobs ended before every disruption: {done} of {actions}"
+        assert len(done) >= AT_LEAST, f"the jobs ended before most disruptions: {done} of {actions}"
         while not _all_ended(replicas[0].client, versions):
             assert time.monotonic() < deadline, f"jobs unfinished after {DEADLINE_S}s; {actions}\n{worker.log_tail()}"
             time.sleep(0.5)
