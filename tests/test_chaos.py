@@ -21,6 +21,7 @@ import pytest
 from safetensors.torch import load
 
 from tests.support.replicas import Replica, replica_env
+from tests.support.waiting import TERMINAL, wait_for
 
 pytestmark = pytest.mark.slow
 NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
@@ -84,7 +85,7 @@ def _get(client: httpx.Client, path: str) -> httpx.Response:
 
 
 def _all_ended(client: httpx.Client, versions: list[str]) -> bool:
-    return all(_get(client, f"/train/{v}").json()["status"] in ("succeeded", "failed", "cancelled") for v in versions)
+    return all(_get(client, f"/train/{v}").json()["status"] in TERMINAL for v in versions)
 
 
 def _running_pids(client: httpx.Client, versions: list[str]) -> list[int]:
@@ -175,10 +176,7 @@ def test_jobs_survive_killed_workers_and_a_postgresql_restart(seed, seeded_setti
         seed_of = versions.index(chosen)
         r = client.post("/train", json={**JOB, "seed": seed_of, "version": f"{chosen}-again"})
         assert r.status_code == 202, r.text
-        deadline = time.monotonic() + 120
-        while (again := _get(client, f"/train/{chosen}-again").json())["status"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline, again
-            time.sleep(0.2)
+        again = wait_for(client, f"{chosen}-again", timeout=120)
         assert again["status"] == "succeeded", again["error"]
         want = load(_get(client, f"/models/{chosen}-again").content)
         got = load(_get(client, f"/models/{chosen}").content)

@@ -76,12 +76,18 @@ def test_a_taken_version_is_a_conflict(url):
         add(queue, "same")
 
 
-def test_a_lapsed_lease_is_taken_back_and_the_old_attempt_changes_nothing(url):
+def _lapsed(url, version: str) -> tuple[JobQueue, Claim]:
+    """A queue with 1 s leases and a started job whose lease has just lapsed."""
     queue = make_queue(url, lease_seconds=1)
-    add(queue, "slow")
-    first = queue.claim()
-    queue.start(first, worker={"host": "a", "pid": 1}, request=REQUEST)
+    add(queue, version)
+    claim = queue.claim()
+    queue.start(claim, worker={"host": "a", "pid": 1}, request=REQUEST)
     time.sleep(1.3)
+    return queue, claim
+
+
+def test_a_lapsed_lease_is_taken_back_and_the_old_attempt_changes_nothing(url):
+    queue, first = _lapsed(url, "slow")
     assert queue.reap() == ["slow"]
     assert queue.get("slow")["status"] == "queued"
     second = queue.claim()
@@ -172,11 +178,7 @@ def test_a_cancel_committed_while_release_decides_is_not_lost(postgres_url):
 
 
 def test_the_reaper_takes_back_only_a_lease_still_lapsed_when_it_writes(url):
-    queue = make_queue(url, lease_seconds=1)
-    add(queue, "slow")
-    claim = queue.claim()
-    queue.start(claim, worker={"host": "a", "pid": 1}, request=REQUEST)
-    time.sleep(1.3)
+    queue, claim = _lapsed(url, "slow")
     assert queue.lapsed() == [claim]  # the reaper's read: lapsed
     assert queue.renew(claim) is False  # ... and the worker renews before the reaper writes
     assert queue.release(claim, reason="lapsed", if_lapsed=True) is None
