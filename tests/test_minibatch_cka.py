@@ -160,3 +160,23 @@ def test_the_linear_estimator_and_batches_under_four_are_refused(images, estimat
         minibatch_cka(images, tiny_cnn(0), normalization=NORM, estimator=estimator, batch_size=batch_size,
                       max_bytes=LARGE)
     assert caught.value.field == field
+
+
+def test_a_layer_without_variance_scores_zero_not_nan(images):
+    model = tiny_cnn(0)
+    with torch.no_grad():
+        model[-1].weight.zero_()  # every image now gets the bias alone
+        model[-1].bias.uniform_(1, 2)
+    result = minibatch_cka(images, model, normalization=NORM, batch_size=BATCH, max_bytes=LARGE)
+    matrix = torch.tensor(result["matrix"])
+    assert (matrix[-1] == 0).all() and (matrix[:, -1] == 0).all()
+    assert matrix[:-1, :-1] == pytest.approx(reference(images, [(model, NORM)], BATCH)[:-1, :-1], abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_answer_is_the_cpu_one(images):
+    model, other = tiny_cnn(0), tiny_cnn(1)
+    cpu = minibatch_cka(images, model, normalization=NORM, against=other, batch_size=BATCH, max_bytes=LARGE)
+    gpu = minibatch_cka(images, model.cuda(), normalization=NORM, against=other.cuda(), batch_size=BATCH,
+                        max_bytes=SMALL)  # chunked: earlier chunks go through the spill file and back
+    assert torch.tensor(gpu["matrix"]) == pytest.approx(torch.tensor(cpu["matrix"]), abs=1e-6)

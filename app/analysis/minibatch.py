@@ -49,7 +49,7 @@ def minibatch_cka(
     every layer's float32 output gives a float64 linear Gram matrix and the unbiased HSIC (Song et al. 2012)
     between every pair of layers; CKA = mean HSIC(K, L) / sqrt(mean HSIC(K, K) · mean HSIC(L, L)). With
     `against`, rows are `model`'s layers and columns (`other_layers`) are `against`'s. `ci` is a 95 %
-    percentile bootstrap over batches (1,000 resamples, seed 0). Memory stays within `max_bytes`.
+    percentile bootstrap over batches (1,000 resamples, seed 0). Activations and Grams stay within `max_bytes`.
     """
     if estimator == "linear":
         raise AnalysisInputError(
@@ -70,7 +70,9 @@ def minibatch_cka(
     nets = [(model, normalization)]
     if against is not None:
         nets.append((against, normalization if against_normalization is None else against_normalization))
-    widths = [width for net, norm in nets for width in layer_widths(net, _inputs(images[:1], net, norm))]
+    widths = []
+    for (net, norm), suffix in zip(nets, ("", " of against"), strict=False):  # a message says whose layer it is
+        widths += [(name + suffix, *sizes) for name, *sizes in layer_widths(net, _inputs(images[:1], net, norm))]
     largest = max(stop - start for start, stop in spans)
     chunk = forward_chunk(widths, batch_size=largest, batches=len(spans), max_bytes=max_bytes)
     with _Spill([out for _, _, out in widths], rows=largest) as spill:
