@@ -185,7 +185,12 @@ def _gram(features: Tensor, estimator: str, *, name: str) -> Tensor:
         # Moving one sample to the origin brings them within the data's spread, one pass cheaper than
         # subtracting the mean; the float64 centring below removes any translation exactly.
         features = features - features[:1]
-    gram = (features @ features.T).to(torch.float64)
+    return _centred(features @ features.T, estimator, name=name)
+
+
+def _centred(gram: Tensor, estimator: str, *, name: str) -> Tensor:
+    """A linear Gram matrix (any dtype) centred (H K H) in float64; for `debiased` its diagonal zeroed."""
+    gram = gram.to(torch.float64)
     # NaN and infinity survive the product, so the small n × n result is the cheap place to look.
     _check_finite(gram, name=name)
     # Centring the n × n Gram equals centring the n × d features first, at a fraction of the
@@ -217,10 +222,15 @@ def _hsic_matrix(grams: Tensor, estimator: str) -> Tensor:
 
 
 def _cka_from_hsic(hsic: Tensor, estimator: str) -> Tensor:
-    self_hsic = hsic.diagonal().clamp(min=0.0)
-    denominator = torch.sqrt(torch.outer(self_hsic, self_hsic))
+    self_hsic = hsic.diagonal()
+    return _cka_ratio(hsic, self_hsic[:, None], self_hsic[None, :], estimator)
+
+
+def _cka_ratio(cross: Tensor, rows: Tensor, cols: Tensor, estimator: str) -> Tensor:
+    """cross / sqrt(rows · cols), broadcast: HSIC between two representations over their self-HSICs."""
+    denominator = torch.sqrt(rows.clamp(min=0.0) * cols.clamp(min=0.0))
     # A layer without variance has no similarity to anything; 0 keeps the JSON free of NaN.
-    scores = torch.where(denominator > 0, hsic / denominator.clamp(min=torch.finfo(hsic.dtype).tiny), 0.0)
+    scores = torch.where(denominator > 0, cross / denominator.clamp(min=torch.finfo(cross.dtype).tiny), 0.0)
     return _clamped(scores, estimator)
 
 
