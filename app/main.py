@@ -87,7 +87,7 @@ def job_service(settings: Settings, *, store: Store, db: Database, datasets: Dat
     checked against, and housekeeping (lapsed leases, checkpoints of ended jobs, and whatever else the caller adds)."""
     bucket = settings.minio_model_bucket
     queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-                     on_end=lambda version: publishing.delete_objects(store, bucket=bucket, version=version))
+                     on_end=publishing.ended_without_model(store, bucket=bucket))
     checkpoints = Checkpoints(store=store, bucket=settings.minio_model_bucket, queue=queue)
     return JobService(queue=queue, executor=make_executor(settings, queue),
                       datasets=datasets or DatasetService(store=store, settings=settings), precision=settings.precision,
