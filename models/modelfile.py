@@ -46,7 +46,19 @@ def save_model(
         "dataset": dataset,
         "version": version,
     }
-    return safetensors.torch.save(tensors, metadata=metadata)
+    return _canonical(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def _canonical(data: bytes) -> bytes:
+    """The same file with its header's keys sorted. safetensors writes `__metadata__` in the order of a hash map
+    seeded afresh for every call, so the same weights and fields would give other bytes (and another sha256) each
+    time; a resumed job's snapshots must equal an uninterrupted run's byte for byte. Padded to 8 bytes with spaces,
+    as safetensors pads it; the tensors' bytes and offsets are untouched."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + length :]
 
 
 def _refuse(reason: str) -> ModelFileError:
