@@ -8,8 +8,14 @@ from collections.abc import Sequence
 from app.db.cursors import decode_cursor, encode_cursor
 from app.errors import ServiceError
 from app.registry import catalog
-from app.registry.errors import (AliasNotFound, ModelExpired, ModelNotFound, ModelNotReady, SnapshotNotFound,
-                                 checked_name)
+from app.registry.errors import (
+    AliasNotFound,
+    ModelExpired,
+    ModelNotFound,
+    ModelNotReady,
+    SnapshotNotFound,
+    checked_name,
+)
 from app.storage import layout
 
 log = logging.getLogger(__name__)
