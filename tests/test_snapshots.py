@@ -67,7 +67,9 @@ def test_a_three_epoch_job_keeps_epochs_0_to_3_as_model_files(seeded_client, see
             assert abs(accuracy - item["metrics"]["test_accuracy"]) <= 0.005
 
     initial = models.seeded_model(three["layers"], seed=three["request"]["seed"]).state_dict()
-    last, model = load_tensors(files[3]), load_tensors(seeded_client.get(f"/models/{version}").content)
+    model_file = seeded_client.get(f"/models/{version}").content
+    assert files[3] == model_file and items[3]["sha256"] == meta["sha256"]  # the last epoch's weights are the model
+    last, model = load_tensors(files[3]), load_tensors(model_file)
     for kept, want in ((load_tensors(files[0]), initial), (last, model)):
         assert kept.keys() == want.keys() and all(torch.equal(kept[k], want[k]) for k in kept)
     assert not torch.equal(load_tensors(files[1])["0.weight"], initial["0.weight"])
