@@ -12,7 +12,9 @@ from sqlalchemy import select
 import models
 from app.datasets.service import DatasetService
 from app.db.tables import Model
-from app.jobs.queue import JobQueue
+from app.jobs.lease import Lease
+from app.jobs.queue import JobQueue, LeaseLost
+from app.jobs.snapshots import Snapshots
 from app.registry import publishing
 from app.registry.rebuild import rebuild_catalog
 from app.storage.s3 import store_from_settings
@@ -167,6 +169,28 @@ def test_a_job_queued_again_keeps_its_snapshots_and_loses_them_when_it_ends_with
                 assert queue.cancel(version)["status"] == "cancelled"  # cancelled while queued again
         assert lost_attempt("failing") == "failed"
         assert list(store.list(bucket=bucket)) == []
+    finally:
+        db.dispose()
+
+
+def test_a_worker_that_lost_its_job_stores_no_snapshot(request, tmp_path, store, settings):
+    bucket = settings.minio_model_bucket
+    store.ensure_buckets(bucket)
+    db = open_catalog(request, tmp_path, "sqlite")
+    queue = JobQueue(db, lease_seconds=30, max_attempts=3, on_end=publishing.ended_without_model(store, bucket=bucket))
+    add_job(db, "taken", "queued")
+    try:
+        first = queue.claim()
+        net = models.seeded_model(models.resolve_layers(NET, input_shape=(1, 8, 8), num_classes=3), seed=0)
+        kept = Snapshots(store=store, bucket=bucket, version="taken", epochs=2, every=1, model_file=lambda _: b"file",
+                         lease=Lease(queue=queue, claim=first, record=queue.get("taken")), resume=None)
+        kept(0, net, None)
+        assert queue.release(first, reason="its lease lapsed") == "queued"
+        assert queue.claim().attempt == first.attempt + 1  # another worker holds the job now
+        with pytest.raises(LeaseLost):
+            kept(1, net, {"epoch": 1})  # the first attempt's worker, still training, reaches the end of epoch 1
+        assert [o.key for o in store.list(bucket=bucket)] == ["taken/snapshots/0.safetensors"]
+        assert [entry["epoch"] for entry in kept.entries] == [0]
     finally:
         db.dispose()
 
