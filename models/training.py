@@ -160,6 +160,7 @@ def train(
     on_progress: Progress | None = None,
     resume: Checkpoint | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    on_weights: Callable[[int, nn.Module, dict[str, float] | None], None] | None = None,
 ) -> dict[str, Any]:
     """Train in place, evaluating after each epoch; returns the last epoch's metrics and the history.
 
@@ -177,6 +178,9 @@ def train(
     `config.checkpoint_every_s` at a step boundary; `resume` continues from one: the epoch's order is drawn again
     from the saved generator state and the steps already done are skipped, so the weights end bit-identical to an
     uninterrupted run on the same device, precision and thread count.
+
+    `on_weights(epoch, model, entry)` sees the weights at initialisation (epoch 0, entry None; not when resuming) and
+    after each epoch's evaluation (its history entry), before that epoch's checkpoint; it must not change them.
     """
     device = torch.device(pick_device(config.device))
     if len(train_images) == 0 or config.epochs < 1 or config.batch_size < 1:
@@ -235,6 +239,8 @@ def train(
                 run.correct.copy_(saved["correct"])
                 run.seen = resume.meta["seen"]
                 run.history, first, done = list(resume.meta["history"]), resume.epoch, resume.step
+            if resume is None and on_weights is not None:
+                on_weights(0, model, None)
             next_checkpoint = time.monotonic() + config.checkpoint_every_s
             for run.epoch in range(first, config.epochs + 1):  # the loop's position lives in `run`, with the rest
                 model.train()
@@ -266,6 +272,8 @@ def train(
                 run.history.append(record)
                 if on_progress is not None:
                     on_progress({**report(), "epoch_done": record})
+                if on_weights is not None:
+                    on_weights(run.epoch, model, record)
                 if on_checkpoint is not None and run.epoch < config.epochs:  # the next epoch, not yet begun
                     on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state()))
                     next_checkpoint = time.monotonic() + config.checkpoint_every_s

@@ -5,7 +5,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHING = REPO / "app" / "registry" / "publishing.py"
-OBJECTS = {"model.safetensors", "metadata.json", "MODEL_FILE", "METADATA_FILE"}  # names, or layout's constants
+# names, or layout's constants and key builders
+OBJECTS = {"model.safetensors", "metadata.json", "snapshots/", "MODEL_FILE", "METADATA_FILE", "SNAPSHOTS",
+           "snapshot_key", "snapshots_prefix"}
 ROW_WRITES = ("insert", "update", "delete")  # also in helper names: `insert_absent(conn, Model, row)`
 OBJECT_WRITES = {"put", "put_json", "put_file", "delete"}
 
@@ -42,7 +44,7 @@ def writes(path: Path) -> list[str]:
         model_object = func in OBJECT_WRITES and "key" in keywords and bool(
             around.union(_mentions(keywords["key"])) & OBJECTS)
         whole_version = func == "delete_prefix" and isinstance(call := keywords.get("prefix"), ast.Call) and (
-            isinstance(call.func, ast.Attribute) and call.func.attr == "prefix")  # layout.prefix(version): all of it
+            isinstance(call.func, ast.Attribute) and call.func.attr in ("prefix", "snapshots_prefix"))  # all of them
         if row or model_object or whole_version:
             found.append(f"{path.relative_to(REPO)}:{node.lineno}")
     return found

@@ -122,7 +122,7 @@ def test_a_job_failed_through_lost_attempts_leaves_no_objects_and_rebuild_lists_
     bucket = settings.minio_model_bucket
     store.ensure_buckets(bucket)
     queue = JobQueue(db, lease_seconds=0.2, max_attempts=2,
-                     on_end=lambda version: publishing.delete_objects(store, bucket=bucket, version=version))
+                     on_end=publishing.ended_without_model(store, bucket=bucket))
     add_job(db, "lost", "queued")
     add_job(db, "stopped", "queued")
     assert queue.release(queue.claim(), reason="killed by SIGKILL") == "queued"  # "lost": attempt 1 lost
@@ -177,7 +177,7 @@ def test_a_cancel_during_publishing_leaves_a_complete_model_or_nothing(db, setti
     bucket = settings.minio_model_bucket
     store.ensure_buckets(bucket)
     queue = JobQueue(db, lease_seconds=30, max_attempts=3,
-                     on_end=lambda version: publishing.delete_objects(store, bucket=bucket, version=version))
+                     on_end=publishing.ended_without_model(store, bucket=bucket))
     add_job(db, "publishing", "queued")
     claim = queue.claim()
     ctx = multiprocessing.get_context("fork")

@@ -11,7 +11,16 @@ from safetensors.torch import load as load_tensors
 from app.main import create_app
 from app.storage.s3 import store_from_settings
 from tests.support.replicas import Replica, replica_env
-from tests.support.resume import JOB, assert_same_run, checkpoints, objects, running_pid, stop_when_latest, weights
+from tests.support.resume import (
+    JOB,
+    assert_same_run,
+    checkpoints,
+    finished_run,
+    objects,
+    running_pid,
+    snapshots,
+    stop_when_latest,
+)
 from tests.support.waiting import train, wait_for, wait_until
 
 
@@ -31,8 +40,8 @@ def app_client(resumable):
 
 @pytest.fixture(scope="module")
 def reference(resumable, tmp_path_factory):
-    """The weights and metrics of uninterrupted runs, per precision. They store no checkpoint (how often a run
-    stores one changes none of its results), which makes them quicker."""
+    """The weights, metrics and snapshots of uninterrupted runs, per precision. They store no checkpoint (how often a
+    run stores one changes none of its results), which makes them quicker."""
     settings = resumable.model_copy(update={"data_dir": tmp_path_factory.mktemp("reference"),
                                             "minio_model_bucket": "models-reference", "checkpoint_seconds": 600})
     runs = {}
@@ -41,7 +50,7 @@ def reference(resumable, tmp_path_factory):
             version = train(client, **JOB, precision=precision)["version"]
             record = wait_for(client, version, timeout=300)
             assert record["status"] == "succeeded" and record["resumed_from"] is None
-            runs[precision] = (weights(client, version), record)
+            runs[precision] = finished_run(client, version)
     return runs
 
 
@@ -145,6 +154,8 @@ def test_sigterm_of_the_whole_service_and_a_new_start_resume_bit_identical(seede
         assert record["metrics"] == want["metrics"] and record["history"] == want["history"]
         got, expected = (load_tensors(second.client.get(f"/models/{v}").content) for v in (version, uninterrupted))
         assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+        kept, expected = (snapshots(second.client, v) for v in (version, uninterrupted))
+        assert len(kept) == JOB["epochs"] + 1 and kept == expected  # byte for byte, but for the version they name
     finally:
         second.stop(signal.SIGKILL)
 
@@ -157,5 +168,5 @@ def test_no_checkpoint_outlives_a_failed_job(resumable, tmp_path):
         wait_until(lambda: checkpoints(client, version), what="checkpoint")
         os.kill(pid, signal.SIGKILL)  # the only attempt is lost: the job fails
         assert wait_for(client, version)["status"] == "failed"
-        wait_until(lambda: not objects(client, f"{version}/checkpoints/") and not checkpoints(client, version),
-                   timeout=30, what="checkpoints removed after failure")
+        wait_until(lambda: not objects(client, f"{version}/") and not checkpoints(client, version),
+                   timeout=30, what="checkpoints and snapshots removed after failure")

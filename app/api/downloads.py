@@ -22,9 +22,19 @@ READ_AHEAD = 4  # pieces a download reads from storage ahead of the client
 def model_file(version: str, request: Request, registry: ModelRegistry) -> Response:
     """The model file, from the local cache when it holds it (a `Range` fetches it there first), else streamed
     from storage; ETag = sha256, `Range` → 206, `If-None-Match` → 304."""
-    model = registry.get(version)
+    return served_file(registry.get(version), request, registry, filename=f"{version}.safetensors")
+
+
+def snapshot_file(version: str, epoch: int, request: Request, registry: ModelRegistry) -> Response:
+    """The model file of the model's snapshot of `epoch`, sent as the model file is (`model_file`)."""
+    return served_file(registry.snapshot(version, epoch), request, registry,
+                       filename=f"{version}.epoch-{epoch}.safetensors")
+
+
+def served_file(model: dict, request: Request, registry: ModelRegistry, *, filename: str) -> Response:
+    """A served item's file (`registry.get()`'s or `registry.snapshot()`'s), as `model_file` describes."""
     etag = f'"{model["sha256"]}"'
-    headers = {"ETag": etag, "Content-Disposition": f'attachment; filename="{version}.safetensors"',
+    headers = {"ETag": etag, "Content-Disposition": f'attachment; filename="{filename}"',
                "Last-Modified": formatdate(datetime.fromisoformat(model["created_at"]).timestamp(), usegmt=True)}
     if not_modified(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)

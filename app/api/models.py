@@ -3,7 +3,7 @@
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.deps import LabelFilter, ModelRoute, ModelVersion, RegistryDep
-from app.api.downloads import model_file
+from app.api.downloads import model_file, snapshot_file
 from app.errors import InvalidInput, ServiceError
 from app.registry import inference
 
@@ -41,6 +41,19 @@ class ModelPage(BaseModel):
 
     items: list[ModelItem]
     next: str | None
+
+
+class SnapshotItem(BaseModel):
+    epoch: int = Field(description="0: the weights at initialisation")
+    size_bytes: int
+    sha256: str
+    metrics: dict[str, Any] | None = Field(description="that epoch's history entry; null for epoch 0")
+
+
+class SnapshotList(BaseModel):
+    """The weights the training job kept (`snapshot_every`), epoch 0 first."""
+
+    items: list[SnapshotItem]
 
 
 class ImagesBody(BaseModel):
@@ -89,6 +102,21 @@ def download(version: ModelVersion, request: Request, registry: RegistryDep) -> 
     """The model file, from the local cache when it holds it (a `Range` fetches it there first), else streamed
     from storage; ETag = sha256, `Range` → 206, `If-None-Match` → 304."""
     return model_file(version, request, registry)
+
+
+@router.get("/{version}/snapshots", response_model=SnapshotList)
+def snapshots(version: ModelVersion, registry: RegistryDep) -> dict:
+    """The model's snapshots, epoch 0 (initialisation) first: size, sha256 and that epoch's history entry."""
+    return {"items": registry.snapshots(version)}
+
+
+@router.get("/{version}/snapshots/{epoch}", response_class=StreamingResponse, responses=DOWNLOAD_RESPONSES)
+@router.head("/{version}/snapshots/{epoch}", response_class=StreamingResponse, responses=DOWNLOAD_RESPONSES)
+def snapshot(version: ModelVersion, epoch: Annotated[int, Path(ge=0, le=100)], request: Request,
+             registry: RegistryDep) -> Response:
+    """The model file of the snapshot of `epoch`, sent as the model's download is (ETag, `Range`, `HEAD`, 304);
+    404 for an epoch not kept."""
+    return snapshot_file(version, epoch, request, registry)
 
 
 @router.get("/{version}/metadata")

@@ -19,6 +19,7 @@ from app.errors import ServiceError, Unavailable
 from app.jobs.checkpoints import Checkpoints, CheckpointWriter
 from app.jobs.lease import JobCancelled, Lease
 from app.jobs.queue import Claim, JobQueue, LeaseLost
+from app.jobs.snapshots import Snapshots
 from app.registry import publishing
 from app.settings import Settings
 from app.storage.s3 import Store, store_from_settings
@@ -59,18 +60,27 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
         resume, resumed_from = checkpoints.load(version, fingerprint=fingerprint, setup=setup)
         lease.restart(history=resume.meta["history"] if resume else [], resumed_from=resumed_from)
         model = models.seeded_model(record["layers"], seed=request["seed"])
+        normalization = {"mean": manifest["mean"], "std": manifest["std"]}
+
+        def model_file(net: torch.nn.Module) -> bytes:  # the model's file, and each snapshot's
+            return models.save_model(net, layers=record["layers"], input_shape=manifest["image_shape"],
+                                     classes=manifest["classes"], normalization=normalization,
+                                     dataset=record["dataset"], version=version)
+
+        snapshots = Snapshots(store=store, bucket=settings.minio_model_bucket, version=version, lease=lease,
+                              epochs=request["epochs"], every=request.get("snapshot_every", 1),
+                              model_file=model_file, resume=resume)
         with CheckpointWriter(checkpoints, claim, fingerprint) as save:
             result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
                                   test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
-                                  on_progress=lease.update, resume=resume, on_checkpoint=save)
+                                  on_progress=lease.update, resume=resume, on_checkpoint=snapshots.carried_by(save),
+                                  on_weights=snapshots)
 
-        normalization = {"mean": manifest["mean"], "std": manifest["std"]}
-        blob = models.save_model(model, layers=record["layers"], input_shape=manifest["image_shape"],
-                                 classes=manifest["classes"], normalization=normalization,
-                                 dataset=record["dataset"], version=version)
+        blob = model_file(model)
         metadata = publishing.describe(
             blob, version=version, dataset=record["dataset"], request=request, labels=record["labels"],
             layers=record["layers"], metrics=result["metrics"], history=result["history"],
+            snapshots=snapshots.entries,
             classes=manifest["classes"], normalization=normalization, input_shape=manifest["image_shape"],
             epochs=request["epochs"], num_parameters=sum(p.numel() for p in model.parameters()),
             dataset_sha256=manifest["sha256"], device=config.device, precision=config.precision,
@@ -128,7 +138,7 @@ def _end(queue: JobQueue, claim: Claim, status: str, reason: str | None, *, stor
     while True:
         try:
             if queue.finish(claim, status, error=reason):
-                publishing.delete_objects(store, bucket=bucket, version=claim.version)
+                publishing.delete_objects(store, bucket=bucket, version=claim.version, snapshots=True)
                 Checkpoints(store=store, bucket=bucket, queue=queue).discard(claim.version)
             return
         except ServiceError as exc:
@@ -142,6 +152,6 @@ def job_queue(settings: Settings, *, store: Store | None = None, db: Database | 
     """The job queue on `db`, else on the catalog named by the settings; given `store`, a job that ends failed or
     cancelled through it loses its model objects there."""
     bucket = settings.minio_model_bucket
-    on_end = None if store is None else (lambda v: publishing.delete_objects(store, bucket=bucket, version=v))
+    on_end = None if store is None else publishing.ended_without_model(store, bucket=bucket)
     return JobQueue(db or Database(settings.catalog_url), lease_seconds=settings.lease_seconds,
                     max_attempts=settings.max_attempts, on_end=on_end)

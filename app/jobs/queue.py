@@ -74,9 +74,11 @@ class JobQueue:
     """Submit, read, page, claim, renew, finish and take back jobs; the catalog is the source of truth."""
 
     def __init__(self, db: Database, *, lease_seconds: float, max_attempts: int,
-                 on_end: Callable[[str], object] | None = None):
+                 on_end: Callable[[str, str], object] | None = None):
         self.db, self.lease_seconds, self.max_attempts = db, lease_seconds, max_attempts
-        self.on_end = on_end  # removes a version's model objects once an attempt was given up (release)
+        # on_end(version, status): an attempt was given up (release) or a job that had attempts was cancelled while
+        # queued; removes the version's model objects, and its snapshots once the job ended (`status` not queued)
+        self.on_end = on_end
 
     # -- the API's side ------------------------------------------------------------------------------
 
@@ -137,10 +139,13 @@ class JobQueue:
             raise Conflict(f"job {version!r} already ended ({record['status']}); nothing to cancel",
                            version=version, job_status=record["status"])
         with self.db.write() as conn:
-            conn.execute(update(Job).where(Job.version == version, Job.status == "queued")
-                         .values(status="cancelled", finished_at=layout.utcnow(), revision=Job.revision + 1))
+            tried = conn.execute(update(Job).where(Job.version == version, Job.status == "queued")
+                                 .values(status="cancelled", finished_at=layout.utcnow(), revision=Job.revision + 1)
+                                 .returning(Job.attempts)).scalar()
             conn.execute(update(Job).where(Job.version == version, Job.status == "running")
                          .values(cancel_requested=True, revision=Job.revision + 1))
+        if tried and self.on_end is not None:  # queued again after a lost attempt: its snapshots are stored
+            self._ended(version, "cancelled")
         return self.get(version)
 
     # -- the workers' side ---------------------------------------------------------------------------
@@ -232,13 +237,17 @@ class JobQueue:
             return self.release(claim, reason=reason, if_lapsed=if_lapsed)
         log.info("job %s (attempt %d) %s%s", claim.version, claim.attempt,
                  "handed back" if reason is None else f"lost: {reason}", f"; now {status}")
-        # The attempt was given up and its worker stopped: whatever model objects it stored are not a model.
-        try:
-            if self.on_end is not None:
-                self.on_end(claim.version)
-        except Exception as exc:  # noqa: BLE001 - the job has ended; leftovers are logged (rebuild never lists them)
-            log.warning("job %s: could not remove its objects: %s", claim.version, exc)
+        if self.on_end is not None:  # no attempt succeeded: whatever model objects one stored are not a model
+            self._ended(claim.version, status)
         return status
+
+    def _ended(self, version: str, status: str) -> None:
+        """An attempt was given up (the job queued again, failed or cancelled): remove the model objects it may
+        have stored (`on_end`), after its worker stopped; a failure is logged (rebuild never lists them)."""
+        try:
+            self.on_end(version, status)
+        except Exception as exc:  # noqa: BLE001 - the job has ended; leftovers are logged, not raised
+            log.warning("job %s: could not remove its objects: %s", version, exc)
 
     def lapsed(self) -> list[Claim]:
         """The attempts whose lease lapsed (their worker died, hung or lost its machine)."""

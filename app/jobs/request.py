@@ -28,6 +28,8 @@ class TrainRequest(BaseModel):
     weight_decay: float = Field(0.0, ge=0, le=1)
     seed: int = Field(0, ge=0, le=2**63 - 1)
     train_subset: int | None = Field(None, ge=1)
+    snapshot_every: int = Field(1, ge=0, le=100, description="keep the weights at initialisation and after every "
+                                "this many epochs and the last, as snapshots of the model; 0: none")
     precision: Literal["auto", "fp32", "bf16"] | None = Field(
         None, description="training precision; absent: SCV_PRECISION. The precision used is recorded")
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16,

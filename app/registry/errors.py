@@ -25,6 +25,20 @@ class ModelNotReady(Conflict):
                          f"/train/{version}", version=version, job_status=status, job=f"/train/{version}")
 
 
+class SnapshotNotFound(NotFound):
+    slug = "snapshot-not-found"
+
+    def __init__(self, version: str, epoch: int, *, kept: list[int], every: int | None):
+        if every is None:
+            why = "it was stored without snapshots"
+        else:
+            which = f"epochs {', '.join(map(str, kept))}" if kept else "none"
+            why = f"with snapshot_every={every} its job kept {which}"
+        super().__init__(f"model {version!r} has no snapshot of epoch {epoch}: {why}; list them with "
+                         f"GET /models/{version}/snapshots", version=version, epoch=epoch, snapshot_every=every,
+                         kept=kept)
+
+
 class AliasNotFound(NotFound):
     slug = "alias-not-found"
 

@@ -1,4 +1,5 @@
-"""A model's file: downloads from storage or the local cache, cache fills after them, loaded networks, predictions."""
+"""A model's file (or a snapshot's): downloads from storage or the local cache, cache fills after them, loaded
+networks, predictions."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from contextlib import suppress
 from pathlib import Path
 
 from app.errors import IntegrityError, ServiceError
-from app.storage import layout
 from app.storage.cache import CacheMismatch
 
 log = logging.getLogger(__name__)
@@ -23,16 +23,16 @@ class Files:
     """The registry's model files."""
 
     def cached_file(self, model: dict, *, fetch: bool = False) -> Path | None:
-        """The local cache's verified copy of a served model's file (`get()`'s item), marked used; None when the
-        cache does not hold it. With `fetch`, a copy it lacks is fetched from storage, verified by sha256 and kept
-        first (None only when the file is larger than the cache may keep)."""
-        sha, size, version = model["sha256"], model["size_bytes"], model["version"]
+        """The local cache's verified copy of a served model's file (`get()`'s or `snapshot()`'s item), marked used;
+        None when the cache does not hold it. With `fetch`, a copy it lacks is fetched from storage, verified by
+        sha256 and kept first (None only when the file is larger than the cache may keep)."""
+        sha, size, key = model["sha256"], model["size_bytes"], model["key"]
         if fetch and self.cache.keeps(sha, size):
             try:
-                with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)) as path:
+                with self.cache.entry(sha, size, fetch=lambda: self.stream(key, offset=0, length=size)) as path:
                     return path
             except CacheMismatch as exc:
-                raise self._mismatch(version, exc) from None
+                raise self._mismatch(model, exc) from None
         if (file := self.cache.open(sha, size)) is None:
             return None
         # Verified and marked used; the response opens it again by name. Entries go least recently used first, so
@@ -41,19 +41,20 @@ class Files:
         return self.cache.path(sha)
 
     def download(self, model: dict) -> Iterator[bytes]:
-        """A served model's whole file (`get()`'s item) from storage, as it comes; once it has gone out, a fill of
-        the cache in the background (fetched again, verified by sha256, kept).
+        """A served model's whole file (`get()`'s or `snapshot()`'s item) from storage, as it comes; once it has gone
+        out, a fill of the cache in the background (fetched again, verified by sha256, kept).
 
         A model whose stored bytes a fill found to differ from the catalog's is verified on the way from then on,
         its last chunk held back until the sha256 matches, and cached when it does.
         """
-        stored = self.stream(model["version"], offset=0, length=model["size_bytes"])
+        stored = self.stream(model["key"], offset=0, length=model["size_bytes"])
         return self._verified(model, stored) if model["sha256"] in self._suspect else self._then_cached(model, stored)
 
-    def stream(self, version: str, *, offset: int, length: int) -> Iterator[bytes]:
-        """Bytes `offset` to `offset + length` of the model file in storage, in order, from one GET."""
-        return self.store.iter_bytes(bucket=self.bucket, key=layout.key(version, layout.MODEL_FILE), offset=offset,
-                                     length=length, chunk_size=CHUNK_BYTES)
+    def stream(self, key: str, *, offset: int, length: int) -> Iterator[bytes]:
+        """Bytes `offset` to `offset + length` of a model file (`key`: a served item's) in storage, in order, from
+        one GET."""
+        return self.store.iter_bytes(bucket=self.bucket, key=key, offset=offset, length=length,
+                                     chunk_size=CHUNK_BYTES)
 
     def _then_cached(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """`chunks`, then the model queued for a background fill of the cache (one at a time, off the request:
@@ -77,20 +78,20 @@ class Files:
             self._suspect.add(model["sha256"])
             log.error("%s; its downloads are verified on the way from now on", exc.detail)
         except ServiceError as exc:  # storage went away meanwhile: a later download fills it
-            log.warning("model %s not cached: %s", model["version"], exc.detail)
+            log.warning("model file %s not cached: %s", model["key"], exc.detail)
 
     def _verified(self, model: dict, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The whole file passed through the cache: kept once its sha256 matched; the last chunk only then."""
         try:
             yield from self.cache.fill(model["sha256"], model["size_bytes"], chunks)
         except CacheMismatch as exc:
-            raise self._mismatch(model["version"], exc) from None
+            raise self._mismatch(model, exc) from None
         self._suspect.discard(model["sha256"])
 
-    def _mismatch(self, version: str, exc: CacheMismatch) -> IntegrityError:
-        return IntegrityError(f"model file of {version!r} in storage has sha256 {exc.got_sha256} ({exc.got_size} "
+    def _mismatch(self, model: dict, exc: CacheMismatch) -> IntegrityError:
+        return IntegrityError(f"model file {model['key']!r} in storage has sha256 {exc.got_sha256} ({exc.got_size} "
                               f"bytes), but the catalog records {exc.sha256} ({exc.size} bytes); it is refused",
-                              version=version)
+                              version=model["version"])
 
     def load(self, version: str):
         """The network (eval mode) and metadata of a served model, verified against its sha256; a small LRU."""
@@ -99,7 +100,7 @@ class Files:
         model = self.get(version)  # exists now and has not expired, also for a cached network
         if (hit := self._loaded.get(version)) and hit[0] == model["sha256"]:
             return hit[1], hit[2]
-        blob = self._model_bytes(version, sha=model["sha256"], size=model["size_bytes"])
+        blob = self._model_bytes(model)
         net, meta = verified_model(version, blob, {**model["meta"], "expires_at": model["expires_at"]},
                                    device=self.device)
         self._loaded.put(version, (model["sha256"], net, meta))
@@ -113,14 +114,15 @@ class Files:
         return predict(model, meta, decode(meta["input_shape"]), max_bytes=self.max_bytes, precision=self.precision,
                        cpu_bf16=self.cpu_bf16)
 
-    def _model_bytes(self, version: str, *, sha: str, size: int) -> bytes:
-        """The model file through the local cache; a cached copy whose bytes changed on disk is fetched again."""
+    def _model_bytes(self, model: dict) -> bytes:
+        """A served item's file through the local cache; a cached copy whose bytes changed on disk is fetched again."""
+        sha, size, key = model["sha256"], model["size_bytes"], model["key"]
         for _ in range(2):
             try:
-                with self.cache.entry(sha, size, fetch=lambda: self.stream(version, offset=0, length=size)) as path:
+                with self.cache.entry(sha, size, fetch=lambda: self.stream(key, offset=0, length=size)) as path:
                     blob = path.read_bytes()
             except CacheMismatch as exc:
-                raise self._mismatch(version, exc) from None
+                raise self._mismatch(model, exc) from None
             if hashlib.sha256(blob).hexdigest() == sha:
                 break
             self.cache.discard(sha)

@@ -8,7 +8,7 @@ from sqlalchemy import Row
 
 from app.db.cursors import decode_cursor, encode_cursor
 from app.registry import catalog
-from app.registry.errors import ModelExpired, ModelNotFound, ModelNotReady
+from app.registry.errors import ModelExpired, ModelNotFound, ModelNotReady, SnapshotNotFound
 from app.storage import layout
 
 # What a page's cursor may hold after its sort name: the sort value, then the version.
@@ -43,11 +43,11 @@ class Listing:
         return self.get_alias(layout.validate_version(name[1:], field=field))["version"]
 
     def get(self, version: str) -> dict:
-        """The listing item of one served model (a version `resolve()` checked) plus its metadata (`meta`); 404
-        unknown or expired, 409 while it trains."""
+        """The listing item of one served model (a version `resolve()` checked) plus its metadata (`meta`) and its
+        file's object `key`; 404 unknown or expired, 409 while it trains."""
         with self.db.read() as conn:
             row, aliases = self._served(conn, version)
-        return {**self._item(row._mapping, aliases), "meta": row.meta}
+        return {**self._item(row._mapping, aliases), "meta": row.meta, "key": layout.key(version, layout.MODEL_FILE)}
 
     def _served(self, conn, version: str, *, lock: bool = False) -> tuple[Row, list[str]]:
         """The model's row (`lock`: held until the transaction ends) and the aliases naming it; 404 unknown or
@@ -68,3 +68,20 @@ class Listing:
         """The full metadata of a served model (from the catalog), plus `expires_at`."""
         model = self.get(version)
         return {**model["meta"], "expires_at": model["expires_at"]}
+
+    def snapshots(self, version: str) -> list[dict]:
+        """A served model's snapshots, epoch 0 first: `epoch`, `size_bytes`, `sha256`, `metrics` (that epoch's history
+        entry; null for epoch 0), as its metadata lists them."""
+        return sorted(self.get(version)["meta"].get("snapshots") or [], key=lambda entry: entry["epoch"])
+
+    def snapshot(self, version: str, epoch: int) -> dict:
+        """A served model's snapshot of `epoch` as a file to send: `get()`'s item with the snapshot's sha256, size
+        and object key; 404 naming the epochs kept when `epoch` is not one."""
+        model = self.get(version)
+        entries = sorted(model["meta"].get("snapshots") or [], key=lambda entry: entry["epoch"])
+        for entry in entries:
+            if entry["epoch"] == epoch:
+                return {**model, "sha256": entry["sha256"], "size_bytes": entry["size_bytes"], "epoch": epoch,
+                        "key": layout.snapshot_key(version, epoch)}
+        every = (model["meta"].get("request") or {}).get("snapshot_every")
+        raise SnapshotNotFound(version, epoch, kept=[entry["epoch"] for entry in entries], every=every)

@@ -1,16 +1,18 @@
-"""Publishing models: the one writer of a model's objects (`metadata.json`, `model.safetensors`) and its catalog row.
+"""Publishing models: the one writer of a model's objects (`metadata.json`, `model.safetensors`, its snapshots under
+`snapshots/`) and its catalog row.
 
 The worker, `scv catalog rebuild`, the tests and the benchmarks all publish and withdraw models through these
 functions. A model object appears only once it is complete: its metadata is stored first, the model last. Its
 row is listed after both, in a transaction the caller opens: the worker lists it in the one that records its job
-`succeeded` (`JobQueue.finish(publish=...)`), so a worker that lost its job lists nothing.
+`succeeded` (`JobQueue.finish(publish=...)`), so a worker that lost its job lists nothing. Snapshots are stored while
+the job trains (each a model file, fenced by the attempt as the model is) and listed in the model's metadata.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -56,10 +58,24 @@ def store_objects(store: Store, *, bucket: str, metadata: dict[str, Any], blob: 
     store.put(bucket=bucket, key=layout.key(version, layout.MODEL_FILE), data=blob)
 
 
-def delete_objects(store: Store, *, bucket: str, version: str) -> None:
-    """Remove a model's objects (what an attempt that did not succeed may have stored), the model file first."""
+def store_snapshot(store: Store, *, bucket: str, version: str, epoch: int, blob: bytes) -> None:
+    """Store the model file of a training job's weights after `epoch` (0: at initialisation)."""
+    store.put(bucket=bucket, key=layout.snapshot_key(version, epoch), data=blob)
+
+
+def delete_objects(store: Store, *, bucket: str, version: str, snapshots: bool = False) -> None:
+    """Remove a model's objects (what an attempt that did not succeed may have stored), the model file first; with
+    `snapshots`, its snapshots too (the job ended without a model: one queued again resumes with them)."""
     for name in (layout.MODEL_FILE, layout.METADATA_FILE):
         store.delete(bucket=bucket, key=layout.key(version, name))
+    if snapshots:
+        store.delete_prefix(bucket=bucket, prefix=layout.snapshots_prefix(version))
+
+
+def ended_without_model(store: Store, *, bucket: str) -> Callable[[str, str], None]:
+    """The job queue's `on_end`: an attempt was given up, the job is now `status`; remove what it stored."""
+    return lambda version, status: delete_objects(store, bucket=bucket, version=version,
+                                                  snapshots=status != "queued")
 
 
 def delete_version_objects(store: Store, *, bucket: str, version: str) -> None:

@@ -10,6 +10,7 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _VERSION = re.compile(VERSION_PATTERN)
 
 MODEL_FILE, METADATA_FILE, JOB_FILE = "model.safetensors", "metadata.json", "job.json"
+SNAPSHOTS = "snapshots/"  # `<version>/snapshots/<epoch>.safetensors`: the model's weights after that epoch
 
 
 def validate_version(version: str, *, field: str = "version") -> str:
@@ -41,6 +42,16 @@ def key(version: str, name: str) -> str:
 def prefix(version: str) -> str:
     """`<version>/`: every object of one version lives under it."""
     return f"{validate_version(version)}/"
+
+
+def snapshot_key(version: str, epoch: int) -> str:
+    """`<version>/snapshots/<epoch>.safetensors`: the model file of the weights kept after `epoch` (0: at init)."""
+    return key(version, f"{SNAPSHOTS}{int(epoch)}.safetensors")
+
+
+def snapshots_prefix(version: str) -> str:
+    """`<version>/snapshots/`: every snapshot of one version."""
+    return prefix(version) + SNAPSHOTS
 
 
 def utcnow() -> str:

@@ -21,6 +21,21 @@ def weights(client, version: str) -> dict[str, torch.Tensor]:
                                                                 key=f"{version}/model.safetensors"))
 
 
+def snapshots(client, version: str) -> list[tuple[dict, bytes]]:
+    """A finished job's snapshots as GET /models/{version}/snapshots lists and sends them, each file with the version
+    it names in its header written `{version}` (so the files of two runs compare byte for byte), and its entry without
+    the sha256 (of the bytes that name the version)."""
+    items = client.get(f"/models/{version}/snapshots").json()["items"]
+    return [({k: v for k, v in item.items() if k != "sha256"},
+             client.get(f"/models/{version}/snapshots/{item['epoch']}").content.replace(version.encode(), b"{version}"))
+            for item in items]
+
+
+def finished_run(client, version: str) -> tuple[dict[str, torch.Tensor], dict, list[tuple[dict, bytes]]]:
+    """What a run that succeeded leaves: its weights, its job record and its snapshots."""
+    return weights(client, version), client.get(f"/train/{version}").json(), snapshots(client, version)
+
+
 def checkpoints(client, version: str) -> list[dict]:
     return client.app.state.jobs.queue.checkpoints(version)
 
@@ -58,12 +73,16 @@ def stop_when_latest(client, version: str, pid: int, wanted) -> dict:
 
 def assert_same_run(client, version: str, reference) -> dict:
     record = wait_for(client, version, timeout=300)
-    want_weights, want = reference
+    want_weights, want, want_snapshots = reference
     assert record["status"] == "succeeded", record
     got = weights(client, version)
     assert got.keys() == want_weights.keys()
     assert all(torch.equal(got[k], want_weights[k]) for k in got)
     assert record["metrics"] == want["metrics"] and record["history"] == want["history"]
+    # every epoch's snapshot, byte for byte (those an earlier attempt stored, and those this one did), and its entry
+    got_snapshots = snapshots(client, version)
+    assert [entry["epoch"] for entry, _ in got_snapshots] == list(range(want["request"]["epochs"] + 1))
+    assert got_snapshots == want_snapshots
     # the worker removes them right after recording success (housekeeping would, if it died first)
     wait_until(lambda: objects(client, f"{version}/checkpoints/") == [] and checkpoints(client, version) == [],
                timeout=30, what="checkpoints removed after success")
