@@ -13,12 +13,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models import augment as augmenting
+from models.augment import Augment
 from models.checkpoint import Checkpoint, capture, restore
 from models.determinism import deterministic, watch_alerts
 from models.evaluation import evaluate, normalize
 from models.layers import build_sequential
 from models.precision import autocast, memory_format
+from models.schedule import scheduler
+from models.schedule import state as scheduler_state
+from models.splits import validation_split
 from models.steps import GraphedStep, Step
+from models.stopping import EarlyStopping, EarlyStoppingConfig
 
 Progress = Callable[[dict[str, Any]], None]
 _OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -43,6 +49,13 @@ class TrainConfig:
     # On CUDA, each full batch's step replays one captured graph (models/steps.py). Off until a GPU run shows it
     # trains exactly as the eager step and pays (bench/gpu.sh measures both; README, Benchmarks).
     cuda_graphs: bool = False
+    # The recipe (SPEC §5); these defaults are the plain recipe, which trains exactly as before they existed.
+    augment: Augment | None = None  # drawn per sample and epoch on the device (models/augment.py)
+    schedule: str = "constant"  # constant | onecycle | cosine, stepped per batch; learning_rate is the peak
+    warmup_epochs: float = 0.0  # cosine's linear warmup
+    label_smoothing: float = 0.0
+    validation_split: float = 0.0  # share of the training images held out, per class, seeded
+    early_stopping: EarlyStoppingConfig | None = None
 
 
 @dataclass
@@ -125,10 +138,23 @@ def train(
     `config.checkpoint_every_s` at a step boundary; `resume` continues from one: the epoch's order is drawn again
     from the saved generator state and the steps already done are skipped, so the weights end bit-identical to an
     uninterrupted run on the same device, precision and thread count.
+
+    The recipe fields of `config`: `validation_split` holds out that share of the training images (the history
+    then has `val_loss` and `val_accuracy`); `early_stopping` ends the run early (`stopped_early` in the result says
+    when and why) and with `restore_best` leaves the best epoch's weights, its metrics the result's.
     """
     device = torch.device(pick_device(config.device))
     if len(train_images) == 0 or config.epochs < 1 or config.batch_size < 1:
         raise ValueError("training needs images, epochs >= 1 and batch_size >= 1")
+    val = None
+    if config.validation_split:
+        keep, held = validation_split(train_labels, fraction=config.validation_split, seed=config.seed)
+        val = (train_images[held], train_labels[held])
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    stopping = EarlyStopping(config.early_stopping) if config.early_stopping else None
+    if stopping and val is None and stopping.config.metric.startswith("val_"):
+        raise ValueError(f"early stopping on {stopping.config.metric} needs a validation_split")
+    augment = config.augment if config.augment and config.augment.active else None
     autocast(device, config.precision)  # refuses an unresolved precision before any work
     torch.manual_seed(config.seed)  # dropout draws from the global generators
     # the uint8 splits are small; keeping them on the device saves a host copy per batch
@@ -138,7 +164,11 @@ def train(
     steps = math.ceil(n / size) - (1 if n > size and n % size == 1 else 0)
     run = RunState(shuffler=torch.Generator().manual_seed(config.seed), loss_sum=torch.zeros((), device=device),
                    correct=torch.zeros((), dtype=torch.int64, device=device))  # updated in place: graphs hold them
-    graphed = config.cuda_graphs and device.type == "cuda"
+    # a graph replays the step's learning rate and has no per-epoch draws: it takes the plain step only
+    graphed = config.cuda_graphs and device.type == "cuda" and config.schedule == "constant" and augment is None
+    augmenter = augmenting.generator(config.seed, device) if augment else None
+    draws: augmenting.Draws = {}
+    stopped_early = None
     next_report = 0.0
 
     def report() -> dict[str, Any]:
@@ -148,25 +178,39 @@ def train(
 
     setup = {"device": device.type, "precision": config.precision, "threads": torch.get_num_threads()}
 
-    def snapshot(epoch: int, step: int, shuffler: torch.Tensor) -> Checkpoint:
+    def snapshot(epoch: int, step: int, shuffler: torch.Tensor, augmenter: torch.Tensor | None) -> Checkpoint:
         sums = {"loss_sum": run.loss_sum, "correct": run.correct, "shuffler": shuffler}
-        return capture(model, optimizer, epoch=epoch, step=step, run=sums,
-                       meta={"seen": run.seen if step else 0, "history": list(run.history), "setup": setup})
+        sums.update({"augmenter": augmenter} if augmenter is not None else {})
+        sums.update({f"best.{k}": v for k, v in stopping.best_weights.items()} if stopping else {})
+        meta = {"seen": run.seen if step else 0, "history": list(run.history), "setup": setup}
+        meta.update({"scheduler": scheduler_state(lr_schedule)} if lr_schedule else {})
+        return capture(model, optimizer, epoch=epoch, step=step, run=sums, meta=meta)
+
+    def inputs(index: torch.Tensor) -> torch.Tensor:
+        images, erased = train_images[index], None
+        if augment is not None:
+            images, erased = augmenting.apply(images, {k: v[index] for k, v in draws.items()}, cutout=augment.cutout)
+        x = normalize(images, mean_t, std_t)
+        return (x if erased is None else x.masked_fill(erased, 0.0)).contiguous(memory_format=layout)
 
     nondeterministic: set[str] = set()  # ops of this run without a deterministic kernel on its device
     try:
         with deterministic(device):  # deterministic kernels cost little for these small networks
             model.to(device, memory_format=layout)
             optimizer = _optimizer(model, config, graphed=graphed)
+            lr_schedule = scheduler(optimizer, schedule=config.schedule, total_steps=config.epochs * steps,
+                                    steps_per_epoch=steps, warmup_epochs=config.warmup_epochs)
 
             def train_step(index: torch.Tensor) -> None:
-                x = normalize(train_images[index], mean_t, std_t).contiguous(memory_format=layout)
+                x = inputs(index)
                 y = train_labels[index]
                 with autocast(device, config.precision, cache=not graphed):  # a graph cannot keep autocast's cache
                     output = model(x)
-                    loss = F.cross_entropy(output, y)
+                    loss = F.cross_entropy(output, y, label_smoothing=config.label_smoothing)
                 loss.backward()
                 optimizer.step()
+                if lr_schedule is not None:
+                    lr_schedule.step()
                 run.loss_sum.add_(loss.detach() * len(index))
                 run.correct.add_((output.detach().argmax(1) == y).sum())
 
@@ -183,11 +227,22 @@ def train(
                 run.correct.copy_(saved["correct"])
                 run.seen = resume.meta["seen"]
                 run.history, first, done = list(resume.meta["history"]), resume.epoch, resume.step
+                if augmenter is not None:
+                    augmenter.set_state(saved["augmenter"].cpu())
+                if lr_schedule is not None:
+                    lr_schedule.load_state_dict(resume.meta["scheduler"])
+                if stopping is not None:
+                    stopping.replay(run.history)
+                    stopping.best_weights = {k[5:]: v.cpu() for k, v in saved.items() if k.startswith("best.")}
             next_checkpoint = time.monotonic() + config.checkpoint_every_s
             for run.epoch in range(first, config.epochs + 1):  # the loop's position lives in `run`, with the rest
                 model.train()
                 epoch_shuffler = run.shuffler.get_state()
                 order = torch.randperm(n, generator=run.shuffler).to(device)
+                epoch_augmenter = augmenter.get_state() if augmenter is not None else None
+                if augment is not None:
+                    draws = augmenting.draw(augment, n=n, height=train_images.shape[2], width=train_images.shape[3],
+                                            generator=augmenter)
                 if not done:
                     run.loss_sum.zero_()
                     run.correct.zero_()
@@ -202,23 +257,35 @@ def train(
                         on_progress(report())
                         next_report = time.monotonic() + config.progress_every_s
                     if on_checkpoint is not None and run.step < steps and time.monotonic() >= next_checkpoint:
-                        on_checkpoint(snapshot(run.epoch, run.step, epoch_shuffler))
+                        on_checkpoint(snapshot(run.epoch, run.step, epoch_shuffler, epoch_augmenter))
                         next_checkpoint = time.monotonic() + config.checkpoint_every_s
                 done = 0
                 test_loss, test_accuracy = evaluate(model, test_images, test_labels, mean=mean_t, std=std_t,
                                                     device=device, precision=config.precision,
                                                     batch_size=config.eval_batch_size)
+                val_scores = {} if val is None else dict(zip(("val_loss", "val_accuracy"), evaluate(
+                    model, *val, mean=mean_t, std=std_t, device=device, precision=config.precision,
+                    batch_size=config.eval_batch_size), strict=True))
                 record = {"epoch": run.epoch, "train_loss": run.loss_sum.item() / run.seen,
-                          "train_accuracy": run.correct.item() / run.seen, "test_loss": test_loss,
+                          "train_accuracy": run.correct.item() / run.seen, **val_scores, "test_loss": test_loss,
                           "test_accuracy": test_accuracy}
                 run.history.append(record)
+                if stopping is not None and stopping.judge(record) and stopping.config.restore_best:
+                    stopping.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 if on_progress is not None:
                     on_progress({**report(), "epoch_done": record})
                 if on_checkpoint is not None and run.epoch < config.epochs:  # the next epoch, not yet begun
-                    on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state()))
+                    on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state(),
+                                           augmenter.get_state() if augmenter is not None else None))
                     next_checkpoint = time.monotonic() + config.checkpoint_every_s
+                if stopping is not None and stopping.stop and run.epoch < config.epochs:
+                    stopped_early = {"epoch": run.epoch, "reason": stopping.reason()}
+                    break
+            if stopping is not None and stopping.config.restore_best:
+                model.load_state_dict(stopping.best_weights)
     finally:
         model.to("cpu", memory_format=torch.contiguous_format)
-    metrics = {key: value for key, value in run.history[-1].items() if key != "epoch"}
+    final = run.history[stopping.best_epoch - 1] if stopping and stopping.config.restore_best else run.history[-1]
+    metrics = {key: value for key, value in final.items() if key != "epoch"}
     return {"metrics": metrics, "history": run.history, "reproducible": not nondeterministic,
-            "nondeterministic": sorted(nondeterministic)}
+            "nondeterministic": sorted(nondeterministic), "stopped_early": stopped_early}
