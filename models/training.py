@@ -19,15 +19,13 @@ from models.checkpoint import Checkpoint, capture, restore
 from models.determinism import deterministic, watch_alerts
 from models.evaluation import evaluate, normalize
 from models.layers import build_sequential
+from models.optimizer import make_optimizer, scheduler, scheduler_state
 from models.precision import autocast, memory_format
-from models.schedule import scheduler
-from models.schedule import state as scheduler_state
 from models.splits import validation_split
 from models.steps import GraphedStep, Step
 from models.stopping import EarlyStopping, EarlyStoppingConfig
 
 Progress = Callable[[dict[str, Any]], None]
-_OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 @dataclass
@@ -93,19 +91,6 @@ def _after(first: Callable[[], None], then: Step) -> Step:
         first()
         then(index)
     return both
-
-
-def _optimizer(model: nn.Module, config: TrainConfig, *, graphed: bool) -> torch.optim.Optimizer:
-    params, lr, decay = model.parameters(), config.learning_rate, config.weight_decay
-    # fused: one kernel for all parameters, on CPU and GPU alike; Adam's step drops from 1.7 ms to 0.3 ms here.
-    # capturable: Adam's step count stays on the device, where a CUDA graph can advance it
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay, fused=True, capturable=graphed)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True, capturable=graphed)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=decay, fused=True)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; use one of {', '.join(_OPTIMIZERS)}")
 
 
 def train(
@@ -197,7 +182,7 @@ def train(
     try:
         with deterministic(device):  # deterministic kernels cost little for these small networks
             model.to(device, memory_format=layout)
-            optimizer = _optimizer(model, config, graphed=graphed)
+            optimizer = make_optimizer(model, config, graphed=graphed)
             lr_schedule = scheduler(optimizer, schedule=config.schedule, total_steps=config.epochs * steps,
                                     steps_per_epoch=steps, warmup_epochs=config.warmup_epochs)
 

@@ -10,7 +10,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from models import Augment, EarlyStoppingConfig, TrainConfig, resolve_layers, seeded_model, train
 from models import augment as augmenting
 from models.checkpoint import Checkpoint
-from models.schedule import cosine_factor, scheduler
+from models.optimizer import cosine_factor, scheduler
 from models.splits import validation_split
 from models.stopping import EarlyStopping
 from tests.support.stripes import TEST, TRAIN
