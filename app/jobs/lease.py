@@ -49,9 +49,9 @@ class Lease:
         metrics.update(train_loss=progress["train_loss"], train_accuracy=progress["train_accuracy"])
         if done:
             metrics.update({k: done[k] for k in ("test_loss", "test_accuracy", *VALIDATION) if k in done})
+        keys = (*METRICS, *(k for k in VALIDATION if k in metrics))
         self.state = {"progress": Progress.model_validate(progress).model_dump(),
-                      "metrics": {k: metrics.get(k) for k in METRICS} | {k: metrics[k] for k in VALIDATION
-                                                                           if k in metrics},
+                      "metrics": {k: metrics.get(k) for k in keys},
                       "history": [*self.state["history"], done] if done else self.state["history"]}
         self._dirty = True
         self.check()
