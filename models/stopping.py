@@ -33,6 +33,8 @@ class EarlyStopping:
     def __post_init__(self) -> None:
         if self.config.metric not in METRICS:
             raise ValueError(f"unknown early-stopping metric {self.config.metric!r}; use one of {', '.join(METRICS)}")
+        if self.config.patience < 1:
+            raise ValueError(f"early-stopping patience {self.config.patience} must be at least 1 epoch")
 
     def judge(self, record: dict[str, float]) -> bool:
         """Take a finished epoch's history entry; True when it is the best so far (strictly better)."""

@@ -153,6 +153,7 @@ def train(
     graphed = config.cuda_graphs and device.type == "cuda" and config.schedule == "constant" and augment is None
     augmenter = augmenting.generator(config.seed, device) if augment else None
     draws: augmenting.Draws = {}
+    epoch_augmenter: torch.Tensor | None = None
     stopped_early = None
     next_report = 0.0
 
@@ -163,9 +164,10 @@ def train(
 
     setup = {"device": device.type, "precision": config.precision, "threads": torch.get_num_threads()}
 
-    def snapshot(epoch: int, step: int, shuffler: torch.Tensor, augmenter: torch.Tensor | None) -> Checkpoint:
+    def snapshot(epoch: int, step: int, shuffler: torch.Tensor) -> Checkpoint:
         sums = {"loss_sum": run.loss_sum, "correct": run.correct, "shuffler": shuffler}
-        sums.update({"augmenter": augmenter} if augmenter is not None else {})
+        if augmenter is not None:  # mid-epoch, the state the epoch's draws were made from (as for `shuffler`)
+            sums["augmenter"] = epoch_augmenter if step else augmenter.get_state()
         sums.update({f"best.{k}": v for k, v in stopping.best_weights.items()} if stopping else {})
         meta = {"seen": run.seen if step else 0, "history": list(run.history), "setup": setup}
         meta.update({"scheduler": scheduler_state(lr_schedule)} if lr_schedule else {})
@@ -221,11 +223,14 @@ def train(
                     stopping.best_weights = {k[5:]: v.cpu() for k, v in saved.items() if k.startswith("best.")}
             next_checkpoint = time.monotonic() + config.checkpoint_every_s
             for run.epoch in range(first, config.epochs + 1):  # the loop's position lives in `run`, with the rest
+                if stopping is not None and stopping.stop:  # judged at the end of the epoch before
+                    stopped_early = {"epoch": run.epoch - 1, "reason": stopping.reason()}
+                    break
                 model.train()
                 epoch_shuffler = run.shuffler.get_state()
                 order = torch.randperm(n, generator=run.shuffler).to(device)
-                epoch_augmenter = augmenter.get_state() if augmenter is not None else None
                 if augment is not None:
+                    epoch_augmenter = augmenter.get_state()
                     draws = augmenting.draw(augment, n=n, height=train_images.shape[2], width=train_images.shape[3],
                                             generator=augmenter)
                 if not done:
@@ -242,7 +247,7 @@ def train(
                         on_progress(report())
                         next_report = time.monotonic() + config.progress_every_s
                     if on_checkpoint is not None and run.step < steps and time.monotonic() >= next_checkpoint:
-                        on_checkpoint(snapshot(run.epoch, run.step, epoch_shuffler, epoch_augmenter))
+                        on_checkpoint(snapshot(run.epoch, run.step, epoch_shuffler))
                         next_checkpoint = time.monotonic() + config.checkpoint_every_s
                 done = 0
                 test_loss, test_accuracy = evaluate(model, test_images, test_labels, mean=mean_t, std=std_t,
@@ -260,12 +265,8 @@ def train(
                 if on_progress is not None:
                     on_progress({**report(), "epoch_done": record})
                 if on_checkpoint is not None and run.epoch < config.epochs:  # the next epoch, not yet begun
-                    on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state(),
-                                           augmenter.get_state() if augmenter is not None else None))
+                    on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state()))
                     next_checkpoint = time.monotonic() + config.checkpoint_every_s
-                if stopping is not None and stopping.stop and run.epoch < config.epochs:
-                    stopped_early = {"epoch": run.epoch, "reason": stopping.reason()}
-                    break
             if stopping is not None and stopping.config.restore_best:
                 model.load_state_dict(stopping.best_weights)
     finally:
