@@ -13,14 +13,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models import augment as augmenting
+from models.augment import Augment
 from models.checkpoint import Checkpoint, capture, restore
 from models.determinism import deterministic, watch_alerts
+from models.evaluation import evaluate, normalize
 from models.layers import build_sequential
+from models.optimizer import make_optimizer, scheduler, scheduler_state
 from models.precision import autocast, memory_format
+from models.splits import validation_split
 from models.steps import GraphedStep, Step
+from models.stopping import EarlyStopping, EarlyStoppingConfig
 
 Progress = Callable[[dict[str, Any]], None]
-_OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 @dataclass
@@ -42,6 +47,13 @@ class TrainConfig:
     # On CUDA, each full batch's step replays one captured graph (models/steps.py). Off until a GPU run shows it
     # trains exactly as the eager step and pays (bench/gpu.sh measures both; README, Benchmarks).
     cuda_graphs: bool = False
+    # The recipe (SPEC §5); these defaults are the plain recipe, which trains exactly as before they existed.
+    augment: Augment | None = None  # drawn per sample and epoch on the device (models/augment.py)
+    schedule: str = "constant"  # constant | onecycle | cosine, stepped per batch; learning_rate is the peak
+    warmup_epochs: float = 0.0  # cosine's linear warmup
+    label_smoothing: float = 0.0
+    validation_split: float = 0.0  # share of the training images held out, per class, seeded
+    early_stopping: EarlyStoppingConfig | None = None
 
 
 @dataclass
@@ -74,77 +86,11 @@ def seeded_model(layers: list[dict], *, seed: int) -> nn.Sequential:
     return build_sequential(layers)
 
 
-def normalize(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N×C×H×W → the network's float input, (x / 255 - mean) / std per channel."""
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
-    return (batch.float() / 255 - mean) / std
-
-
-def logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    mean: torch.Tensor | Sequence[float],
-    std: torch.Tensor | Sequence[float],
-    device: str | torch.device,
-    precision: str = "fp32",
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Float32 outputs, on `device`, of a model already there (in eval mode) for uint8 images, at `precision`.
-
-    The fast path of evaluation and prediction: batches go in `memory_format(model)`, so convert the model
-    once with `model.to(memory_format=memory_format(model))` for full speed (results are the same without).
-    """
-    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
-    layout = memory_format(model)
-    outputs = []
-    with torch.no_grad(), autocast(device, precision):
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size].to(device), mean_t, std_t)
-            outputs.append(model(x.contiguous(memory_format=layout)).float())
-    return torch.cat(outputs)
-
-
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    mean: torch.Tensor | Sequence[float],
-    std: torch.Tensor | Sequence[float],
-    device: str | torch.device,
-    precision: str = "fp32",
-    batch_size: int = 256,
-) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of the model (moved to `device`) on uint8 images."""
-    if len(images) == 0:
-        raise ValueError("no images to evaluate")
-    model.to(device).eval()
-    output = logits(model, images, mean=mean, std=std, device=device, precision=precision, batch_size=batch_size)
-    labels = labels.to(output.device)
-    loss = F.cross_entropy(output, labels, reduction="sum")
-    return loss.item() / len(images), (output.argmax(1) == labels).sum().item() / len(images)
-
-
 def _after(first: Callable[[], None], then: Step) -> Step:
     def both(index: torch.Tensor) -> None:
         first()
         then(index)
     return both
-
-
-def _optimizer(model: nn.Module, config: TrainConfig, *, graphed: bool) -> torch.optim.Optimizer:
-    params, lr, decay = model.parameters(), config.learning_rate, config.weight_decay
-    # fused: one kernel for all parameters, on CPU and GPU alike; Adam's step drops from 1.7 ms to 0.3 ms here.
-    # capturable: Adam's step count stays on the device, where a CUDA graph can advance it
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=decay, fused=True, capturable=graphed)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True, capturable=graphed)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=decay, fused=True)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; use one of {', '.join(_OPTIMIZERS)}")
 
 
 def train(
@@ -160,7 +106,7 @@ def train(
     on_progress: Progress | None = None,
     resume: Checkpoint | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
-    on_weights: Callable[[int, nn.Module, dict[str, float] | None], None] | None = None,
+    on_weights: Callable[[int, nn.Module, dict[str, float] | None, bool], None] | None = None,
 ) -> dict[str, Any]:
     """Train in place, evaluating after each epoch; returns the last epoch's metrics and the history.
 
@@ -179,12 +125,26 @@ def train(
     from the saved generator state and the steps already done are skipped, so the weights end bit-identical to an
     uninterrupted run on the same device, precision and thread count.
 
-    `on_weights(epoch, model, entry)` sees the weights at initialisation (epoch 0, entry None; not when resuming) and
-    after each epoch's evaluation (its history entry), before that epoch's checkpoint; it must not change them.
+    `on_weights(epoch, model, entry, last)` sees the weights at initialisation (epoch 0, entry None; not when
+    resuming) and after each epoch's evaluation (its history entry; `last` for the run's final epoch, also one early
+    stopping ends it at), before that epoch's checkpoint; it must not change them.
+
+    The recipe fields of `config`: `validation_split` holds out that share of the training images (the history
+    then has `val_loss` and `val_accuracy`); `early_stopping` ends the run early (`stopped_early` in the result says
+    when and why) and with `restore_best` leaves the best epoch's weights, its metrics the result's.
     """
     device = torch.device(pick_device(config.device))
     if len(train_images) == 0 or config.epochs < 1 or config.batch_size < 1:
         raise ValueError("training needs images, epochs >= 1 and batch_size >= 1")
+    val = None
+    if config.validation_split:
+        keep, held = validation_split(train_labels, fraction=config.validation_split, seed=config.seed)
+        val = (train_images[held], train_labels[held])
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    stopping = EarlyStopping(config.early_stopping) if config.early_stopping else None
+    if stopping and val is None and stopping.config.metric.startswith("val_"):
+        raise ValueError(f"early stopping on {stopping.config.metric} needs a validation_split")
+    augment = config.augment if config.augment and config.augment.active else None
     autocast(device, config.precision)  # refuses an unresolved precision before any work
     torch.manual_seed(config.seed)  # dropout draws from the global generators
     # the uint8 splits are small; keeping them on the device saves a host copy per batch
@@ -194,7 +154,12 @@ def train(
     steps = math.ceil(n / size) - (1 if n > size and n % size == 1 else 0)
     run = RunState(shuffler=torch.Generator().manual_seed(config.seed), loss_sum=torch.zeros((), device=device),
                    correct=torch.zeros((), dtype=torch.int64, device=device))  # updated in place: graphs hold them
-    graphed = config.cuda_graphs and device.type == "cuda"
+    # a graph replays the step's learning rate and has no per-epoch draws: it takes the plain step only
+    graphed = config.cuda_graphs and device.type == "cuda" and config.schedule == "constant" and augment is None
+    augmenter = augmenting.generator(config.seed, device) if augment else None
+    draws: augmenting.Draws = {}
+    epoch_augmenter: torch.Tensor | None = None
+    stopped_early = None
     next_report = 0.0
 
     def report() -> dict[str, Any]:
@@ -206,23 +171,38 @@ def train(
 
     def snapshot(epoch: int, step: int, shuffler: torch.Tensor) -> Checkpoint:
         sums = {"loss_sum": run.loss_sum, "correct": run.correct, "shuffler": shuffler}
-        return capture(model, optimizer, epoch=epoch, step=step, run=sums,
-                       meta={"seen": run.seen if step else 0, "history": list(run.history), "setup": setup})
+        if augmenter is not None:  # mid-epoch, the state the epoch's draws were made from (as for `shuffler`)
+            sums["augmenter"] = epoch_augmenter if step else augmenter.get_state()
+        sums.update({f"best.{k}": v for k, v in stopping.best_weights.items()} if stopping else {})
+        meta = {"seen": run.seen if step else 0, "history": list(run.history), "setup": setup}
+        meta.update({"scheduler": scheduler_state(lr_schedule)} if lr_schedule else {})
+        return capture(model, optimizer, epoch=epoch, step=step, run=sums, meta=meta)
+
+    def inputs(index: torch.Tensor) -> torch.Tensor:
+        images, erased = train_images[index], None
+        if augment is not None:
+            images, erased = augmenting.apply(images, {k: v[index] for k, v in draws.items()}, cutout=augment.cutout)
+        x = normalize(images, mean_t, std_t)
+        return (x if erased is None else x.masked_fill(erased, 0.0)).contiguous(memory_format=layout)
 
     nondeterministic: set[str] = set()  # ops of this run without a deterministic kernel on its device
     try:
         with deterministic(device):  # deterministic kernels cost little for these small networks
             model.to(device, memory_format=layout)
-            optimizer = _optimizer(model, config, graphed=graphed)
+            optimizer = make_optimizer(model, config, graphed=graphed)
+            lr_schedule = scheduler(optimizer, schedule=config.schedule, total_steps=config.epochs * steps,
+                                    steps_per_epoch=steps, warmup_epochs=config.warmup_epochs)
 
             def train_step(index: torch.Tensor) -> None:
-                x = normalize(train_images[index], mean_t, std_t).contiguous(memory_format=layout)
+                x = inputs(index)
                 y = train_labels[index]
                 with autocast(device, config.precision, cache=not graphed):  # a graph cannot keep autocast's cache
                     output = model(x)
-                    loss = F.cross_entropy(output, y)
+                    loss = F.cross_entropy(output, y, label_smoothing=config.label_smoothing)
                 loss.backward()
                 optimizer.step()
+                if lr_schedule is not None:
+                    lr_schedule.step()
                 run.loss_sum.add_(loss.detach() * len(index))
                 run.correct.add_((output.detach().argmax(1) == y).sum())
 
@@ -239,13 +219,27 @@ def train(
                 run.correct.copy_(saved["correct"])
                 run.seen = resume.meta["seen"]
                 run.history, first, done = list(resume.meta["history"]), resume.epoch, resume.step
+                if augmenter is not None:
+                    augmenter.set_state(saved["augmenter"].cpu())
+                if lr_schedule is not None:
+                    lr_schedule.load_state_dict(resume.meta["scheduler"])
+                if stopping is not None:
+                    stopping.replay(run.history)
+                    stopping.best_weights = {k[5:]: v.cpu() for k, v in saved.items() if k.startswith("best.")}
             if resume is None and on_weights is not None:
-                on_weights(0, model, None)
+                on_weights(0, model, None, False)
             next_checkpoint = time.monotonic() + config.checkpoint_every_s
             for run.epoch in range(first, config.epochs + 1):  # the loop's position lives in `run`, with the rest
+                if stopping is not None and stopping.stop:  # judged at the end of the epoch before
+                    stopped_early = {"epoch": run.epoch - 1, "reason": stopping.reason()}
+                    break
                 model.train()
                 epoch_shuffler = run.shuffler.get_state()
                 order = torch.randperm(n, generator=run.shuffler).to(device)
+                if augment is not None:
+                    epoch_augmenter = augmenter.get_state()
+                    draws = augmenting.draw(augment, n=n, height=train_images.shape[2], width=train_images.shape[3],
+                                            generator=augmenter)
                 if not done:
                     run.loss_sum.zero_()
                     run.correct.zero_()
@@ -266,19 +260,27 @@ def train(
                 test_loss, test_accuracy = evaluate(model, test_images, test_labels, mean=mean_t, std=std_t,
                                                     device=device, precision=config.precision,
                                                     batch_size=config.eval_batch_size)
+                val_scores = {} if val is None else dict(zip(("val_loss", "val_accuracy"), evaluate(
+                    model, *val, mean=mean_t, std=std_t, device=device, precision=config.precision,
+                    batch_size=config.eval_batch_size), strict=True))
                 record = {"epoch": run.epoch, "train_loss": run.loss_sum.item() / run.seen,
-                          "train_accuracy": run.correct.item() / run.seen, "test_loss": test_loss,
+                          "train_accuracy": run.correct.item() / run.seen, **val_scores, "test_loss": test_loss,
                           "test_accuracy": test_accuracy}
                 run.history.append(record)
+                if stopping is not None and stopping.judge(record) and stopping.config.restore_best:
+                    stopping.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 if on_progress is not None:
                     on_progress({**report(), "epoch_done": record})
-                if on_weights is not None:
-                    on_weights(run.epoch, model, record)
+                if on_weights is not None:  # last: the run's final epoch, also one early stopping ends it at
+                    on_weights(run.epoch, model, record, run.epoch == config.epochs or bool(stopping and stopping.stop))
                 if on_checkpoint is not None and run.epoch < config.epochs:  # the next epoch, not yet begun
                     on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state()))
                     next_checkpoint = time.monotonic() + config.checkpoint_every_s
+            if stopping is not None and stopping.config.restore_best:
+                model.load_state_dict(stopping.best_weights)
     finally:
         model.to("cpu", memory_format=torch.contiguous_format)
-    metrics = {key: value for key, value in run.history[-1].items() if key != "epoch"}
+    final = run.history[stopping.best_epoch - 1] if stopping and stopping.config.restore_best else run.history[-1]
+    metrics = {key: value for key, value in final.items() if key != "epoch"}
     return {"metrics": metrics, "history": run.history, "reproducible": not nondeterministic,
-            "nondeterministic": sorted(nondeterministic)}
+            "nondeterministic": sorted(nondeterministic), "stopped_early": stopped_early}

@@ -10,6 +10,7 @@ from safetensors.torch import load as load_tensors
 
 from app.main import create_app
 from app.storage.s3 import store_from_settings
+from tests.support import resume
 from tests.support.replicas import Replica, replica_env
 from tests.support.resume import (
     JOB,
@@ -87,6 +88,28 @@ def test_a_service_stopped_mid_job_resumes_it_when_started_again(resumable, refe
         assert second.get(f"/train/{version}").json()["error"] is None
         record = assert_same_run(second, version, reference["auto"])
     assert record["resumed_from"]["epoch"] >= 3
+
+
+@pytest.fixture(scope="module")
+def recipe_reference(resumable, tmp_path_factory):
+    """The weights, record and snapshots of an uninterrupted run of RECIPE_JOB, storing no checkpoint."""
+    settings = resumable.model_copy(update={"data_dir": tmp_path_factory.mktemp("recipe-reference"),
+                                            "minio_model_bucket": "models-recipe", "checkpoint_seconds": 600})
+    with TestClient(create_app(settings)) as client:
+        record = wait_for(client, train(client, **resume.RECIPE_JOB)["version"], timeout=300)
+        assert record["status"] == "succeeded" and record["resumed_from"] is None, record
+        return finished_run(client, record["version"])
+
+
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch-end"])
+def test_a_recipe_job_killed_and_resumed_is_bit_identical(app_client, recipe_reference, where):
+    version = train(app_client, **resume.RECIPE_JOB)["version"]
+    pid = running_pid(app_client, version, 1)
+    latest = stop_when_latest(app_client, version, pid, lambda c: (c["step"] > 0) == (where == "mid-epoch"))
+    os.kill(pid, signal.SIGKILL)
+    record = assert_same_run(app_client, version, recipe_reference)
+    assert record["resumed_from"] == {"epoch": latest["epoch"], "step": latest["step"], "exact": True}
+    assert record["request"]["augment"] == {"shift": 2, "flip": True, "cutout": 0}
 
 
 def test_a_corrupted_checkpoint_is_never_used(app_client, reference):

@@ -182,13 +182,13 @@ def test_a_worker_that_lost_its_job_stores_no_snapshot(request, tmp_path, store,
     try:
         first = queue.claim()
         net = models.seeded_model(models.resolve_layers(NET, input_shape=(1, 8, 8), num_classes=3), seed=0)
-        kept = Snapshots(store=store, bucket=bucket, version="taken", epochs=2, every=1, model_file=lambda _: b"file",
+        kept = Snapshots(store=store, bucket=bucket, version="taken", every=1, model_file=lambda _: b"file",
                          lease=Lease(queue=queue, claim=first, record=queue.get("taken")), resume=None)
-        kept(0, net, None)
+        kept(0, net, None, False)
         assert queue.release(first, reason="its lease lapsed") == "queued"
         assert queue.claim().attempt == first.attempt + 1  # another worker holds the job now
         with pytest.raises(LeaseLost):
-            kept(1, net, {"epoch": 1})  # the first attempt's worker, still training, reaches the end of epoch 1
+            kept(1, net, {"epoch": 1}, False)  # the first attempt's worker, still training, reaches the end of epoch 1
         assert [o.key for o in store.list(bucket=bucket)] == ["taken/snapshots/0.safetensors"]
         assert [entry["epoch"] for entry in kept.entries] == [0]
     finally:

@@ -101,3 +101,8 @@ def test_every_support_module_imports_without_pytest():
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "tests.support.s3" in modules and json.loads(run.stdout.strip().splitlines()[-1]) == {}
+
+
+def test_every_module_of_the_service_stays_within_300_lines():
+    lines = {str(path.relative_to(ROOT)): len(path.read_text().splitlines()) for path in sources("app", "models")}
+    assert {name: count for name, count in lines.items() if count > 300} == {}

@@ -31,6 +31,7 @@ class Job(Base):
     lost: Mapped[int] = mapped_column(default=0)  # attempts whose worker was lost (SCV_MAX_ATTEMPTS)
     worker: Mapped[dict[str, Any] | None]
     resumed_from: Mapped[dict[str, Any] | None]
+    stopped_early: Mapped[dict[str, Any] | None]  # {epoch, reason} when early stopping ended the job
     lease_until: Mapped[float | None] = mapped_column(Float)  # database clock, seconds since the epoch
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     revision: Mapped[int] = mapped_column(default=0)  # +1 on every change: the SSE event id

@@ -53,7 +53,7 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
             epochs=request["epochs"], batch_size=request["batch_size"], optimizer=request["optimizer"],
             learning_rate=request["learning_rate"], momentum=request["momentum"],
             weight_decay=request["weight_decay"], seed=request["seed"], device=device,
-            precision=request["precision"], checkpoint_every_s=settings.checkpoint_seconds)
+            precision=request["precision"], checkpoint_every_s=settings.checkpoint_seconds, **_recipe(request))
         fingerprint = _fingerprint(record, manifest)
         setup = {"device": torch.device(device).type, "precision": config.precision,
                  "threads": torch.get_num_threads()}
@@ -68,7 +68,7 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
                                      dataset=record["dataset"], version=version)
 
         snapshots = Snapshots(store=store, bucket=settings.minio_model_bucket, version=version, lease=lease,
-                              epochs=request["epochs"], every=request.get("snapshot_every", 1),
+                              every=request.get("snapshot_every", 1),
                               model_file=model_file, resume=resume)
         with CheckpointWriter(checkpoints, claim, fingerprint) as save:
             result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
@@ -85,15 +85,27 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
             epochs=request["epochs"], num_parameters=sum(p.numel() for p in model.parameters()),
             dataset_sha256=manifest["sha256"], device=config.device, precision=config.precision,
             # whether the same request on this device repeats these weights bit for bit (CUDA: ops without one named)
-            reproducible=result["reproducible"], nondeterministic=result["nondeterministic"])
+            reproducible=result["reproducible"], nondeterministic=result["nondeterministic"],
+            stopped_early=result["stopped_early"])
         lease.renew_now()  # a worker that lost its job must not overwrite the objects of the one that holds it
         publishing.store_objects(store, bucket=settings.minio_model_bucket, metadata=metadata, blob=blob)
     progress = {**lease.state["progress"], "fraction": 1.0}
     if not queue.finish(claim, "succeeded", metrics=result["metrics"], history=result["history"],
-                        progress=progress, publish=lambda conn: publishing.list_models(conn, [metadata])):
+                        progress=progress, stopped_early=result["stopped_early"],
+                        publish=lambda conn: publishing.list_models(conn, [metadata])):
         raise LeaseLost(version)
     checkpoints.discard(version)  # else housekeeping's sweep does it
     return queue.get(version)
+
+
+def _recipe(request: dict) -> dict:
+    """The request's recipe fields as TrainConfig takes them (a request of an earlier release has none of them)."""
+    augment, stopping = request.get("augment"), request.get("early_stopping")
+    return {"augment": models.Augment(**augment) if augment else None,
+            "schedule": request.get("schedule", "constant"), "warmup_epochs": request.get("warmup_epochs", 0.0),
+            "label_smoothing": request.get("label_smoothing", 0.0),
+            "validation_split": request.get("validation_split", 0.0),
+            "early_stopping": models.EarlyStoppingConfig(**stopping) if stopping else None}
 
 
 def _fingerprint(record: dict, manifest: dict) -> str:

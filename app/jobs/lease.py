@@ -12,6 +12,7 @@ from app.jobs.record import Progress
 log = logging.getLogger("scv.worker")
 RENEW_S = 0.5  # progress reaches the catalog this often; a cancel is seen as fast
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+VALIDATION = ("val_loss", "val_accuracy")  # in the metrics of a job with a validation_split only
 
 
 class Lease:
@@ -47,9 +48,10 @@ class Lease:
         metrics = dict(self.state["metrics"] or {})
         metrics.update(train_loss=progress["train_loss"], train_accuracy=progress["train_accuracy"])
         if done:
-            metrics.update(test_loss=done["test_loss"], test_accuracy=done["test_accuracy"])
+            metrics.update({k: done[k] for k in ("test_loss", "test_accuracy", *VALIDATION) if k in done})
+        keys = (*METRICS, *(k for k in VALIDATION if k in metrics))
         self.state = {"progress": Progress.model_validate(progress).model_dump(),
-                      "metrics": {k: metrics.get(k) for k in METRICS},
+                      "metrics": {k: metrics.get(k) for k in keys},
                       "history": [*self.state["history"], done] if done else self.state["history"]}
         self._dirty = True
         self.check()

@@ -30,6 +30,8 @@ class JobRecord(BaseModel):
     error: str | None
     attempts: int = Field(description="attempts started so far (a lost worker's job is resumed by another)")
     worker: dict[str, Any] | None = Field(None, description="host and pid of the attempt running now or last")
+    stopped_early: dict[str, Any] | None = Field(
+        None, description="`epoch` and `reason` when early stopping ended the job before its last epoch, else null")
     resumed_from: dict[str, Any] | None = Field(
         None, description="`epoch` and `step` of the checkpoint this attempt started from; `exact` false when it "
         "resumed on another device, precision or thread count; `note` when a checkpoint was unusable")

@@ -22,25 +22,19 @@ if TYPE_CHECKING:
     from models.checkpoint import Checkpoint
 
 
-def kept_epochs(*, epochs: int, every: int) -> list[int]:
-    """The epochs a job keeps: 0 (initialisation), every `every`-th and the last; none when `every` is 0."""
-    if every <= 0:
-        return []
-    return [epoch for epoch in range(epochs + 1) if epoch % every == 0 or epoch == epochs]
-
-
 class Snapshots:
-    """The training loop's `on_weights`: stores the model file of each kept epoch and remembers its entry
-    (`epoch`, `size_bytes`, `sha256`, `metrics`: the epoch's history entry, null for epoch 0)."""
+    """The training loop's `on_weights`: stores the model file of each kept epoch (0, every `every`-th and the
+    run's last, none when `every` is 0) and remembers its entry (`epoch`, `size_bytes`, `sha256`, `metrics`: the
+    epoch's history entry, null for epoch 0)."""
 
-    def __init__(self, *, store: Store, bucket: str, version: str, epochs: int, every: int, lease: Lease,
+    def __init__(self, *, store: Store, bucket: str, version: str, every: int, lease: Lease,
                  model_file: Callable[[nn.Module], bytes], resume: Checkpoint | None):
         self.store, self.bucket, self.version, self.lease, self.model_file = store, bucket, version, lease, model_file
-        self.kept = set(kept_epochs(epochs=epochs, every=every))
+        self.every = every
         self.entries: list[dict[str, Any]] = list(resume.meta.get("snapshots", [])) if resume is not None else []
 
-    def __call__(self, epoch: int, model: nn.Module, entry: dict[str, float] | None) -> None:
-        if epoch not in self.kept:
+    def __call__(self, epoch: int, model: nn.Module, entry: dict[str, float] | None, last: bool) -> None:
+        if self.every <= 0 or not (epoch % self.every == 0 or last):
             return
         blob = self.model_file(model)
         self.lease.renew_now()  # a worker that lost its job must not overwrite the snapshots of the one that holds it

@@ -155,6 +155,7 @@ def _job_values(record: dict | None, model: dict | None) -> JobRecord | None:
             layers=record.get("layers") or [], progress=record.get("progress") or done,
             metrics=record.get("metrics"), history=record.get("history") or [], error=error,
             attempts=1 if record.get("started_at") or status != "queued" else 0, worker=record.get("worker"),
+            stopped_early=record.get("stopped_early") if model is not None else None,
             created_at=record["created_at"], started_at=record.get("started_at"),
             finished_at=finished if status != "queued" else None)
     except ValidationError as exc:

@@ -13,6 +13,10 @@ from tests.support.waiting import wait_for, wait_until
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "BatchNorm2d"}, {"type": "ReLU"},
              {"type": "Dropout2d", "p": 0.2}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
 JOB = {"dataset": "mnist", "layers": SMALL_NET, "epochs": 30, "batch_size": 1, "seed": 11}  # a few seconds
+# The same job with recipe fields whose state a checkpoint must carry: the augmentation generator, the schedule,
+# the held-out split, the best weights so far (a patience this long never stops it: the kill must find it running).
+RECIPE_JOB = {**JOB, "augment": {"shift": 2, "flip": True}, "schedule": "onecycle", "learning_rate": 3e-3,
+              "validation_split": 0.25, "early_stopping": {"metric": "val_loss", "patience": 30, "restore_best": True}}
 
 
 def weights(client, version: str) -> dict[str, torch.Tensor]:
