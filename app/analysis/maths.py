@@ -69,14 +69,11 @@ def cka_matrix(model: nn.Sequential, x: Tensor, *, estimator: str = "linear", ot
     if any(len(inputs) != len(x) for _, inputs in runs):
         raise AnalysisInputError(f"x has {len(x)} samples but other_x has {len(runs[-1][1])}; they must match")
     # One Gram matrix per layer, shared by every pair it takes part in, and taken as the layer runs: no output has
-    # to be kept or copied. Stepping through the modules gives what forward hooks would, without attaching state to
-    # a model that concurrent requests may share.
+    # to be kept or copied.
     names, grams = [], []
     for network, inputs in runs:
         with _evaluating(network):
-            out = inputs.to(_device(network))
-            for name, module in zip(layer_names(network), network, strict=True):
-                out = module(out)
+            for name, out in _layer_outputs(network, inputs):
                 names.append(name)
                 grams.append(_gram(_features(out, keep_float32=True), estimator, name=f"layer {name}"))
     scores = _cka_from_hsic(_hsic_matrix(torch.stack(grams), estimator), estimator).cpu()
@@ -125,6 +122,20 @@ def top_images(model: nn.Sequential, images_uint8: Tensor, *, mean: Sequence[flo
     values, order = torch.sort(scores, descending=True, stable=True)
     k = min(k, len(values))
     return order[:k].tolist(), values[:k].tolist()
+
+
+def _layer_outputs(model: nn.Sequential, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+    """Each top-level module's output in turn, valid only until the next module runs.
+
+    Callers hold `_evaluating(model)` around the loop: grad mode is per thread, so it must not be left switched
+    inside a generator that a caller might abandon.
+    """
+    # Stepping through the modules gives what forward hooks would, without attaching state to a model that
+    # concurrent requests may share.
+    out = x.to(_device(model))
+    for name, module in zip(layer_names(model), model, strict=True):
+        out = module(out)
+        yield name, out
 
 
 def _run_prefix(model: nn.Sequential, x: Tensor, *, layer: int) -> Tensor:
