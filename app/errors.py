@@ -85,3 +85,12 @@ class NotReady(Unavailable):
 
 class ObjectMissing(NotFound):
     """A storage key that does not exist; callers usually turn it into a more specific NotFound."""
+
+
+class Accepted(Exception):
+    """Not an error: the answer is being computed elsewhere (an analysis job); 202 with `Location` (the same URL: ask
+    again there), `Retry-After` and `body` (what is known of the work so far)."""
+
+    def __init__(self, body: dict, *, retry_after_s: int):
+        super().__init__(body.get("detail", "accepted"))
+        self.body, self.retry_after_s = body, retry_after_s

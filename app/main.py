@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.jobs = job_service(resolved, store=store, db=db, datasets=app.state.datasets,
                                          housekeeping=[app.state.registry.finish_deletions])
             app.state.jobs.start()
-            app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets)
+            app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets, store=store,
+                                          bucket=resolved.minio_model_bucket, max_bytes=resolved.analysis_max_bytes,
+                                          queue_job=app.state.jobs.analyse)
             app.state.registry.apply_retention()
             try:
                 yield

@@ -268,7 +268,7 @@ def test_results_are_cached_per_model_file_and_parameters(lab, monkeypatch):
     first = get_json(lab, "/models/remade/cka")
     registry, computed = lab.app.state.registry, []  # an analysis loads its network only when it computes
     load = registry.load
-    monkeypatch.setattr(registry, "load", lambda version: computed.append(version) or load(version))
+    monkeypatch.setattr(registry, "load", lambda version, epoch=None: computed.append(version) or load(version, epoch))
     get_png(lab, "/models/remade/cka")  # the same result, drawn
     assert computed == []
     get_json(lab, "/models/remade/cka", estimator="debiased")

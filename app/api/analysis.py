@@ -1,4 +1,5 @@
-"""Analysis routes: layer-by-layer CKA, activation maps and top-activating images of a stored model."""
+"""Analysis routes: layer-by-layer CKA, dynamics, activation maps and top-activating images of a stored model or
+one of its snapshots."""
 
 import math
 from typing import Annotated, Literal
@@ -7,6 +8,7 @@ import torch
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
+from app.analysis.minibatch import BATCH_SIZE
 from app.analysis.plots import heatmap_png, to_uint8_maps
 from app.analysis.service import MAX_K
 from app.api.deps import AnalysesDep, ModelRoute, ModelVersion, RegistryDep
@@ -18,11 +20,16 @@ TILE_PX = 64  # grid tiles are scaled up by a whole factor to about this many pi
 STRIP_ROWS = 8  # a flat layer's one-row map is drawn this tall, so it can be seen
 _PROBLEM = PROBLEM_RESPONSES[422]
 RESPONSES = {200: {"content": {"application/json": {}, "image/png": {}}},
+             202: {"description": "Computed by a worker meanwhile: ask again at `Location` after `Retry-After` "
+                   "seconds; the body says the job's `status` and `progress`"},
              404: {**_PROBLEM, "description": "Unknown model, or its dataset is not seeded"},
              409: {**_PROBLEM, "description": "The model is still training; the problem links its job"},
              422: {**_PROBLEM, "description": "A parameter out of range; `field` names it"}}
 Format = Literal["json", "png"]
 Layer = Annotated[int, Query(ge=0, description="module index in the Sequential, 0-based")]
+Data = Literal["cka", "test"]
+Epoch = Annotated[int | None, Query(ge=0, description="a kept snapshot's epoch instead of the final model")]
+BatchSize = Annotated[int, Query(ge=4, le=4096, description="data=test: images per minibatch")]
 
 
 def _against(registry: RegistryDep, against: Annotated[str | None, Query(
@@ -32,12 +39,17 @@ def _against(registry: RegistryDep, against: Annotated[str | None, Query(
 
 @router.get("/{version}/cka", responses=RESPONSES)
 def layer_cka(version: ModelVersion, analyses: AnalysesDep, against: Annotated[str | None, Depends(_against)],
-              estimator: Literal["linear", "debiased"] = "linear", format: Format = "json") -> Response:
-    """CKA between every pair of layers on the dataset's CKA sample set (`against=`: a second model's layers)."""
-    result = analyses.cka(version, estimator=estimator, against=against)
+              estimator: Literal["linear", "debiased"] | None = None, data: Data = "cka", epoch: Epoch = None,
+              against_epoch: Epoch = None, batch_size: BatchSize = BATCH_SIZE, format: Format = "json") -> Response:
+    """CKA between every pair of layers (`against=`: a second model's layers) on the CKA sample set, or on the whole
+    test split (`data=test`: minibatch CKA with a bootstrap interval, computed by a worker: 202 until ready)."""
+    estimator = estimator or ("debiased" if data == "test" else "linear")
+    result = analyses.cka(version, estimator=estimator, against=against, epoch=epoch, against_epoch=against_epoch,
+                          data=data, batch_size=batch_size)
     if format == "json":
         return JSONResponse(result)
-    title = f"CKA ({estimator}): {version}" + (f" vs {against}" if against else "")
+    title = f"CKA ({estimator}{', test split' if data == 'test' else ''}): {version}" + (
+        f" vs {against}" if against else "")
     # The debiased estimator can dip below 0; the colour bar then shows how far.
     low = min(0.0, *(min(row) for row in result["matrix"]))
     png = heatmap_png(result["matrix"], row_labels=result["layers"], title=title, vmin=low,
@@ -45,12 +57,28 @@ def layer_cka(version: ModelVersion, analyses: AnalysesDep, against: Annotated[s
     return Response(png, media_type="image/png")
 
 
+@router.get("/{version}/dynamics", responses=RESPONSES)
+def dynamics(version: ModelVersion, analyses: AnalysesDep, data: Data = "cka",
+             estimator: Literal["linear", "debiased"] | None = None, batch_size: BatchSize = BATCH_SIZE,
+             format: Format = "json") -> Response:
+    """How each layer reached its final form: per layer and kept epoch, CKA to the same layer of the final model
+    (needs snapshots). On the CKA set it is stored as the job ends; on the test split a worker computes it."""
+    result = analyses.dynamics(version, data=data, estimator=estimator, batch_size=batch_size)
+    if format == "json":
+        return JSONResponse(result)
+    low = min(0.0, *(min(row) for row in result["to_final"]))
+    png = heatmap_png(result["to_final"], row_labels=result["layers"],
+                      col_labels=[f"epoch {epoch}" for epoch in result["epochs"]], vmin=low,
+                      title=f"CKA to the final model ({result['estimator']}, {data} data), layers × epochs: {version}")
+    return Response(png, media_type="image/png")
+
+
 @router.get("/{version}/activations", responses=RESPONSES)
 def layer_activations(version: ModelVersion, analyses: AnalysesDep, layer: Layer,
                       sample: Annotated[int, Query(ge=0, description="index into the CKA sample set")],
-                      format: Format = "png") -> Response:
+                      epoch: Epoch = None, format: Format = "png") -> Response:
     """One CKA sample's feature maps at one layer: a grid of per-channel maps (`png`) or the values (`json`)."""
-    result = analyses.activations(version, layer=layer, sample=sample)
+    result = analyses.activations(version, layer=layer, sample=sample, epoch=epoch)
     maps = result["maps"]
     if format == "json":
         fields = {key: value for key, value in result.items() if key != "maps"}
@@ -64,9 +92,9 @@ def layer_activations(version: ModelVersion, analyses: AnalysesDep, layer: Layer
 @router.get("/{version}/top-images", responses=RESPONSES)
 def top_images(version: ModelVersion, analyses: AnalysesDep, layer: Layer,
                channel: Annotated[int, Query(ge=0, description="channel (or feature of a flat layer)")],
-               k: Annotated[int, Query(ge=1, le=MAX_K)] = 9, format: Format = "json") -> Response:
+               k: Annotated[int, Query(ge=1, le=MAX_K)] = 9, epoch: Epoch = None, format: Format = "json") -> Response:
     """The k test-split images with the highest mean activation of one channel, highest first."""
-    result = analyses.top_images(version, layer=layer, channel=channel, k=k)
+    result = analyses.top_images(version, layer=layer, channel=channel, k=k, epoch=epoch)
     if format == "json":
         return JSONResponse({key: value for key, value in result.items() if key != "images"})
     return Response(_tile_grid(result["images"]), media_type="image/png")

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
-from app.errors import ServiceError, Unavailable
+from app.errors import Accepted, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -87,6 +87,12 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
                    headers=getattr(exc, "headers", None))
 
 
+async def accepted(request: Request, exc: Accepted) -> JSONResponse:
+    location = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return JSONResponse(exc.body, status_code=202, headers={"Location": location,
+                                                            "Retry-After": str(exc.retry_after_s)})
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, title="Internal error",
@@ -94,4 +100,4 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 HANDLERS = {ServiceError: service_error, RequestValidationError: validation_error, HTTPException: http_error,
-            Exception: unexpected_error}  # the app's exception_handlers
+            Accepted: accepted, Exception: unexpected_error}  # the app's exception_handlers

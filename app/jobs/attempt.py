@@ -13,6 +13,7 @@ from contextlib import suppress
 import torch
 
 import models
+from app.analysis.jobs import store_dynamics
 from app.datasets.service import DatasetService
 from app.db.engine import Database
 from app.errors import ServiceError, Unavailable
@@ -22,6 +23,7 @@ from app.jobs.queue import Claim, JobQueue, LeaseLost
 from app.jobs.snapshots import Snapshots
 from app.registry import publishing
 from app.settings import Settings
+from app.storage import layout
 from app.storage.s3 import Store, store_from_settings
 
 log = logging.getLogger("scv.worker")
@@ -89,6 +91,9 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
             stopped_early=result["stopped_early"])
         lease.renew_now()  # a worker that lost its job must not overwrite the objects of the one that holds it
         publishing.store_objects(store, bucket=settings.minio_model_bucket, metadata=metadata, blob=blob)
+        store_dynamics(store=store, bucket=settings.minio_model_bucket, version=version, final=model,
+                       meta=metadata, entries=snapshots.entries, datasets=datasets,
+                       max_bytes=settings.analysis_max_bytes)
     progress = {**lease.state["progress"], "fraction": 1.0}
     if not queue.finish(claim, "succeeded", metrics=result["metrics"], history=result["history"],
                         progress=progress, stopped_early=result["stopped_early"],
@@ -122,7 +127,12 @@ def run(claim: Claim, settings: Settings, *, threads: int | None = None) -> int:
     store = store_from_settings(settings)
     queue = job_queue(settings, store=store)
     try:
-        train_job(claim=claim, settings=settings, store=store, queue=queue)
+        if layout.is_analysis_job(claim.version):
+            from app.analysis.jobs import analysis_job
+
+            analysis_job(claim=claim, settings=settings, store=store, queue=queue)
+        else:
+            train_job(claim=claim, settings=settings, store=store, queue=queue)
         return 0
     except LeaseLost:
         log.warning("job %s: attempt %d lost its lease to another worker; stopping without changes",
@@ -149,7 +159,7 @@ def _end(queue: JobQueue, claim: Claim, status: str, reason: str | None, *, stor
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            if queue.finish(claim, status, error=reason):
+            if queue.finish(claim, status, error=reason) and not layout.is_analysis_job(claim.version):
                 publishing.delete_objects(store, bucket=bucket, version=claim.version, snapshots=True)
                 Checkpoints(store=store, bucket=bucket, queue=queue).discard(claim.version)
             return

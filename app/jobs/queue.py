@@ -1,8 +1,7 @@
-"""The job queue: job records are catalog rows, claimed under leases on the database clock, fenced by attempt.
-
-Every write of a worker says what it expects (`WHERE version = :v AND attempts = :attempt AND status =
-'running'`): a worker whose lease lapsed, and whose job another worker took over, changes nothing.
-"""
+"""The job queue (training jobs, and analysis jobs whose ID is `analysis~<key>`): job records are catalog rows,
+claimed under leases on the database clock, fenced by attempt. Every write of a worker says what it expects
+(`WHERE version = :v AND attempts = :attempt AND status = 'running'`): a worker whose lease lapsed, and whose job
+another worker took over, changes nothing."""
 
 from __future__ import annotations
 
@@ -98,6 +97,11 @@ class JobQueue:
                            version=record["version"], job=f"/train/{record['version']}") from None
         return record
 
+    def forget(self, job_id: str) -> None:
+        """Remove an ended analysis job's row: its result is stored, or its failure was answered once."""
+        with self.db.write() as conn:
+            conn.execute(delete(Job).where(Job.version == job_id, Job.status.in_(("succeeded", "failed"))))
+
     def get(self, version: str) -> dict:
         """One job record; 404 when unknown."""
         return self.get_with_revision(version)[0]
@@ -105,7 +109,7 @@ class JobQueue:
     def get_with_revision(self, version: str) -> tuple[dict, int]:
         """One job record and its revision (a number that grows with every change)."""
         with self.db.read() as conn:
-            row = conn.execute(select(Job).where(Job.version == layout.validate_version(version))).first()
+            row = conn.execute(select(Job).where(Job.version == layout.validate_job_id(version))).first()
         if row is None:
             raise JobNotFound(version)
         return record_of(row), row.revision
@@ -113,7 +117,8 @@ class JobQueue:
     def page(self, *, status: str | None = None, dataset: str | None = None, labels: Sequence[tuple[str, str]] = (),
              limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
         """Newest first; the cursor continues after the last item, whatever was added or removed since."""
-        query = select(Job).order_by(Job.created_at.desc(), Job.version.desc()).limit(limit + 1)
+        query = (select(Job).where(Job.version.not_like(f"{layout.ANALYSIS_JOB}%"))  # training jobs only
+                 .order_by(Job.created_at.desc(), Job.version.desc()).limit(limit + 1))
         if status:
             query = query.where(Job.status == status)
         if dataset:

@@ -7,10 +7,11 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from app.errors import InvalidInput, ServiceError
+from app.errors import Conflict, InvalidInput, ServiceError
 from app.jobs.queue import TERMINAL, JobQueue
 from app.jobs.record import new_record
 from app.jobs.request import TrainRequest
@@ -90,6 +91,19 @@ class JobService:
         if self.executor is not None:
             self.executor.wake()
         return record
+
+    def analyse(self, job_id: str, *, dataset: str, request: dict) -> dict:
+        """Queue the analysis job `job_id` (`analysis~<key>`) unless it exists; a failed one is queued afresh (its
+        failure answered once). Its record either way."""
+        record = new_record(version=job_id, dataset=dataset, request={**request, "epochs": 1}, layers=[], labels={})
+        with suppress(Conflict):  # queued already, by this request or another replica's
+            self.queue.add(record)
+        job = self.queue.get(job_id)
+        if job["status"] == "failed":
+            self.queue.forget(job_id)
+        elif job["status"] == "queued" and self.executor is not None:
+            self.executor.wake()
+        return job
 
     def get(self, version: str) -> dict:
         return self.queue.get(layout.validate_version(version))

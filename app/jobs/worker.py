@@ -54,7 +54,7 @@ def main() -> None:
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
         sys.exit(f"the catalog {url.database} is not on this machine: a SQLite catalog serves only workers on the "
                  "API's machine; set SCV_DATABASE_URL to a PostgreSQL database every worker reaches")
-    sys.exit(run(Claim(layout.validate_version(args.version), args.attempt), settings))
+    sys.exit(run(Claim(layout.validate_job_id(args.version), args.attempt), settings))
 
 
 if __name__ == "__main__":

@@ -93,17 +93,19 @@ class Files:
                               f"bytes), but the catalog records {exc.sha256} ({exc.size} bytes); it is refused",
                               version=model["version"])
 
-    def load(self, version: str):
-        """The network (eval mode) and metadata of a served model, verified against its sha256; a small LRU."""
+    def load(self, version: str, epoch: int | None = None):
+        """The network (eval mode) and metadata of a served model, or of its snapshot of `epoch`, verified against
+        its sha256; a small LRU."""
         from app.registry.inference import verified_model  # torch is heavy: only the paths that run networks import it
 
-        model = self.get(version)  # exists now and has not expired, also for a cached network
-        if (hit := self._loaded.get(version)) and hit[0] == model["sha256"]:
+        # exists now and has not expired, also for a cached network
+        model = self.get(version) if epoch is None else self.snapshot(version, epoch)
+        if (hit := self._loaded.get((version, epoch))) and hit[0] == model["sha256"]:
             return hit[1], hit[2]
         blob = self._model_bytes(model)
-        net, meta = verified_model(version, blob, {**model["meta"], "expires_at": model["expires_at"]},
-                                   device=self.device)
-        self._loaded.put(version, (model["sha256"], net, meta))
+        net, meta = verified_model(version, blob, {**model["meta"], "expires_at": model["expires_at"],
+                                                   "sha256": model["sha256"]}, device=self.device)
+        self._loaded.put((version, epoch), (model["sha256"], net, meta))
         return net, meta
 
     def predict(self, version: str, decode: Callable) -> list[dict]:

@@ -73,9 +73,10 @@ def delete_objects(store: Store, *, bucket: str, version: str, snapshots: bool =
 
 
 def ended_without_model(store: Store, *, bucket: str) -> Callable[[str, str], None]:
-    """The job queue's `on_end`: an attempt was given up, the job is now `status`; remove what it stored."""
-    return lambda version, status: delete_objects(store, bucket=bucket, version=version,
-                                                  snapshots=status != "queued")
+    """The job queue's `on_end`: an attempt was given up, the job is now `status`; remove what it stored (an
+    analysis job stores its result only once complete: nothing)."""
+    return lambda version, status: layout.is_analysis_job(version) or delete_objects(
+        store, bucket=bucket, version=version, snapshots=status != "queued")
 
 
 def delete_version_objects(store: Store, *, bucket: str, version: str) -> None:

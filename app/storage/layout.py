@@ -11,6 +11,10 @@ _VERSION = re.compile(VERSION_PATTERN)
 
 MODEL_FILE, METADATA_FILE, JOB_FILE = "model.safetensors", "metadata.json", "job.json"
 SNAPSHOTS = "snapshots/"  # `<version>/snapshots/<epoch>.safetensors`: the model's weights after that epoch
+ANALYSES = "analyses/"  # `<version>/analyses/<key>.json`: a stored analysis result, keyed by what it depends on
+# An analysis job's ID: `~` is outside the version pattern, so it can never be a training job's (a model's) version.
+ANALYSIS_JOB = "analysis~"
+_ANALYSIS_JOB = re.compile(r"^analysis~[0-9a-f]{64}$")
 
 
 def validate_version(version: str, *, field: str = "version") -> str:
@@ -52,6 +56,23 @@ def snapshot_key(version: str, epoch: int) -> str:
 def snapshots_prefix(version: str) -> str:
     """`<version>/snapshots/`: every snapshot of one version."""
     return prefix(version) + SNAPSHOTS
+
+
+def analysis_key(version: str, digest: str) -> str:
+    """`<version>/analyses/<digest>.json`: the stored result of an analysis of the model `version`."""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"an analysis key is a sha256 hex digest, got {digest!r}")
+    return key(version, f"{ANALYSES}{digest}.json")
+
+
+def is_analysis_job(job_id: str) -> bool:
+    """True for the ID of an analysis job (`analysis~<sha256 of the analysis>`), never a model's version."""
+    return bool(_ANALYSIS_JOB.fullmatch(job_id))
+
+
+def validate_job_id(job_id: str) -> str:
+    """A training job's version or an analysis job's ID, else InvalidInput."""
+    return job_id if is_analysis_job(job_id) else validate_version(job_id)
 
 
 def utcnow() -> str:

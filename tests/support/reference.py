@@ -38,3 +38,10 @@ def reference(images: torch.Tensor, nets: list[tuple[nn.Sequential, dict]], batc
         batches += 1
     means = sums / batches
     return means / torch.sqrt(torch.outer(means.diagonal(), means.diagonal()))
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of Kornblith et al. 2019 (biased HSIC) between two float64 n × features representations."""
+    xc, yc = x - x.mean(dim=0), y - y.mean(dim=0)
+    cross = torch.linalg.matrix_norm(yc.T @ xc) ** 2
+    return float(cross / (torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)))
