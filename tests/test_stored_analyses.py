@@ -212,3 +212,18 @@ def ready_after(client, url: str, **params) -> dict:
     answer = client.get(url, params=params)
     assert answer.status_code == 200, answer.text
     return answer.json()
+
+
+def test_the_dashboard_polls_a_test_split_analysis_and_shows_its_interval(lab, model):
+    url = f"/ui/models/{model['version']}/cka"
+    params = {"data": "test", "epoch": "2"}
+    first = lab.get(url, params=params)
+    assert first.status_code == 200 and 'hx-trigger="load delay:2s"' in first.text
+    assert "A worker is computing CKA on the whole test split" in first.text
+    wait_until(lambda: "hx-trigger=\"load delay:2s\"" not in lab.get(url, params=params).text, timeout=120,
+               what="the dashboard's CKA on the test split")
+    page = lab.get(url, params=params).text
+    assert "Unbiased minibatch CKA" in page and "at snapshot epoch 2" in page
+    assert 'class="heatmap interval"' in page and "95 % interval" in page
+    dynamics = lab.get(f"/ui/models/{model['version']}/dynamics").text
+    assert "epoch 3" in dynamics and "to the same layer of the final model" in dynamics

@@ -24,6 +24,7 @@ from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -179,6 +180,33 @@ def test_the_model_page_shows_cka_activations_and_top_images(server, page, tmp_p
     assert "channel 2 of layer 1:ReLU" in text(page, "#top-images figcaption")
     page.execute_script("document.getElementById('cka-h').scrollIntoView()")
     screenshot(page, "analysis", tmp_path)
+
+
+def test_the_dynamics_heatmap_and_the_snapshot_slider(server, page, tmp_path):
+    page.get(server.url + "/ui/models/br-a")
+    layers = len(page.find_elements(By.CSS_SELECTOR, "#layer option"))
+    cells = "#dynamics table.heatmap td[title]"
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, cells)) == layers * 4)  # epochs 0-3
+    first = page.find_elements(By.CSS_SELECTOR, cells)[0].get_attribute("title")
+    assert first.startswith("0:Conv2d at epoch 0: ")
+    assert float(page.find_elements(By.CSS_SELECTOR, cells)[3].get_attribute("title").rsplit(": ", 1)[1]) == 1.0
+
+    def cka_titles(d) -> list[str]:
+        found = d.find_elements(By.CSS_SELECTOR, "#cka table.heatmap td[title]")
+        return [cell.get_attribute("title") for cell in found]
+
+    wait(page, lambda d: len(cka_titles(d)) == layers ** 2)
+    final = cka_titles(page)
+    slider = page.find_element(By.ID, "snapshot")
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", slider)
+    slider.click()  # focus, then the keyboard: Home moves it to the first snapshot (epoch 0)
+    slider.send_keys(Keys.HOME)
+    wait(page, lambda d: text(d, "#snapshot-label") == "epoch 0")
+    wait(page, lambda d: "at snapshot epoch 0" in text(d, "#cka figcaption"))
+    assert len(cka_titles(page)) == layers ** 2 and cka_titles(page) != final
+    wait(page, lambda d: "epoch=0" in d.find_element(By.CSS_SELECTOR, "#activations button.channel")
+         .get_attribute("hx-get"))
+    screenshot(page, "dynamics", tmp_path)
 
 
 def test_drawing_a_digit_returns_a_prediction(server, page, tmp_path):

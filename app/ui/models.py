@@ -1,4 +1,5 @@
-"""Dashboard pages for models: the table, one model (layers, CKA, activations, top images, predict), compare."""
+"""Dashboard pages for models: the table, one model (layers, dynamics, CKA, activations, top images with a snapshot
+slider, predict), compare."""
 
 from functools import partial
 from typing import Annotated, Literal
@@ -13,7 +14,7 @@ import models as networks
 from app.analysis.maths import layer_names
 from app.api.deps import AnalysesDep, DatasetsDep, RegistryDep, parse_label_filter
 from app.api.downloads import model_file
-from app.errors import InvalidInput
+from app.errors import Accepted, InvalidInput, NotFound
 from app.registry import inference
 from app.storage import layout
 from app.ui.pictures import activation_pngs, image_png, symmetric_scale
@@ -47,7 +48,7 @@ def model_page(request: Request, version: str, registry: RegistryDep, datasets: 
     samples = [{"index": i, "label": meta["classes"][int(y)], "test_index": int(t)}
                for i, (y, t) in enumerate(zip(labels, indices, strict=True))]
     return render(request, "model.html", model=model, meta=meta, layers=layer_table(meta),
-                  samples=samples)
+                  samples=samples, snapshots=registry.snapshots(model["version"]))
 
 
 def layer_table(meta: dict) -> list[dict]:
@@ -70,24 +71,63 @@ def download(version: str, request: Request, registry: RegistryDep) -> Response:
     return model_file(registry.resolve(version), request, registry)
 
 
+def _epoch(epoch: str) -> int | None:
+    """The snapshot slider's epoch: empty for the final model."""
+    if not epoch:
+        return None
+    if not epoch.isdigit():
+        raise InvalidInput(f"epoch must be a whole number, got {epoch!r}", field="epoch")
+    return int(epoch)
+
+
+Epoch = Annotated[str, Query(max_length=6)]
+
+
 @router.get("/models/{version}/cka")
 def cka(request: Request, version: str, registry: RegistryDep, analyses: AnalysesDep,
-        against: Annotated[str | None, Query(max_length=129)] = None) -> Response:
-    """The CKA heatmap (viridis, values on hover) and its numeric table; `against=` compares two models."""
+        against: Annotated[str | None, Query(max_length=129)] = None, epoch: Epoch = "",
+        data: Literal["cka", "test"] = "cka") -> Response:
+    """The CKA heatmap (viridis, values on hover) and its numeric table, of the slider's snapshot; `against=`
+    compares two models; `data=test` adds a heatmap of the interval's width (a worker computes it meanwhile)."""
     other = registry.resolve(against, field="against") if against else None
-    result = analyses.cka(registry.resolve(version), estimator="linear", against=other)
+    try:
+        result = analyses.cka(registry.resolve(version), estimator="debiased" if data == "test" else "linear",
+                              against=other, epoch=_epoch(epoch), data=data)
+    except Accepted as exc:
+        return render(request, "_pending.html", what="CKA on the whole test split", job=exc.body, url=request.url)
     low = min(0.0, *(min(row) for row in result["matrix"]))
+    widths = None
+    if "ci" in result:
+        widths = [[high - low_ for low_, high in zip(*pair, strict=True)]
+                  for pair in zip(result["ci"]["low"], result["ci"]["high"], strict=True)]
     return render(request, "_cka.html", rows=result["layers"], columns=result.get("other_layers", result["layers"]),
-                  matrix=result["matrix"], low=low, version=version, against=other)
+                  matrix=result["matrix"], low=low, version=version, against=other, epoch=epoch, result=result,
+                  widths=widths, widest=max((max(row) for row in widths), default=0.0) if widths else 0.0)
+
+
+@router.get("/models/{version}/dynamics")
+def dynamics(request: Request, version: str, registry: RegistryDep, analyses: AnalysesDep,
+             data: Literal["cka", "test"] = "cka") -> Response:
+    """The layers × epochs heatmap of each layer's CKA to its final self, values on hover and in a table."""
+    try:
+        result = analyses.dynamics(registry.resolve(version), data=data)
+    except Accepted as exc:
+        return render(request, "_pending.html", what="the dynamics on the whole test split", job=exc.body,
+                      url=request.url)
+    except NotFound as exc:
+        return render(request, "_dynamics.html", missing=exc.detail, version=version)
+    low = min(0.0, *(min(row) for row in result["to_final"]))
+    return render(request, "_dynamics.html", result=result, low=low, version=version, missing=None)
 
 
 @router.get("/models/{version}/activations")
 def activations(request: Request, version: str, registry: RegistryDep, analyses: AnalysesDep, datasets: DatasetsDep,
-                layer: Annotated[int, Query(ge=0)] = 0, sample: Annotated[int, Query(ge=0)] = 0) -> Response:
+                layer: Annotated[int, Query(ge=0)] = 0, sample: Annotated[int, Query(ge=0)] = 0,
+                epoch: Epoch = "") -> Response:
     """One CKA sample's feature maps at one layer on a diverging map centred on zero; a channel links its top
     images."""
     version = registry.resolve(version)
-    result = analyses.activations(version, layer=layer, sample=sample)
+    result = analyses.activations(version, layer=layer, sample=sample, epoch=_epoch(epoch))
     maps = result["maps"]
     maps = maps.reshape(-1, 1, 1) if maps.dim() == 1 else maps
     scale = symmetric_scale(maps)
@@ -95,15 +135,15 @@ def activations(request: Request, version: str, registry: RegistryDep, analyses:
     channels = [{"channel": c, "png": png, "min": float(m.min()), "mean": float(m.mean()), "max": float(m.max())}
                 for c, (png, m) in enumerate(zip(activation_pngs(maps[:MAX_CHANNELS], scale), maps, strict=False))]
     return render(request, "_activations.html", version=version, result=result, channels=channels, scale=scale,
-                  total=len(maps), sample_png=image_png(images[sample]))
+                  total=len(maps), sample_png=image_png(images[sample]), epoch=epoch)
 
 
 @router.get("/models/{version}/top-images")
 def top_images(request: Request, version: str, registry: RegistryDep, analyses: AnalysesDep,
-               layer: Annotated[int, Query(ge=0)], channel: Annotated[int, Query(ge=0)]) -> Response:
+               layer: Annotated[int, Query(ge=0)], channel: Annotated[int, Query(ge=0)], epoch: Epoch = "") -> Response:
     """The test images that drive one channel highest."""
     version = registry.resolve(version)
-    result = analyses.top_images(version, layer=layer, channel=channel, k=TOP_K)
+    result = analyses.top_images(version, layer=layer, channel=channel, k=TOP_K, epoch=_epoch(epoch))
     classes = registry.get(version)["meta"]["classes"]
     tiles = [{"png": image_png(image), "index": index, "label": classes[label], "activation": value}
              for image, index, label, value in zip(result["images"], result["indices"], result["labels"],

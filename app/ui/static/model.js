@@ -5,6 +5,21 @@ const runs = JSON.parse(document.getElementById("history-data").textContent);
 lineChart(document.getElementById("history-chart"), { xLabel: "epoch", series: EPOCH_SERIES, wholeX: true })
   .setData(historyData(runs, EPOCH_SERIES.map((s) => s.key)));
 
+// The snapshot slider: its last position is the final model; the others are the kept epochs, which every analysis
+// below follows (htmx asks again on the form's change, with the hidden epoch).
+const slider = document.getElementById("snapshot");
+if (slider) {
+  const epochs = JSON.parse(slider.dataset.epochs);
+  slider.addEventListener("input", () => {
+    const final = Number(slider.value) === epochs.length;
+    document.getElementById("snapshot-epoch").value = final ? "" : String(epochs[Number(slider.value)]);
+    document.getElementById("snapshot-label").textContent = final ? "final model" : `epoch ${epochs[Number(slider.value)]}`;
+  });
+  slider.addEventListener("change", () => {
+    for (const id of ["top-images", "cka-test"]) document.getElementById(id).textContent = "";
+  });
+}
+
 const box = document.getElementById("predict");
 const pad = document.getElementById("pad");
 const ink = pad.getContext("2d");
