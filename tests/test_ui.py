@@ -229,6 +229,28 @@ def test_a_new_job_form_shows_a_422_at_the_layer_it_names(lab):
     wait_for(lab, "ui-new")
 
 
+def test_the_new_job_form_offers_the_recipe_and_a_strong_one_per_dataset(lab):
+    browser = signed_in(lab)
+    strong = browser.get("/ui/jobs/new", params={"dataset": "fashion_mnist", "recipe": "strong"}).text
+    assert '<option selected>onecycle</option>' in strong and 'id="flip" name="flip" checked' in strong
+    assert re.search(r'id="shift" name="shift" inputmode="decimal" value="2"', strong)
+    digits = browser.get("/ui/jobs/new", params={"dataset": "mnist", "recipe": "strong"}).text
+    assert 'id="flip" name="flip" checked' not in digits  # a mirrored digit is not its class
+    csrf = csrf_of(browser.get("/ui/jobs/new"))
+    form = {"csrf_token": csrf, "dataset": "mnist", "epochs": "2", "batch_size": "16", "optimizer": "adam",
+            "layer_type": ["Flatten"], "layer_args": [""], "shift": "2", "flip": "on", "cutout": "0",
+            "schedule": "onecycle", "label_smoothing": "0.1", "validation_split": "0.2", "stop_metric": "val_loss",
+            "patience": "3", "restore_best": "on", "snapshot_every": "2", "version": "ui-recipe"}
+    bad = browser.post("/ui/jobs/new", data={**form, "shift": "9"})
+    assert bad.status_code == 422 and 'id="augment-error"' in bad.text
+    started = browser.post("/ui/jobs/new", data=form, follow_redirects=False)
+    assert started.status_code == 303, started.text
+    request = wait_for(lab, "ui-recipe")["request"]
+    assert request["augment"] == {"shift": 2, "flip": True, "cutout": 0} and request["schedule"] == "onecycle"
+    assert request["early_stopping"] == {"metric": "val_loss", "patience": 3, "restore_best": True}
+    assert (request["label_smoothing"], request["validation_split"], request["snapshot_every"]) == (0.1, 0.2, 2)
+
+
 def test_the_jobs_table_stops_polling_when_nothing_can_change(lab):
     browser = signed_in(lab)
     wait_for(lab, "ui-new") if lab.get("/train/ui-new").status_code == 200 else None
