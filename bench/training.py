@@ -42,7 +42,7 @@ JOB_TIMEOUT_S = 900
 
 def measure(ctx) -> dict[str, float]:
     """train_vs_handwritten (>= 2.0), train_fp32_vs_handwritten (>= 0.95), train_vs_tuned_loop (>= 0.95),
-    train_vs_prototype, train_e2e_overhead (<= 0.10, running service)."""
+    train_vs_prototype, augment_overhead (<= 0.10), train_e2e_overhead (<= 0.10, running service)."""
     raw = ctx.scratch / "raw"
     write_raw(raw, per_class_train=PER_CLASS["train"], per_class_test=PER_CLASS["test"], names=["mnist"])
     seed(ctx.store, ctx.settings, names=["mnist"], from_dir=raw, progress=False)
@@ -81,8 +81,9 @@ def _load(store, settings) -> dict:
 # -- the three loops, each timed from its first batch to its last step -------------------------------------
 
 
-def _service_loop(data: dict, n: int, *, test_n: int = EVAL_IMAGES, on_progress=None, precision=None) -> float:
-    config = replace(data["config"], precision=precision or data["config"].precision)
+def _service_loop(data: dict, n: int, *, test_n: int = EVAL_IMAGES, on_progress=None, precision=None,
+                  augment: models.Augment | None = None) -> float:
+    config = replace(data["config"], precision=precision or data["config"].precision, augment=augment)
     model = models.seeded_model(data["layers"], seed=config.seed)
     start = time.perf_counter()
     models.train(model, train_images=data["train_x"][:n], train_labels=data["train_y"][:n],
@@ -172,6 +173,7 @@ def _compare_loops(data: dict, raw) -> dict[str, float]:
     prototype = prototype_dataset(raw)
     runs = {"service": lambda: _service_loop(data, SUBSET),
             "service_fp32": lambda: _service_loop(data, SUBSET, precision="fp32"),
+            "service_augment": lambda: _service_loop(data, SUBSET, augment=models.Augment(shift=2, flip=True)),
             "handwritten": lambda: _handwritten_loop(data, SUBSET), "tuned": lambda: tuned_loop(data, SUBSET),
             "prototype": lambda: prototype_loop(data, prototype, SUBSET)}
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -186,6 +188,7 @@ def _compare_loops(data: dict, raw) -> dict[str, float]:
             "train_fp32_vs_handwritten": rate["service_fp32"] / rate["handwritten"],
             "train_vs_tuned_loop": rate["service"] / rate["tuned"],
             "train_vs_prototype": rate["service"] / rate["prototype"],
+            "augment_overhead": rate["service"] / rate["service_augment"] - 1,  # shift 2 + flip, per epoch
             **{f"train_{name}_img_s": value for name, value in rate.items()}}
 
 
