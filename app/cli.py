@@ -254,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     except APIError as exc:  # the service's answer, as one line: status and what to do
         print(f"scv: error {exc.status}: {exc.detail}", file=sys.stderr)
         return 1
-    except (ValidationError, ChecksumMismatch) as exc:
+    except ValidationError as exc:  # refused before it was sent, as the service would have refused it
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
+        print(f"scv: invalid request: {fields}", file=sys.stderr)
+        return 2
+    except ChecksumMismatch as exc:
         print(f"scv: {exc}", file=sys.stderr)
         return 1
     except httpx.TransportError as exc:

@@ -30,7 +30,7 @@ from app.jobs.record import JobRecord
 from app.jobs.request import TrainRequest
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-Progress = Callable[[int, int], object]  # (bytes so far, total bytes)
+OnProgress = Callable[[int, int], object]  # (bytes so far, total bytes)
 
 
 class APIError(Exception):
@@ -81,6 +81,8 @@ class Client:
 
     def train(self, request: TrainRequest | None = None, /, **fields: Any) -> JobRecord:
         """Queue a training job from a TrainRequest or its fields (`client.train(dataset="mnist", epochs=2)`)."""
+        if request is not None and fields:
+            raise TypeError("pass a TrainRequest or its fields, not both")
         request = request or TrainRequest(**fields)
         return self._json("POST", "/train", JobRecord, json=request.model_dump(mode="json", exclude_unset=True))
 
@@ -149,7 +151,7 @@ class Client:
         return self._json("GET", f"/models/{version}/snapshots", SnapshotList)
 
     def download(self, version: str, path: str | Path | None = None, *, epoch: int | None = None,
-                 on_progress: Progress | None = None) -> Downloaded:
+                 on_progress: OnProgress | None = None) -> Downloaded:
         """Stream the model file (or its snapshot of `epoch`) to `path` (default `{version}.safetensors` here),
         checked against its sha256 (the ETag) before it takes the name."""
         route = f"/models/{version}" + (f"/snapshots/{epoch}" if epoch is not None else "")
