@@ -33,7 +33,7 @@ PROBLEM_RESPONSES = {
 }
 # Added by the routes that read a body.
 BODY_RESPONSES = {
-    400: documented("The body is not valid JSON (or not readable in its declared charset)"),
+    400: documented("The body is not JSON: a syntax error, or bytes that are not UTF-8, -16 or -32"),
     413: documented("The body exceeds SCV_MAX_BODY_BYTES"),
 }
 HTTP_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
@@ -90,7 +90,7 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    if exc.status_code == 400 and isinstance(exc.__cause__, (UnicodeError, LookupError)):
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeError):
         return malformed_body(f"undecodable: {exc.__cause__}")  # FastAPI's "error parsing the body"
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
