@@ -1,9 +1,8 @@
-"""The Python client of a running service, typed with the API's own pydantic models; the CLI and notebooks use it."""
+"""`Client`: every route of the API as a method, typed with the API's own pydantic models."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,33 +25,13 @@ from app.api.schemas import (
     Problem,
     SnapshotList,
 )
+from app.client.errors import APIError, ChecksumMismatch
+from app.client.events import server_sent_events
 from app.jobs.record import JobRecord
 from app.jobs.request import TrainRequest
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 OnProgress = Callable[[int, int], object]  # (bytes so far, total bytes)
-
-
-class APIError(Exception):
-    """An error answer of the service: its problem+json, with `status`, `title`, `detail` and `field` at hand."""
-
-    def __init__(self, problem: Problem):
-        super().__init__(f"{problem.status} {problem.title}: {problem.detail}")
-        self.problem = problem
-        self.status, self.title, self.detail, self.field = problem.status, problem.title, problem.detail, problem.field
-
-    @classmethod
-    def of(cls, response: httpx.Response) -> APIError:
-        """The error a response states; a body that is not problem+json (a proxy's page) becomes its detail."""
-        try:
-            return cls(Problem.model_validate_json(response.content))
-        except ValueError:
-            return cls(Problem(type="about:blank", title=response.reason_phrase or "Error",
-                               status=response.status_code, detail=response.text[:500] or response.reason_phrase))
-
-
-class ChecksumMismatch(ValueError):
-    """A downloaded file whose sha256 is not the one the service announced (its ETag); the file is not kept."""
 
 
 class Downloaded(NamedTuple):
@@ -112,7 +91,7 @@ class Client:
                 _raise_for(response)
                 record = None
                 try:
-                    for event, event_id, data in _sse(response.iter_lines()):
+                    for event, event_id, data in server_sent_events(response.iter_lines()):
                         if event == "error":  # storage went away mid-stream; the job itself goes on
                             raise APIError(Problem(type="about:blank", title="Event stream lost", **data))
                         record, last_id = JobRecord.model_validate(data), event_id or last_id
@@ -262,24 +241,3 @@ def _paged(page: Callable[..., Any], filters: dict[str, Any]) -> Iterator[Any]:
         yield from result.items
         if not (cursor := result.next):
             return
-
-
-def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str | None, Any]]:
-    """(event, id, JSON data) of each Server-Sent Event in `lines` (the WHATWG format: fields until a blank line)."""
-    event, event_id, data = "message", None, []
-    for line in lines:
-        if not line:
-            if data:
-                yield event, event_id, json.loads("\n".join(data))
-            event, data = "message", []
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-            elif name == "id":
-                event_id = value
-    if data:
-        yield event, event_id, json.loads("\n".join(data))
