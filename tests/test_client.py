@@ -9,6 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from app.client import APIError, Client
+from app.client.events import server_sent_events
 from app.jobs.request import TrainRequest
 from models import load_model
 from tests.support.liveserver import LiveServer
@@ -127,3 +128,8 @@ def test_dynamics(client, flat_models, served):
     dynamics = client.dynamics(flat_models[1])
     assert dynamics.data == "cka" and dynamics.epochs[0] == 0
     assert len(dynamics.to_final) == len(dynamics.layers) and all(row[-1] > 0.999 for row in dynamics.to_final)
+
+
+def test_event_lines_are_read_as_the_sse_format_says():
+    lines = [": a comment", "event: job", "id: 3", 'data: {"a":', "data: 1}", "", "retry: 10", "", "data: [2]"]
+    assert list(server_sent_events(iter(lines))) == [("job", "3", {"a": 1}), ("message", "3", [2])]
