@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import signal
@@ -11,7 +10,13 @@ import sys
 import threading
 from pathlib import Path
 
+import httpx
+from pydantic import ValidationError
+
+from app.client import APIError, ChecksumMismatch, Client
 from app.errors import ServiceError
+from app.jobs.record import JobRecord
+from app.jobs.request import TrainRequest
 from app.settings import LOG_FORMAT, SettingsError, check_bind, load_settings
 
 
@@ -101,103 +106,64 @@ def _datasets_ls(args, settings) -> int:
 
 # -- clients of a running service ------------------------------------------------------------------
 
-def _client(settings):
-    """An HTTP client of the service at SCV_URL, with SCV_API_TOKEN (from the environment or `.env`)."""
-    import httpx
-
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    return httpx.Client(base_url=settings.service_url, timeout=30.0,
-                        headers={"Authorization": f"Bearer {token}"} if token else {})
-
-
-def _checked(response):
-    if response.status_code >= 400:
-        problem = "json" in response.headers.get("content-type", "")  # problem+json, or a proxy's own page
-        raise SystemExit(f"error {response.status_code}: {response.json()['detail'] if problem else response.text}")
-    return response
+def _client(settings) -> Client:
+    """A client of the service at SCV_URL, with SCV_API_TOKEN (from the environment or `.env`)."""
+    return Client(settings.service_url, settings.api_token.get_secret_value() if settings.api_token else None)
 
 
 def _train(args, settings) -> int:
-    body = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
-    if args.version:
-        body["version"] = args.version
-    if args.layers:
-        body["layers"] = json.loads(Path(args.layers).read_text())
+    fields = {"layers": json.loads(Path(args.layers).read_text())} if args.layers else {}
+    request = TrainRequest(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                           **({"version": args.version} if args.version else {}), **fields)
     with _client(settings) as client:
-        record = _checked(client.post("/train", json=body)).json()
-        print(f"queued {record['version']}", file=sys.stderr)
+        record = client.train(request)
+        print(f"queued {record.version}", file=sys.stderr)
         if args.wait:
-            record = _follow(client, record)
-    print(json.dumps({k: record[k] for k in ("version", "status", "metrics", "error")}, indent=2))
-    return 0 if record["status"] in ("queued", "running", "succeeded") else 1
+            record = _follow(client, record.version)
+    print(record.model_dump_json(include={"version", "status", "metrics", "error"}, indent=2))
+    return 0 if record.status in ("queued", "running", "succeeded") else 1
 
 
-def _follow(client, record: dict) -> dict:
+def _follow(client: Client, version: str) -> JobRecord:
     from tqdm import tqdm
 
-    with tqdm(total=100, unit="%", desc=record["version"], bar_format="{l_bar}{bar}| {postfix}") as bar, \
-            client.stream("GET", f"/train/{record['version']}/events", timeout=None) as events:
-        event = "job"
-        for line in events.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            if not line.startswith("data: "):
-                continue
-            if event == "error":  # storage went away mid-stream: say so, the job itself goes on
-                raise SystemExit(f"lost the event stream: {json.loads(line[6:])['detail']}; "
-                                 f"follow it again with GET /train/{record['version']}")
-            record = json.loads(line[6:])
-            p, m = record["progress"], record["metrics"] or {}
-            bar.n = round(100 * p["fraction"], 1)
-            bar.set_postfix_str(f"{record['status']} epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']}"
+    with tqdm(total=100, unit="%", desc=version, bar_format="{l_bar}{bar}| {postfix}") as bar:
+        def show(record: JobRecord) -> None:
+            p, m = record.progress, record.metrics or {}
+            bar.n = round(100 * p.fraction, 1)
+            bar.set_postfix_str(f"{record.status} epoch {p.epoch}/{p.epochs} step {p.step}/{p.steps}"
                                 f" loss {m.get('train_loss') or 0:.4f} acc {m.get('train_accuracy') or 0:.3f}")
-    print(f"{record['version']}: {record['status']}, test accuracy "
-          f"{(record['metrics'] or {}).get('test_accuracy')}", file=sys.stderr)
+
+        record = client.wait(version, on_update=show)
+    print(f"{version}: {record.status}, test accuracy {(record.metrics or {}).get('test_accuracy')}", file=sys.stderr)
     return record
 
 
 def _models_ls(args, settings) -> int:
-    params = {"limit": 1000, **({"dataset": args.dataset} if args.dataset else {})}
     with _client(settings) as client:
-        while True:
-            page = _checked(client.get("/models", params=params)).json()
-            for item in page["items"]:
-                accuracy = "-" if item["test_accuracy"] is None else f"{item['test_accuracy']:.4f}"
-                print(f"{item['version']:<40} {item['dataset'] or '-':<14} acc {accuracy:<7} "
-                      f"{item['size_bytes']:>10} B  {item['created_at']}")
-            if not page["next"]:
-                return 0
-            params["cursor"] = page["next"]
+        for item in client.models(dataset=args.dataset, limit=1000):
+            accuracy = "-" if item.test_accuracy is None else f"{item.test_accuracy:.4f}"
+            print(f"{item.version:<40} {item.dataset or '-':<14} acc {accuracy:<7} "
+                  f"{item.size_bytes:>10} B  {item.created_at}")
+    return 0
 
 
 def _models_pull(args, settings) -> int:
     from tqdm import tqdm
 
-    out = Path(args.output or f"{args.version}.safetensors")
-    partial = out.with_name(out.name + ".part")
-    digest = hashlib.sha256()
-    with _client(settings) as client, client.stream("GET", f"/models/{args.version}") as response:
-        if response.status_code >= 400:
-            response.read()  # a streamed error body must be read before it can be shown
-        _checked(response)
-        expected = response.headers["etag"].strip('"')
-        with open(partial, "wb") as f, tqdm(total=int(response.headers["content-length"]), unit="B",
-                                             unit_scale=True, desc=args.version) as bar:
-            for chunk in response.iter_bytes(1 << 20):
-                f.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    if digest.hexdigest() != expected:
-        partial.unlink()
-        raise SystemExit(f"sha256 mismatch for {args.version}: got {digest.hexdigest()}, expected {expected}")
-    partial.replace(out)
-    print(f"{out} sha256 {expected}")
+    with _client(settings) as client, tqdm(unit="B", unit_scale=True, desc=args.version) as bar:
+        def show(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        path, sha256, _ = client.download(args.version, args.output, on_progress=show)
+    print(f"{path} sha256 {sha256}")
     return 0
 
 
 def _models_rm(args, settings) -> int:
     with _client(settings) as client:
-        _checked(client.delete(f"/models/{args.version}"))
+        client.delete(args.version)
     print(f"deleted {args.version}")
     return 0
 
@@ -284,6 +250,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ServiceError as exc:
         print(f"scv: {exc.detail}", file=sys.stderr)
+        return 1
+    except APIError as exc:  # the service's answer, as one line: status and what to do
+        print(f"scv: error {exc.status}: {exc.detail}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:  # refused before it was sent, as the service would have refused it
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
+        print(f"scv: invalid request: {fields}", file=sys.stderr)
+        return 2
+    except ChecksumMismatch as exc:
+        print(f"scv: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"scv: cannot reach the service at SCV_URL ({exc})", file=sys.stderr)
         return 1
 
 

@@ -9,7 +9,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import ui
 from app.analysis.service import Analyses
-from app.api import aliases, health, models, problems, train
+from app.api import aliases, health, models, openapi, problems, train
 from app.api import analysis as analysis_api
 from app.api import datasets as datasets_api
 from app.api.guards import BearerAuth, BodyLimit, LoopbackHosts
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
     for part in (health, train, models, aliases, datasets_api, analysis_api, ui):
         app.include_router(part.router)
+    app.openapi = lambda: openapi.document(app)
     app.mount(ui.STATIC_PATH, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:

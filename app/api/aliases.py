@@ -1,24 +1,12 @@
 """Alias routes: names for models (`production`, `mnist-best`) that `/models/@{alias}…` resolves."""
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import RegistryDep
+from app.api.problems import BODY_RESPONSES, documented
+from app.api.schemas import AliasRecord, AliasTarget
 
 router = APIRouter(prefix="/aliases", tags=["aliases"])
-
-
-class AliasTarget(BaseModel):
-    """The model an alias is to name."""
-
-    model_config = ConfigDict(extra="forbid")
-    version: str = Field(..., max_length=128, examples=["mnist-baseline-1"])
-
-
-class AliasRecord(BaseModel):
-    alias: str
-    version: str
-    updated_at: str
 
 
 @router.get("", response_model=list[AliasRecord])
@@ -27,7 +15,9 @@ def list_aliases(registry: RegistryDep) -> list[dict]:
     return registry.list_aliases()
 
 
-@router.put("/{alias}", response_model=AliasRecord)
+@router.put("/{alias}", response_model=AliasRecord, responses={
+    **BODY_RESPONSES, 404: documented("No model of that version is served"),
+    409: documented("The model is still training (the problem links its job)")})
 def put_alias(alias: str, body: AliasTarget, registry: RegistryDep) -> dict:
     """Create the alias or move it to another model; 404 naming the version when no such model is served.
     An aliased model never expires and cannot be deleted."""

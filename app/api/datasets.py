@@ -4,40 +4,15 @@ from typing import Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save
 
 from app.api.deps import DatasetsDep
+from app.api.problems import documented
+from app.api.schemas import CKASampleSet, DatasetEntry, Manifest
 from app.datasets import definitions
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-NOT_FOUND = {404: {"description": "unknown dataset, or not seeded yet (the detail says how to seed it)"}}
-
-
-class Manifest(BaseModel):
-    """What seeding recorded about one dataset; `classes[i]` names label i."""
-
-    name: str
-    classes: list[str]
-    num_classes: int
-    image_shape: list[int] = Field(description="[C, H, W]")
-    mean: list[float] = Field(description="per channel, of the train split, on the [0, 1] scale")
-    std: list[float]
-    train_size: int
-    test_size: int
-    cka_per_class: int
-    sha256: dict[str, str] = Field(description="object name -> sha256 hex of its stored bytes")
-    sizes: dict[str, int]
-    created_at: str
-    format: str
-
-
-class DatasetEntry(BaseModel):
-    """One of the five datasets; the manifest's fields follow when it is seeded."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-    seeded: bool
+NOT_FOUND = {404: documented("Unknown dataset, or not seeded yet (the detail says how to seed it)")}
 
 
 @router.get("")
@@ -52,8 +27,9 @@ def get_manifest(name: str, datasets: DatasetsDep) -> Manifest:
     return datasets.manifest(name)
 
 
-@router.get("/{name}/cka", responses={**NOT_FOUND, 200: {"content": {
-    "application/octet-stream": {}, "application/json": {}, "image/png": {}}}})
+@router.get("/{name}/cka", responses={**NOT_FOUND, 200: {
+    "model": CKASampleSet, "description": "safetensors (`images`, `labels`, `indices`), JSON or a PNG grid",
+    "content": {"application/octet-stream": {}, "image/png": {}}}})
 def get_cka(name: str, datasets: DatasetsDep,
             format: Literal["safetensors", "json", "png"] = "safetensors") -> Response:
     """The CKA sample set (first k test images per class, by class then index) in the chosen format."""

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import DatabaseDep, SettingsDep, StoreDep
+from app.api.problems import documented
+from app.api.schemas import Health, Readiness
 from app.errors import NotReady, ServiceError
 
 log = logging.getLogger(__name__)
@@ -13,13 +15,14 @@ router = APIRouter(tags=["health"])
 OPEN_API = "SCV_API_TOKEN is unset and SCV_ALLOW_NO_TOKEN=1: anyone who reaches this service can use it"
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict:
     """200 while the process runs."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "storage or the catalog database unreachable"}})
+@router.get("/readyz", response_model=Readiness, responses={
+    503: documented("Storage or the catalog database unreachable; `dependency` says which")})
 def readyz(request: Request, store: StoreDep, settings: SettingsDep, db: DatabaseDep) -> dict:
     """200 when storage answers, both buckets exist (they are created if missing) and the catalog answers; else 503
     naming which of the two failed. Open to anyone, so it never says where they are or who connects."""
@@ -39,7 +42,7 @@ def readyz(request: Request, store: StoreDep, settings: SettingsDep, db: Databas
                                   else {})}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     body = await run_in_threadpool(request.app.state.metrics.render)

@@ -7,11 +7,13 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.deps import LabelFilter, ModelRoute, ModelVersion, RegistryDep
 from app.api.downloads import model_file, snapshot_file
+from app.api.problems import BODY_RESPONSES, documented
+from app.api.schemas import ImagesBody, ModelMetadata, ModelPage, Predictions, SnapshotList
 from app.errors import InvalidInput, ServiceError
 from app.registry import inference
 
@@ -22,67 +24,18 @@ class UnsupportedMediaType(ServiceError):
     status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
 
 
-class ModelItem(BaseModel):
-    version: str
-    dataset: str | None
-    created_at: str
-    size_bytes: int
-    sha256: str | None
-    test_accuracy: float | None
-    epochs: int | None
-    num_parameters: int | None
-    expires_at: str | None = Field(description="null when models are kept (SCV_MODEL_TTL_DAYS=0) or aliased")
-    labels: dict[str, str]
-    aliases: list[str] = Field(description="the aliases naming this model")
-
-
-class ModelPage(BaseModel):
-    """One page of models, highest `sort` first; pass `next` as `cursor` for the following page."""
-
-    items: list[ModelItem]
-    next: str | None
-
-
-class SnapshotItem(BaseModel):
-    epoch: int = Field(description="0: the weights at initialisation")
-    size_bytes: int
-    sha256: str
-    metrics: dict[str, Any] | None = Field(description="that epoch's history entry; null for epoch 0")
-
-
-class SnapshotList(BaseModel):
-    """The weights the training job kept (`snapshot_every`), epoch 0 first."""
-
-    items: list[SnapshotItem]
-
-
-class ImagesBody(BaseModel):
-    """Images as nested uint8 lists: C×H×W, or H×W for a one-channel model."""
-
-    model_config = ConfigDict(extra="forbid")
-    images: list[Any] = Field(..., examples=[[[[0, 255], [255, 0]]]])
-
-
-class Prediction(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    label: int
-    class_name: str = Field(..., alias="class")
-    probabilities: list[float]
-
-
-class Predictions(BaseModel):
-    predictions: list[Prediction]
-
-
 PREDICT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                   "description": "PNG or JPEG images of the model's height and width"}}}},
     "application/json": {"schema": ImagesBody.model_json_schema()},
 }}}
-DOWNLOAD_RESPONSES = {200: {"content": {"application/octet-stream": {}}, "description": "the model file"},
-                      206: {"description": "the requested byte range"}, 304: {"description": "not modified"},
-                      409: {"description": "still training"}, 416: {"description": "range not satisfiable"}}
+TRAINING = {409: documented("The model is still training (the problem links its job)")}
+UNVERIFIED = {502: documented("The stored model file failed verification against its sha256; it is not served")}
+FILE = {"content": {"application/octet-stream": {}}}
+DOWNLOAD_RESPONSES = {200: {**FILE, "description": "the model file"}, 206: {**FILE, "description": "a byte range"},
+                      304: {"description": "not modified"}, **TRAINING, **UNVERIFIED,
+                      416: documented("The range lies outside the file")}
 
 
 @router.get("", response_model=ModelPage)
@@ -104,7 +57,7 @@ def download(version: ModelVersion, request: Request, registry: RegistryDep) -> 
     return model_file(version, request, registry)
 
 
-@router.get("/{version}/snapshots", response_model=SnapshotList)
+@router.get("/{version}/snapshots", response_model=SnapshotList, responses=TRAINING)
 def snapshots(version: ModelVersion, registry: RegistryDep) -> dict:
     """The model's snapshots, epoch 0 (initialisation) first: size, sha256 and that epoch's history entry."""
     return {"items": registry.snapshots(version)}
@@ -119,13 +72,14 @@ def snapshot(version: ModelVersion, epoch: Annotated[int, Path(ge=0, le=100)], r
     return snapshot_file(version, epoch, request, registry)
 
 
-@router.get("/{version}/metadata")
+@router.get("/{version}/metadata", response_model=ModelMetadata, responses=TRAINING)
 def metadata(version: ModelVersion, registry: RegistryDep) -> dict[str, Any]:
     """The model's request, resolved layers, metrics, history, classes, normalization, libraries, sha256."""
     return registry.metadata(version)
 
 
-@router.delete("/{version}", status_code=204, response_class=Response)
+@router.delete("/{version}", status_code=204, response_class=Response, responses={
+    409: documented("Its training job is queued or running, or an alias names it (the problem lists them)")})
 def delete(version: ModelVersion, registry: RegistryDep) -> Response:
     """Delete the model, its job record and every object under its version; 409 while its job is queued or
     running or while an alias names it."""
@@ -133,7 +87,8 @@ def delete(version: ModelVersion, registry: RegistryDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/{version}/predict", response_model=Predictions, openapi_extra=PREDICT_BODY)
+@router.post("/{version}/predict", response_model=Predictions, openapi_extra=PREDICT_BODY, responses={
+    **BODY_RESPONSES, **TRAINING, **UNVERIFIED, 415: documented("Neither multipart/form-data nor application/json")})
 async def predict(version: ModelVersion, request: Request, registry: RegistryDep) -> dict:
     """Classify images: multipart PNG/JPEG `files`, or JSON `{"images": [...]}` of uint8 arrays."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()

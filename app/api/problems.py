@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from app.errors import Accepted, ServiceError, Unavailable
@@ -15,27 +14,27 @@ log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details; some problems add members such as `field`, `errors` or `version`."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
-    title: str
-    status: int
-    detail: str
+MALFORMED = "https://scv.dev/problems/malformed-body"
 
 
-def _documented(description: str) -> dict:
-    return {"description": description, "model": Problem,
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+def documented(description: str) -> dict:
+    """An error response for a route's `responses`: problem+json only (`app.api.openapi` adds the Problem schema)."""
+    return {"description": description,
+            "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 
 # Documented on every route, so clients (and the schema fuzzer) know the error shape.
 PROBLEM_RESPONSES = {
-    401: _documented("Missing or wrong bearer token (when SCV_API_TOKEN is set)"),
-    404: _documented("Not found"),
-    422: _documented("Invalid input, naming the field"),
-    503: _documented("Storage or the catalog database unavailable; retry after `Retry-After` seconds"),
+    401: documented("Missing or wrong bearer token (when SCV_API_TOKEN is set)"),
+    404: documented("Not found"),
+    421: documented("The service is bound to a loopback address and the `Host` is not one of its names"),
+    422: documented("Invalid input, naming the field"),
+    503: documented("Storage or the catalog database unavailable; retry after `Retry-After` seconds"),
+}
+# Added by the routes that read a body.
+BODY_RESPONSES = {
+    400: documented("The body is not JSON: a syntax error, or bytes that are not UTF-8, -16 or -32"),
+    413: documented("The body exceeds SCV_MAX_BODY_BYTES"),
 }
 HTTP_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
                406: "Not acceptable", 413: "Payload too large", 416: "Range not satisfiable"}
@@ -71,13 +70,28 @@ async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
                    extra=exc.extra)
 
 
+def malformed_body(reason: str) -> JSONResponse:
+    """400 for a body that cannot be parsed at all, said as every other problem is."""
+    return problem(400, title="Malformed request body", type_=MALFORMED, extra={"field": "body"},
+                   detail=f"the request body is not valid JSON ({reason}); send one JSON object with "
+                          "`Content-Type: application/json`")
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    undecodable = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+    if undecodable:
+        error = undecodable[0]
+        position = error["loc"][-1] if len(error.get("loc", ())) > 1 else None
+        reason = str((error.get("ctx") or {}).get("error") or error.get("msg", "")).removeprefix("Invalid JSON: ")
+        return malformed_body(reason + (f" at character {position}" if isinstance(position, int) else ""))
     detail, errors = invalid_fields(exc.errors())
     return problem(422, title="Invalid request", detail=detail,
                    type_="https://scv.dev/problems/invalid-input", extra={"errors": errors})
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeError):
+        return malformed_body(f"undecodable: {exc.__cause__}")  # FastAPI's "error parsing the body"
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route matches {request.method} {request.url.path}"

@@ -5,9 +5,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel
 
 from app.api.deps import ExistingJobDep, JobsDep, LabelFilter
+from app.api.problems import BODY_RESPONSES, documented
+from app.api.schemas import JobPage
 from app.jobs.queue import STATUSES
 from app.jobs.record import JobRecord
 from app.jobs.request import TrainRequest
@@ -15,14 +16,9 @@ from app.jobs.request import TrainRequest
 router = APIRouter(prefix="/train", tags=["training"])
 
 
-class JobPage(BaseModel):
-    """One page of jobs, newest first; pass `next` as `cursor` for the following page."""
-
-    items: list[JobRecord]
-    next: str | None
-
-
-@router.post("", status_code=202, response_model=JobRecord)
+@router.post("", status_code=202, response_model=JobRecord, responses={
+    **BODY_RESPONSES, 404: documented("Unknown or unseeded dataset"),
+    409: documented("The version is already used (or its model is still being deleted)")})
 def submit(body: TrainRequest, response: Response, jobs: JobsDep) -> dict:
     """Queue a training job; 202 with `Location: /train/{version}`."""
     record = jobs.submit(body)
@@ -46,7 +42,8 @@ def get_job(version: str, jobs: JobsDep) -> dict:
     return jobs.get(version)
 
 
-@router.delete("/{version}", response_model=JobRecord)
+@router.delete("/{version}", response_model=JobRecord,
+               responses={409: documented("The job has already ended: nothing to cancel")})
 def cancel_job(version: str, jobs: JobsDep) -> dict:
     """Cancel a queued or running job: it ends `cancelled` and stores no model."""
     return jobs.cancel(version)
