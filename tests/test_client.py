@@ -4,7 +4,6 @@ rest of its surface, paging through cursors, and errors raised as one exception 
 import hashlib
 import secrets
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -121,13 +120,13 @@ def test_errors_raise_one_exception_carrying_the_problem(client, served):
     assert refused.value.status == 401 and "bearer token" in refused.value.detail
 
 
-def test_dynamics(client, flat_models, served):
-    paths = httpx.get(f"{served.url}/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()["paths"]
-    if "/models/{version}/dynamics" not in paths:
-        pytest.skip("GET /models/{version}/dynamics is being built on main; this test runs once it is merged")
+def test_dynamics_and_a_test_split_analysis_waited_for_through_202s(client, flat_models):
     dynamics = client.dynamics(flat_models[1])
     assert dynamics.data == "cka" and dynamics.epochs[0] == 0
     assert len(dynamics.to_final) == len(dynamics.layers) and all(row[-1] > 0.999 for row in dynamics.to_final)
+    on_test = client.dynamics(flat_models[1], data="test")  # a worker computes it: the client waits out the 202s
+    assert on_test.data == "test" and on_test.estimator == "debiased" and on_test.batches >= 1
+    assert on_test.ci is not None and len(on_test.ci.low) == len(on_test.layers)
 
 
 def test_event_lines_are_read_as_the_sse_format_says():

@@ -1,7 +1,6 @@
 """Schema-driven fuzzing of the whole API over real HTTP: no 5xx, and every response matches the schema in status,
 content type and body; plus the schema's own promises (named response schemas, problem+json errors)."""
 
-import re
 import secrets
 import zlib
 
@@ -22,9 +21,6 @@ from tests.support.waiting import train, wait_for
 
 TOKEN = "fuzz-" + secrets.token_hex(8)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# The analysis routes are being rewritten (typed, snapshots, minibatch CKA, dynamics) on main: they join the
-# conformance checks and the named-schema test once they are; until then only the no-5xx fuzz test covers them.
-ANALYSIS = r"^/models/\{version\}/(cka|activations|top-images|dynamics)$"
 # What exists on the live server, put in place of generated path parameters so that routes are reached past 404.
 EXISTING = {"version": ["fuzz-model"], "alias": ["fuzz-alias"], "name": ["mnist"], "epoch": [0, 1]}
 MODEL_VERSIONS = ["fuzz-model", "@fuzz-alias"]  # every /models/{version}… route also takes `@alias`
@@ -60,7 +56,7 @@ def test_no_server_errors_and_responses_match_schema(case, live):
                            checks=[not_a_server_error, response_schema_conformance], timeout=60)
 
 
-@schema.exclude(path_regex=ANALYSIS).parametrize()
+@schema.parametrize()
 @settings(max_examples=16, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck), database=None)
 def test_every_status_content_type_and_body_is_the_declared_one(case, live):
@@ -92,8 +88,6 @@ def test_every_json_success_names_a_schema_and_every_error_is_a_problem(live):
     assert not [path for path in document["paths"] if path.startswith("/ui")]  # the dashboard is no API
     unnamed, untyped_errors = [], []
     for path, operations in document["paths"].items():
-        if re.match(ANALYSIS, path):
-            continue
         for method, operation in operations.items():
             for status, response in operation["responses"].items():
                 content = response.get("content", {})

@@ -12,19 +12,27 @@ from app.analysis.minibatch import BATCH_SIZE
 from app.analysis.plots import heatmap_png, to_uint8_maps
 from app.analysis.service import MAX_K
 from app.api.deps import AnalysesDep, ModelRoute, ModelVersion, RegistryDep
-from app.api.problems import PROBLEM_RESPONSES
+from app.api.problems import documented
+from app.api.schemas import Activations, Dynamics, LayerCKA, Pending, TopImages
 from app.datasets.images import grid_png
 
 router = APIRouter(prefix="/models", tags=["analysis"], route_class=ModelRoute)
 TILE_PX = 64  # grid tiles are scaled up by a whole factor to about this many pixels
 STRIP_ROWS = 8  # a flat layer's one-row map is drawn this tall, so it can be seen
-_PROBLEM = PROBLEM_RESPONSES[422]
-RESPONSES = {200: {"content": {"application/json": {}, "image/png": {}}},
-             202: {"description": "Computed by a worker meanwhile: ask again at `Location` after `Retry-After` "
-                   "seconds; the body says the job's `status` and `progress`"},
-             404: {**_PROBLEM, "description": "Unknown model, or its dataset is not seeded"},
-             409: {**_PROBLEM, "description": "The model is still training; the problem links its job"},
-             422: {**_PROBLEM, "description": "A parameter out of range; `field` names it"}}
+PNG = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+ERRORS = {404: documented("Unknown model or snapshot, or its dataset is not seeded"),
+          409: documented("The model is still training; the problem links its job"),
+          502: documented("A stored model file failed verification against its sha256")}
+
+
+def responses(body: type, *, pending: bool = False) -> dict:
+    """A route's JSON body (or PNG), its errors, and with `pending` the 202 of a result a worker computes."""
+    ok = {200: {"model": body, "content": PNG, "description": "JSON, or with `format=png` a picture"}}
+    waiting = {202: {"model": Pending, "description": "Computed by a worker meanwhile: ask again at `Location` "
+                     "after `Retry-After` seconds"}} if pending else {}
+    return {**ok, **waiting, **ERRORS}
+
+
 Format = Literal["json", "png"]
 Layer = Annotated[int, Query(ge=0, description="module index in the Sequential, 0-based")]
 Data = Literal["cka", "test"]
@@ -37,7 +45,7 @@ def _against(registry: RegistryDep, against: Annotated[str | None, Query(
     return registry.resolve(against, field="against") if against is not None else None
 
 
-@router.get("/{version}/cka", responses=RESPONSES)
+@router.get("/{version}/cka", responses=responses(LayerCKA, pending=True), response_model=None)
 def layer_cka(version: ModelVersion, analyses: AnalysesDep, against: Annotated[str | None, Depends(_against)],
               estimator: Literal["linear", "debiased"] | None = None, data: Data = "cka", epoch: Epoch = None,
               against_epoch: Epoch = None, batch_size: BatchSize = BATCH_SIZE, format: Format = "json") -> Response:
@@ -57,7 +65,7 @@ def layer_cka(version: ModelVersion, analyses: AnalysesDep, against: Annotated[s
     return Response(png, media_type="image/png")
 
 
-@router.get("/{version}/dynamics", responses=RESPONSES)
+@router.get("/{version}/dynamics", responses=responses(Dynamics, pending=True), response_model=None)
 def dynamics(version: ModelVersion, analyses: AnalysesDep, data: Data = "cka",
              estimator: Literal["linear", "debiased"] | None = None, batch_size: BatchSize = BATCH_SIZE,
              format: Format = "json") -> Response:
@@ -73,7 +81,7 @@ def dynamics(version: ModelVersion, analyses: AnalysesDep, data: Data = "cka",
     return Response(png, media_type="image/png")
 
 
-@router.get("/{version}/activations", responses=RESPONSES)
+@router.get("/{version}/activations", responses=responses(Activations), response_model=None)
 def layer_activations(version: ModelVersion, analyses: AnalysesDep, layer: Layer,
                       sample: Annotated[int, Query(ge=0, description="index into the CKA sample set")],
                       epoch: Epoch = None, format: Format = "png") -> Response:
@@ -89,7 +97,7 @@ def layer_activations(version: ModelVersion, analyses: AnalysesDep, layer: Layer
     return Response(_tile_grid(tiles), media_type="image/png")
 
 
-@router.get("/{version}/top-images", responses=RESPONSES)
+@router.get("/{version}/top-images", responses=responses(TopImages), response_model=None)
 def top_images(version: ModelVersion, analyses: AnalysesDep, layer: Layer,
                channel: Annotated[int, Query(ge=0, description="channel (or feature of a flat layer)")],
                k: Annotated[int, Query(ge=1, le=MAX_K)] = 9, epoch: Epoch = None, format: Format = "json") -> Response:

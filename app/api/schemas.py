@@ -167,23 +167,67 @@ class CKASampleSet(BaseModel):
     images: list[Any] = Field(description="uint8 C×H×W nested lists, one per sample")
 
 
+class Interval(BaseModel):
+    """A percentile bootstrap interval over batches, one bound matrix each."""
+
+    level: float
+    low: list[list[float]]
+    high: list[list[float]]
+
+
 class LayerCKA(BaseModel):
     """CKA between every pair of recorded layers (rows: `layers`; columns: `other_layers` with `against`)."""
 
-    model_config = ConfigDict(extra="allow")  # `data=test` adds n, batches and ci
     layers: list[str]
     matrix: list[list[float]]
-    estimator: str
+    estimator: Literal["linear", "debiased"]
     other_layers: list[str] | None = None
+    n: int | None = Field(None, description="data=test: images used")
+    batches: int | None = Field(None, description="data=test: minibatches averaged")
+    ci: Interval | None = Field(None, description="data=test: 95 % percentile bootstrap over batches")
 
 
 class Dynamics(BaseModel):
     """How each layer reached its final form: CKA of each layer at each kept epoch against the final model's."""
 
-    model_config = ConfigDict(extra="allow")
     layers: list[str]
     epochs: list[int]
     to_final: list[list[float]] = Field(description="one row per layer, one column per epoch")
     metrics: list[dict[str, Any] | None]
-    estimator: str
+    estimator: Literal["linear", "debiased"]
     data: Literal["cka", "test"]
+    n: int | None = None
+    batches: int | None = None
+    ci: Interval | None = Field(None, description="data=test: bounds per layer and epoch")
+
+
+class Activations(BaseModel):
+    """One CKA sample's output at one layer."""
+
+    layer: int
+    name: str
+    sample: int
+    label: int
+    index: int = Field(description="the sample's position in the test split")
+    shape: list[int]
+    values: list[Any] = Field(description="nested lists of the output's shape")
+
+
+class TopImages(BaseModel):
+    """The test-split images whose mean activation of one channel is highest, highest first."""
+
+    layer: int
+    name: str
+    channel: int
+    indices: list[int]
+    labels: list[int]
+    activations: list[float]
+
+
+class Pending(BaseModel):
+    """An analysis a worker is computing: ask again at `Location` after `Retry-After` seconds."""
+
+    status: Literal["queued", "running"]
+    progress: float
+    attempts: int
+    detail: str
