@@ -6,8 +6,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHING = REPO / "app" / "registry" / "publishing.py"
 # names, or layout's constants and key builders
-OBJECTS = {"model.safetensors", "metadata.json", "snapshots/", "MODEL_FILE", "METADATA_FILE", "SNAPSHOTS",
-           "snapshot_key", "snapshots_prefix"}
+OBJECTS = {"model.safetensors", "metadata.json", "snapshots/", "analyses/", "MODEL_FILE", "METADATA_FILE", "SNAPSHOTS",
+           "ANALYSES", "snapshot_key", "snapshots_prefix", "analysis_key"}
 ROW_WRITES = ("insert", "update", "delete")  # also in helper names: `insert_absent(conn, Model, row)`
 OBJECT_WRITES = {"put", "put_json", "put_file", "delete"}
 

@@ -12,6 +12,7 @@ from app.datasets.service import DatasetService
 from app.errors import ServiceError
 from app.jobs.lease import Lease
 from app.jobs.queue import Claim, JobQueue, LeaseLost
+from app.registry import publishing
 from app.registry.service import ModelRegistry
 from app.settings import Settings
 from app.storage import layout
@@ -59,6 +60,6 @@ def store_dynamics(*, store: Store, bucket: str, version: str, final, meta: dict
             "epoch"]))).to(device)) for entry in entries)
         result = dynamics(nets, final, meta, datasets.cka_set(meta["dataset"])[0], data="cka", estimator="linear",
                           batch_size=None, max_bytes=max_bytes)
-        store.put_json(bucket=bucket, key=layout.analysis_key(version, digest), value=result)
+        publishing.store_analysis(store, bucket=bucket, version=version, digest=digest, result=result)
     except (ServiceError, ValueError) as exc:
         log.warning("job %s: dynamics not stored with the model (a request computes them): %s", version, exc)

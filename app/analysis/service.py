@@ -25,6 +25,7 @@ from app.analysis import maths
 from app.analysis.minibatch import BATCH_SIZE, minibatch_cka
 from app.datasets.service import DatasetService
 from app.errors import Accepted, InvalidInput, ObjectMissing
+from app.registry import publishing
 from app.registry.service import ModelRegistry
 from app.storage import layout
 from app.storage.s3 import Store
@@ -120,7 +121,8 @@ class Analyses:
         raise pending(job)
 
     def store_result(self, spec: dict, digest: str, result: dict) -> dict:
-        self.store.put_json(bucket=self.bucket, key=layout.analysis_key(spec["version"], digest), value=result)
+        publishing.store_analysis(self.store, bucket=self.bucket, version=spec["version"], digest=digest,
+                                  result=result)
         return result
 
     def key(self, spec: dict) -> str:

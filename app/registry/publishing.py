@@ -63,6 +63,11 @@ def store_snapshot(store: Store, *, bucket: str, version: str, epoch: int, blob:
     store.put(bucket=bucket, key=layout.snapshot_key(version, epoch), data=blob)
 
 
+def store_analysis(store: Store, *, bucket: str, version: str, digest: str, result: dict) -> None:
+    """Store an analysis result of the model `version` under its key (`digest`: what it depends on)."""
+    store.put_json(bucket=bucket, key=layout.analysis_key(version, digest), value=result)
+
+
 def delete_objects(store: Store, *, bucket: str, version: str, snapshots: bool = False) -> None:
     """Remove a model's objects (what an attempt that did not succeed may have stored), the model file first; with
     `snapshots`, its snapshots too (the job ended without a model: one queued again resumes with them)."""
