@@ -1,11 +1,16 @@
-"""ASHA's decision function against hand-worked cases: rungs, the reduction factor, ties, out-of-order arrival."""
+"""ASHA's decision function against hand-worked cases (rungs, the reduction factor, ties, out-of-order arrival), and
+the training loop's `judge` that carries its decisions into a trial."""
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
+import torch
 
 from app.sweeps.asha import CONTINUE, STOP, decide, kept, rungs
+from models import TrainConfig, resolve_layers, seeded_model, train
+from tests.support.stripes import TEST, TRAIN
 
 
 @pytest.mark.parametrize(("min_epochs", "eta", "epochs", "expected"), [
@@ -86,3 +91,46 @@ def test_a_missing_or_nan_metric_ranks_last():
     assert decide(trial=2, metric=math.nan, reached={1: 0.0}, reduction_factor=3) == STOP
     assert decide(trial=2, metric=0.0, reached={1: None}, reduction_factor=3) == CONTINUE
     assert decide(trial=1, metric=None, reached={}, reduction_factor=3) == CONTINUE  # alone: still the best
+
+
+# -- the training loop's judge (what a trial of an ASHA sweep runs with) -------------------------------------------
+
+LAYERS = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}]
+CONFIG = TrainConfig(epochs=4, batch_size=40, learning_rate=0.01, seed=3, checkpoint_every_s=3600.0)
+
+
+def _train(config, *, judge=None, resume=None):
+    seen, weights, saved = [], [], []
+
+    def judging(entry):
+        seen.append(entry["epoch"])
+        return judge(entry) if judge else None
+
+    model = seeded_model(resolve_layers(LAYERS, input_shape=(1, 12, 12), num_classes=4), seed=config.seed)
+    result = train(model, train_images=TRAIN[0], train_labels=TRAIN[1], test_images=TEST[0], test_labels=TEST[1],
+                   mean=[0.2], std=[0.3], config=config, resume=resume, on_checkpoint=saved.append,
+                   on_weights=lambda epoch, _m, _e, last: weights.append((epoch, last)), judge=judging)
+    return model, result, {"judged": seen, "weights": weights, "checkpoints": saved}
+
+
+def _stop_at_2(entry):
+    return "ASHA stopped it at rung 1 (epoch 2)" if entry["epoch"] == 2 else None
+
+
+def test_a_judge_ends_the_run_at_the_epoch_it_says_with_that_epochs_weights():
+    model, result, seen = _train(CONFIG, judge=_stop_at_2)
+    assert seen["judged"] == [1, 2] and len(result["history"]) == 2
+    assert result["stopped_early"] == {"epoch": 2, "reason": "ASHA stopped it at rung 1 (epoch 2)"}
+    assert seen["weights"] == [(0, False), (1, False), (2, True)]  # epoch 2 is the run's last
+    shorter, plain, _ = _train(replace(CONFIG, epochs=2))
+    assert plain["stopped_early"] is None and plain["history"] == result["history"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), shorter.state_dict().values(),
+                                                  strict=True))
+
+
+def test_a_run_resumed_after_its_judge_stopped_it_asks_again_and_ends_there():
+    _, _, seen = _train(CONFIG, judge=_stop_at_2)
+    after_epoch_2 = [c for c in seen["checkpoints"] if c.epoch == 3 and c.step == 0]
+    _, resumed, again = _train(CONFIG, judge=_stop_at_2, resume=after_epoch_2[0])
+    assert again["judged"] == [2] and again["weights"] == []  # asked about epoch 2 again; trained nothing more
+    assert resumed["stopped_early"]["epoch"] == 2 and len(resumed["history"]) == 2
