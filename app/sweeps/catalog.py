@@ -81,9 +81,9 @@ def mark_cancelled(db: Database, sweep: str) -> None:
 def trial_of(db: Database, version: str) -> tuple[dict[str, Any], int] | None:
     """The sweep (its row) and trial number the job `version` trains, or None when it is no sweep's trial."""
     with db.read() as conn:
-        row = conn.execute(select(Sweep, SweepTrial.trial).join(SweepTrial, SweepTrial.sweep == Sweep.id)
-                           .where(SweepTrial.version == version)).first()
-    return (sweep_of(row.Sweep), row.trial) if row else None
+        row = conn.execute(select(*Sweep.__table__.columns, SweepTrial.trial)
+                           .join(SweepTrial, SweepTrial.sweep == Sweep.id).where(SweepTrial.version == version)).first()
+    return (sweep_of(row), row.trial) if row else None
 
 
 def decide(db: Database, *, sweep: str, trial: int, rung: int, epoch: int, metric: float, reduction_factor: int,
