@@ -20,6 +20,9 @@ SWEEP = {"base": {"dataset": "mnist", "layers": NET, "epochs": 9, "batch_size": 
          "strategy": "random", "trials": 9, "random_seed": 2026}
 ASHA = {"type": "asha", "min_epochs": 1, "reduction_factor": 3}
 TIMEOUT_S = 1800
+# Trials one after the other: the order they reach each rung, and so the figure, is then the same on every run
+# (BENCH_SWEEP_JOBS=2 shows how it spreads when they race).
+JOBS_AT_ONCE = int(os.environ.get("BENCH_SWEEP_JOBS", "1"))
 
 
 def measure(ctx) -> dict[str, float]:
@@ -28,7 +31,7 @@ def measure(ctx) -> dict[str, float]:
     raw = ctx.scratch / "raw"
     write_raw(raw, per_class_train=PER_CLASS["train"], per_class_test=PER_CLASS["test"], names=["mnist"])
     seed_raw(ctx.store, ctx.settings, raw, names=["mnist"])
-    settings = ctx.settings.model_copy(update={"max_concurrent_jobs": max(1, min(4, os.cpu_count() or 1)),
+    settings = ctx.settings.model_copy(update={"max_concurrent_jobs": JOBS_AT_ONCE,
                                                "data_dir": ctx.scratch / "service"})
     with TestClient(create_app(settings)) as client:
         plain = _run(client, SWEEP)
