@@ -87,16 +87,13 @@ def expand(space: dict[str, Any], *, strategy: str, trials: int | None, seeds: l
            random_seed: int | None) -> list[tuple[dict[str, Any], int]]:
     """The sweep's trials in order, as (configuration, seed): each configuration once per seed, seeds innermost."""
     checked = check_space(space)
-    if strategy == "grid":
-        if trials is not None:
-            raise InvalidInput("trials applies to the random strategy; a grid trains every combination",
-                               field="trials")
-        configs = grid(checked)
-    else:
-        if trials is None:
-            raise InvalidInput("the random strategy needs trials: how many configurations to draw", field="trials")
-        configs = draw(checked, trials=trials, seed=random_seed or 0)
-    if len(configs) * len(seeds) > MAX_JOBS:
-        raise InvalidInput(f"the sweep would train {len(configs)} configurations × {len(seeds)} seeds = "
-                           f"{len(configs) * len(seeds)} jobs; at most {MAX_JOBS}", field="space")
+    if strategy == "grid" and trials is not None:
+        raise InvalidInput("trials applies to the random strategy; a grid trains every combination", field="trials")
+    if strategy == "random" and trials is None:
+        raise InvalidInput("the random strategy needs trials: how many configurations to draw", field="trials")
+    count = trials if strategy == "random" else math.prod(len(v) for v in checked.values() if isinstance(v, list))
+    if count * len(seeds) > MAX_JOBS:  # counted before anything is built: a grid's product can be astronomical
+        raise InvalidInput(f"the sweep would train {count} configurations × {len(seeds)} seeds = "
+                           f"{count * len(seeds)} jobs; at most {MAX_JOBS}", field="space")
+    configs = grid(checked) if strategy == "grid" else draw(checked, trials=trials, seed=random_seed or 0)
     return [(config, seed) for config in configs for seed in seeds]
