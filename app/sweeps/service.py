@@ -92,13 +92,13 @@ class SweepService:
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(str(part) for part in error["loc"]) or "base"
-            raise self._named(field, error["msg"], config) from None
+            raise self._named(field, error["msg"], config=config) from None
         except InvalidInput as exc:
-            raise self._named(exc.extra.get("field") or "base", exc.detail, config) from None
+            raise self._named(exc.extra.get("field") or "base", exc.detail, config=config) from None
         return request
 
     @staticmethod
-    def _named(field: str, message: str, config: dict) -> InvalidInput:
+    def _named(field: str, message: str, *, config: dict) -> InvalidInput:
         top = field.split(".")[0].split("[")[0]
         named = f"space.{top}" if top in config else f"base.{field}"
         shown = f" (value {json.dumps(config[top])[:200]})" if top in config else ""
@@ -131,7 +131,8 @@ class SweepService:
     def _record(self, sweep: dict) -> dict:
         spec, jobs = sweep["spec"], self._jobs(sweep["id"])
         metric = spec["metric"]
-        trials = [_trial(trial, jobs.get(trial["version"]), metric) for trial in catalog.trials(self.db, sweep["id"])]
+        trials = [_trial(trial, jobs.get(trial["version"]), metric=metric)
+                  for trial in catalog.trials(self.db, sweep["id"])]
         running = any(trial["status"] not in TERMINAL for trial in trials)
         status = "cancelled" if sweep["cancelled_at"] else "running" if running else "succeeded"
         return {"id": sweep["id"], "name": sweep["name"], "status": status, "strategy": spec["strategy"],
@@ -150,7 +151,7 @@ class SweepService:
                 return found
 
 
-def _trial(trial: dict, job: dict | None, metric: str) -> dict[str, Any]:
+def _trial(trial: dict, job: dict | None, *, metric: str) -> dict[str, Any]:
     if job is None:  # never queued: its sweep was cancelled while its trials were being queued
         return {**trial, "status": "cancelled", "metric": None, "epochs_run": 0, "stopped_early": None}
     return {**trial, "status": job["status"], "metric": (job["metrics"] or {}).get(metric),
