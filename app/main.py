@@ -9,7 +9,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import ui
 from app.analysis.service import Analyses
-from app.api import aliases, health, models, openapi, problems, train
+from app.api import aliases, health, models, openapi, problems, sweeps, train
 from app.api import analysis as analysis_api
 from app.api import datasets as datasets_api
 from app.api.guards import BearerAuth, BodyLimit, LoopbackHosts
@@ -26,6 +26,7 @@ from app.registry.service import ModelRegistry
 from app.settings import Settings, get_settings
 from app.storage import embedded
 from app.storage.s3 import Store
+from app.sweeps.service import SweepService
 
 log = logging.getLogger("scv")
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.jobs = job_service(resolved, store=store, db=db, datasets=app.state.datasets,
                                          housekeeping=[app.state.registry.finish_deletions])
             app.state.jobs.start()
+            app.state.sweeps = SweepService(jobs=app.state.jobs, db=db)
             app.state.analyses = Analyses(registry=app.state.registry, datasets=app.state.datasets, store=store,
                                           bucket=resolved.minio_model_bucket, max_bytes=resolved.analysis_max_bytes,
                                           queue_job=app.state.jobs.analyse)
@@ -67,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="SCV Trainer", version="0.1.0", lifespan=lifespan, responses=problems.PROBLEM_RESPONSES,
                   exception_handlers=problems.HANDLERS,
                   description="Train Sequential CNNs in the background; keep versioned models in S3.")
-    for part in (health, train, models, aliases, datasets_api, analysis_api, ui):
+    for part in (health, train, sweeps, models, aliases, datasets_api, analysis_api, ui):
         app.include_router(part.router)
     app.openapi = lambda: openapi.document(app)
     app.mount(ui.STATIC_PATH, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")

@@ -10,7 +10,7 @@ from bench.context import bench_context
 
 # Each module exposes `measure(ctx) -> dict[str, float]`; figures are ratios or sizes, never bare times
 # compared across runs.
-MODULES = ["datasets", "training", "checkpoints", "catalog", "registry", "analysis", "load"]
+MODULES = ["datasets", "training", "checkpoints", "catalog", "registry", "analysis", "load", "sweeps"]
 
 
 def main() -> int:

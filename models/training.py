@@ -107,6 +107,7 @@ def train(
     resume: Checkpoint | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     on_weights: Callable[[int, nn.Module, dict[str, float] | None, bool], None] | None = None,
+    judge: Callable[[dict[str, float]], str | None] | None = None,
 ) -> dict[str, Any]:
     """Train in place, evaluating after each epoch; returns the last epoch's metrics and the history.
 
@@ -131,7 +132,9 @@ def train(
 
     The recipe fields of `config`: `validation_split` holds out that share of the training images (the history
     then has `val_loss` and `val_accuracy`); `early_stopping` ends the run early (`stopped_early` in the result says
-    when and why) and with `restore_best` leaves the best epoch's weights, its metrics the result's.
+    when and why) and with `restore_best` leaves the best epoch's weights, its metrics the result's. `judge` (a
+    sweep's ASHA) sees each epoch's history entry (and, resuming, the last one again); a reason it returns ends the
+    run at that epoch, as early stopping does.
     """
     device = torch.device(pick_device(config.device))
     if len(train_images) == 0 or config.epochs < 1 or config.batch_size < 1:
@@ -159,7 +162,7 @@ def train(
     augmenter = augmenting.generator(config.seed, device) if augment else None
     draws: augmenting.Draws = {}
     epoch_augmenter: torch.Tensor | None = None
-    stopped_early = None
+    stopped_early = halted = None  # halted: why `judge` ended the run
     next_report = 0.0
 
     def report() -> dict[str, Any]:
@@ -226,12 +229,16 @@ def train(
                 if stopping is not None:
                     stopping.replay(run.history)
                     stopping.best_weights = {k[5:]: v.cpu() for k, v in saved.items() if k.startswith("best.")}
+                halted = judge(run.history[-1]) if judge is not None and run.history else None
             if resume is None and on_weights is not None:
                 on_weights(0, model, None, False)
             next_checkpoint = time.monotonic() + config.checkpoint_every_s
             for run.epoch in range(first, config.epochs + 1):  # the loop's position lives in `run`, with the rest
                 if stopping is not None and stopping.stop:  # judged at the end of the epoch before
                     stopped_early = {"epoch": run.epoch - 1, "reason": stopping.reason()}
+                    break
+                if halted:
+                    stopped_early = {"epoch": run.epoch - 1, "reason": halted}
                     break
                 model.train()
                 epoch_shuffler = run.shuffler.get_state()
@@ -269,10 +276,13 @@ def train(
                 run.history.append(record)
                 if stopping is not None and stopping.judge(record) and stopping.config.restore_best:
                     stopping.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                if judge is not None and not (stopping and stopping.stop):
+                    halted = judge(record)
                 if on_progress is not None:
                     on_progress({**report(), "epoch_done": record})
                 if on_weights is not None:  # last: the run's final epoch, also one early stopping ends it at
-                    on_weights(run.epoch, model, record, run.epoch == config.epochs or bool(stopping and stopping.stop))
+                    on_weights(run.epoch, model, record,
+                               run.epoch == config.epochs or bool(stopping and stopping.stop) or bool(halted))
                 if on_checkpoint is not None and run.epoch < config.epochs:  # the next epoch, not yet begun
                     on_checkpoint(snapshot(run.epoch + 1, 0, run.shuffler.get_state()))
                     next_checkpoint = time.monotonic() + config.checkpoint_every_s

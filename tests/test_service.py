@@ -83,7 +83,7 @@ def test_scv_serve_starts_the_embedded_server_without_warnings(tmp_path):
     assert "embedded S3 server (SeaweedFS) listening on" in started and "Application startup complete" in started
     assert [line for line in started.splitlines() if "WARNING" in line] == []
     assert [line.split(": ", 1)[1] for line in started.splitlines() if "alembic" in line or "catalog schema" in line
-            ] == ["catalog schema: migrated empty → 0003"]  # one line, none of alembic's own
+            ] == ["catalog schema: migrated empty → 0004"]  # one line, none of alembic's own
 
 
 def _readyz_within(client, seconds: float):

@@ -14,6 +14,7 @@ from app.jobs.service import JobService
 from app.registry.service import ModelRegistry
 from app.settings import Settings
 from app.storage.s3 import Store
+from app.sweeps.service import SweepService
 
 # The `label=key:value` query filter of the job and model pages (API and dashboard alike).
 _LABEL = re.compile(r"([a-z0-9][a-z0-9._-]{0,62}):([ -~]{0,128})")
@@ -34,6 +35,7 @@ JobsDep = Annotated[JobService, Depends(_state("jobs"))]
 RegistryDep = Annotated[ModelRegistry, Depends(_state("registry"))]
 DatasetsDep = Annotated[DatasetService, Depends(_state("datasets"))]
 AnalysesDep = Annotated[Analyses, Depends(_state("analyses"))]
+SweepsDep = Annotated[SweepService, Depends(_state("sweeps"))]
 
 
 def _model_version(version: str, request: Request, registry: RegistryDep) -> str:

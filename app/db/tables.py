@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, Index, String, Text
+from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -121,3 +121,49 @@ class EndedSession(Base):
 
     session: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the session's CSRF token
     until: Mapped[float] = mapped_column(Float)  # when its cookie expires anyway (seconds since the epoch)
+
+
+# -- sweeps (app/sweeps/catalog.py writes these) -------------------------------------------------------------
+
+
+class Sweep(Base):
+    """A sweep: its request as resolved at submission (base, space, strategy, seeds, metric, early_stop, labels, the
+    random draw's seed); its status follows from its trials' jobs, but for a cancel, which is recorded here."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]]
+    created_at: Mapped[str] = mapped_column(String(32))
+    cancelled_at: Mapped[str | None] = mapped_column(String(32))
+
+    __table_args__ = (Index("sweeps_by_created", "created_at", "id"),)
+
+
+class SweepTrial(Base):
+    """One trial of a sweep: a configuration and seed, trained as the job `version`."""
+
+    __tablename__ = "sweep_trials"
+
+    sweep: Mapped[str] = mapped_column(String(64), primary_key=True)
+    trial: Mapped[int] = mapped_column(primary_key=True)  # 1, 2, …
+    version: Mapped[str] = mapped_column(String(128), unique=True)
+    config: Mapped[dict[str, Any]]
+    seed: Mapped[int] = mapped_column(BigInteger)
+
+
+class SweepDecision(Base):
+    """An ASHA decision: a trial reached a rung with a metric and went on or stopped; `id` orders them as made."""
+
+    __tablename__ = "sweep_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep: Mapped[str] = mapped_column(String(64))
+    rung: Mapped[int]  # k: the rung at min_epochs·η^k
+    trial: Mapped[int]
+    epoch: Mapped[int]
+    metric: Mapped[float | None] = mapped_column(Float)  # null when the metric was NaN
+    decision: Mapped[str] = mapped_column(String(8))  # continue | stop
+
+    __table_args__ = (UniqueConstraint("sweep", "rung", "trial", name="sweep_decisions_once"),)

@@ -25,6 +25,7 @@ from app.registry import publishing
 from app.settings import Settings
 from app.storage import layout
 from app.storage.s3 import Store, store_from_settings
+from app.sweeps.judge import trial_judge
 
 log = logging.getLogger("scv.worker")
 EXIT_LEASE_LOST, EXIT_UNAVAILABLE = 75, 69
@@ -76,7 +77,7 @@ def train_job(*, claim: Claim, settings: Settings, store: Store, queue: JobQueue
             result = models.train(model, train_images=train_x, train_labels=train_y, test_images=test_x,
                                   test_labels=test_y, mean=manifest["mean"], std=manifest["std"], config=config,
                                   on_progress=lease.update, resume=resume, on_checkpoint=snapshots.carried_by(save),
-                                  on_weights=snapshots)
+                                  on_weights=snapshots, judge=trial_judge(queue.db, version, epochs=config.epochs))
 
         blob = model_file(model)
         metadata = publishing.describe(

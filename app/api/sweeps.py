@@ -1,0 +1,42 @@
+"""Sweep routes: submit a family of trials, follow it, page sweeps, cancel one."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import SweepsDep
+from app.api.problems import PROBLEM_RESPONSES
+from app.sweeps.record import SweepPage, SweepRecord
+from app.sweeps.request import SweepRequest
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+CONFLICT = {409: {**PROBLEM_RESPONSES[404], "description": "Every trial of the sweep has ended already"}}
+
+
+@router.post("", status_code=201, response_model=SweepRecord)
+def create_sweep(body: SweepRequest, response: Response, sweeps: SweepsDep) -> dict:
+    """Expand a sweep into trials and queue each as a training job (labels `sweep`, `trial`); 201 with
+    `Location: /sweeps/{id}`."""
+    record = sweeps.create(body)
+    response.headers["Location"] = f"/sweeps/{record['id']}"
+    return record
+
+
+@router.get("", response_model=SweepPage)
+def list_sweeps(sweeps: SweepsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                cursor: Annotated[str | None, Query(max_length=1024)] = None) -> dict:
+    """Sweep records, newest first, a page at a time."""
+    items, after = sweeps.page(limit=limit, cursor=cursor)
+    return {"items": items, "next": after}
+
+
+@router.get("/{sweep_id}", response_model=SweepRecord)
+def get_sweep(sweep_id: str, sweeps: SweepsDep) -> dict:
+    """One sweep: its trials (configuration, seed, status, metric, epochs run), the best one, ASHA's decisions."""
+    return sweeps.get(sweep_id)
+
+
+@router.delete("/{sweep_id}", response_model=SweepRecord, responses=CONFLICT)
+def cancel_sweep(sweep_id: str, sweeps: SweepsDep) -> dict:
+    """Cancel the sweep's unfinished trials, queued and running; the sweep ends `cancelled`."""
+    return sweeps.cancel(sweep_id)
