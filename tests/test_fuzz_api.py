@@ -31,12 +31,18 @@ DISPOSABLE_ALIAS = "fuzz-disposable"  # what DELETE /aliases/{alias} removes: pu
 def live(seeded_settings):
     app_settings = seeded_settings.model_copy(update={
         "minio_model_bucket": f"models-fuzz-{secrets.token_hex(3)}", "api_token": SecretStr(TOKEN)})
-    with LiveServer(app_settings) as server:
-        with server.client(headers=AUTH) as client:
-            # One real model (aliased, so no fuzzed DELETE removes it), so that model routes find something.
-            train(client, dataset="mnist", version="fuzz-model", layers=[{"type": "Flatten"}])
-            wait_for(client, "fuzz-model")
-            assert client.put("/aliases/fuzz-alias", json={"version": "fuzz-model"}).status_code == 200
+    with LiveServer(app_settings) as trainer, trainer.client(headers=AUTH) as client:
+        # One real model (aliased, so no fuzzed DELETE removes it), so that model routes find something.
+        train(client, dataset="mnist", version="fuzz-model", layers=[{"type": "Flatten"}])
+        wait_for(client, "fuzz-model")
+        assert client.put("/aliases/fuzz-alias", json={"version": "fuzz-model"}).status_code == 200
+        sweep = client.post("/sweeps", json={"base": {"dataset": "mnist", "layers": [{"type": "Flatten"}]},
+                                             "space": {"learning_rate": [0.001]}, "seeds": [0]})
+        assert sweep.status_code == 201, sweep.text
+        EXISTING["sweep_id"] = [sweep.json()["id"]]
+        wait_for(client, sweep.json()["trials"][0]["version"])
+    # The fuzzed server trains nothing: the jobs and sweeps it queues would only compete for the CPU.
+    with LiveServer(app_settings.model_copy(update={"max_concurrent_jobs": 0})) as server:
         yield server
 
 

@@ -21,7 +21,7 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, responses={
+@router.get("/readyz", response_model=Readiness, response_model_exclude_none=True, responses={
     503: documented("Storage or the catalog database unreachable; `dependency` says which")})
 def readyz(request: Request, store: StoreDep, settings: SettingsDep, db: DatabaseDep) -> dict:
     """200 when storage answers, both buckets exist (they are created if missing) and the catalog answers; else 503

@@ -5,15 +5,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import SweepsDep
-from app.api.problems import PROBLEM_RESPONSES
+from app.api.problems import BODY_RESPONSES, documented
 from app.sweeps.record import SweepPage, SweepRecord
 from app.sweeps.request import SweepRequest
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
-CONFLICT = {409: {**PROBLEM_RESPONSES[404], "description": "Every trial of the sweep has ended already"}}
+CONFLICT = {409: documented("Every trial of the sweep has ended already")}
 
 
-@router.post("", status_code=201, response_model=SweepRecord)
+@router.post("", status_code=201, response_model=SweepRecord, responses={
+    **BODY_RESPONSES, 404: documented("Unknown or unseeded dataset in `base`")})
 def create_sweep(body: SweepRequest, response: Response, sweeps: SweepsDep) -> dict:
     """Expand a sweep into trials and queue each as a training job (labels `sweep`, `trial`); 201 with
     `Location: /sweeps/{id}`."""
