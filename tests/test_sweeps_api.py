@@ -4,8 +4,12 @@ the best trial, paging, cancelling, a restart of the service, and ASHA's saving.
 import pytest
 from fastapi.testclient import TestClient
 
+import models
+from app.datasets.service import DatasetService
 from app.main import create_app
+from app.storage.s3 import store_from_settings
 from app.sweeps import expansion
+from tests.support.reference import linear_cka, outputs
 from tests.support.waiting import wait_for, wait_until
 
 SMALL_NET = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "ReLU"},
@@ -18,6 +22,12 @@ def sweep(client, **body) -> dict:
     assert response.status_code == 201, response.text
     assert response.headers["location"] == f"/sweeps/{response.json()['id']}"
     return response.json()
+
+
+def stored_analyses(client, version: str) -> list[str]:
+    settings = client.app.state.settings
+    return [o.key for o in store_from_settings(settings).list(bucket=settings.minio_model_bucket,
+                                                               prefix=f"{version}/analyses/")]
 
 
 def wait_sweep(client, sweep_id: str, *, timeout: float = 300.0) -> dict:
@@ -109,6 +119,22 @@ def test_a_grid_sweep_with_two_seeds_trains_labelled_trials_and_names_the_best(s
     assert sorted(j["version"] for j in first["items"] + rest["items"]) == versions and rest["next"] is None
     assert sorted(m["version"] for m in seeded_client.get(f"/models?{label}").json()["items"]) == versions
     assert seeded_client.delete(f"/sweeps/{record['id']}").status_code == 409  # nothing left to cancel
+
+    # the seed-to-seed floor: per configuration, the same-layer linear CKA of its two replicates
+    similar = seeded_client.get(f"/sweeps/{record['id']}/similarity").json()["configurations"]
+    assert [(c["config"], c["seeds"]) for c in similar] == [({"learning_rate": 0.02}, [0, 1]),
+                                                             ({"learning_rate": 0.002}, [0, 1])]
+    settings = seeded_client.app.state.settings
+    x = DatasetService(store=store_from_settings(settings), settings=settings).cka_set("mnist")[0]
+    for configuration, (a, b) in zip(similar, (versions[:2], versions[2:]), strict=True):
+        blobs = [seeded_client.get(f"/models/{v}").content for v in (a, b)]
+        norm = models.read_header(blobs[0])["normalization"]
+        outs = [outputs(models.load_model(blob), x, norm) for blob in blobs]
+        expected = [linear_cka(p, q) for p, q in zip(*outs, strict=True)]
+        assert len(configuration["layers"]) == len(expected)
+        for stat in ("mean", "min", "max"):  # one pair: all three are its CKA
+            assert configuration[stat] == pytest.approx(expected, abs=1e-6)
+    assert len(stored_analyses(seeded_client, a)) >= 1  # computed once, stored with the model
 
 
 def test_sweeps_page_newest_first(seeded_client):

@@ -4,10 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import SweepsDep
+from app.api.deps import AnalysesDep, SweepsDep
 from app.api.problems import BODY_RESPONSES, documented
-from app.sweeps.record import SweepPage, SweepRecord
+from app.sweeps.record import SweepPage, SweepRecord, SweepSimilarity
 from app.sweeps.request import SweepRequest
+from app.sweeps.similarity import similarity
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 CONFLICT = {409: documented("Every trial of the sweep has ended already")}
@@ -41,3 +42,10 @@ def get_sweep(sweep_id: str, sweeps: SweepsDep) -> dict:
 def cancel_sweep(sweep_id: str, sweeps: SweepsDep) -> dict:
     """Cancel the sweep's unfinished trials, queued and running; the sweep ends `cancelled`."""
     return sweeps.cancel(sweep_id)
+
+
+@router.get("/{sweep_id}/similarity", response_model=SweepSimilarity)
+def seed_similarity(sweep_id: str, sweeps: SweepsDep, analyses: AnalysesDep) -> dict:
+    """For each configuration trained with two or more seeds, the same-layer CKA between its replicates (mean, min
+    and max over pairs, per layer, on the CKA set): the noise floor of a cross-model CKA."""
+    return similarity(sweeps.get(sweep_id), analyses)

@@ -60,3 +60,18 @@ class SweepPage(BaseModel):
 
     items: list[SweepRecord]
     next: str | None
+
+
+class ConfigurationSimilarity(BaseModel):
+    """Same-layer CKA between the seed replicates of one configuration, per layer, over every pair of them."""
+
+    config: dict[str, Any]
+    seeds: list[int]
+    layers: list[str]
+    mean: list[float]
+    min: list[float]
+    max: list[float]
+
+
+class SweepSimilarity(BaseModel):
+    configurations: list[ConfigurationSimilarity]
