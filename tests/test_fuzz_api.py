@@ -28,9 +28,11 @@ DISPOSABLE_ALIAS = "fuzz-disposable"  # what DELETE /aliases/{alias} removes: pu
 
 
 @pytest.fixture(scope="module")
-def live(seeded_settings):
+def live(seeded_settings, tmp_path_factory):
+    # Its own catalog too: the jobs and sweeps the fuzzer queues must not wait in the queue other modules share.
     app_settings = seeded_settings.model_copy(update={
-        "minio_model_bucket": f"models-fuzz-{secrets.token_hex(3)}", "api_token": SecretStr(TOKEN)})
+        "minio_model_bucket": f"models-fuzz-{secrets.token_hex(3)}", "api_token": SecretStr(TOKEN),
+        "data_dir": tmp_path_factory.mktemp("fuzz")})
     with LiveServer(app_settings) as trainer, trainer.client(headers=AUTH) as client:
         # One real model (aliased, so no fuzzed DELETE removes it), so that model routes find something.
         train(client, dataset="mnist", version="fuzz-model", layers=[{"type": "Flatten"}])

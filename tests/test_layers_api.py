@@ -26,9 +26,12 @@ layers_json = st.one_of(st.lists(layer, max_size=8), scalars, st.dictionaries(st
 
 
 @pytest.fixture(scope="module")
-def held_client(seeded_settings):
-    """A client whose only job slot is held by a long job, so accepted requests stay queued (no training)."""
-    with TestClient(create_app(seeded_settings.model_copy(update={"minio_model_bucket": "models-layers-api"}))) as c:
+def held_client(seeded_settings, tmp_path_factory):
+    """A client whose only job slot is held by a long job, so accepted requests stay queued (no training); its own
+    catalog, so that the jobs it leaves queued wait in no other module's queue."""
+    settings = seeded_settings.model_copy(update={"minio_model_bucket": "models-layers-api",
+                                                  "data_dir": tmp_path_factory.mktemp("layers-api")})
+    with TestClient(create_app(settings)) as c:
         blocker = train(c, dataset="mnist", layers=[{"type": "Flatten"}], epochs=100, batch_size=1)["version"]
         wait_for(c, blocker, {"running"})
         yield c
