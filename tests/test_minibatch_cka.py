@@ -134,11 +134,14 @@ def test_a_small_budget_chunks_the_batches_without_changing_the_answer(images):
     )
     for answer in ("matrix", "low", "high"):
         got, want = (r["ci"][answer] if answer in r["ci"] else r[answer] for r in (small, large))
-        assert torch.tensor(got) == pytest.approx(torch.tensor(want), abs=1e-9)
+        # The Gram products run in float32 (after the shift to the first image), summed in another order in
+        # chunks than in one product: a rounding apart, far inside the 1e-6 the reference test allows.
+        assert torch.tensor(got, dtype=torch.float64) == pytest.approx(torch.tensor(want, dtype=torch.float64),
+                                                                       abs=2e-7)
 
 
 def test_one_image_over_the_budget_names_the_layer_and_the_bytes(images):
-    budget = 100_000
+    budget = 40_000
     with pytest.raises(AnalysisInputError) as caught:
         minibatch_cka(images, tiny_cnn(0), normalization=NORM, batch_size=BATCH, max_bytes=budget)
     found = re.search(r"layer (\d+:\w+): one image needs ([\d,]+) bytes", str(caught.value))
