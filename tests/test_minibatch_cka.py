@@ -135,9 +135,10 @@ def test_a_small_budget_chunks_the_batches_without_changing_the_answer(images):
     for answer in ("matrix", "low", "high"):
         got, want = (r["ci"][answer] if answer in r["ci"] else r[answer] for r in (small, large))
         # The Gram products run in float32 (after the shift to the first image), summed in another order in
-        # chunks than in one product: a rounding apart, far inside the 1e-6 the reference test allows.
+        # chunks than in one product: either matrix is within 1e-7 of the float64 reference, and a bootstrap
+        # bound (a resample of few batches) moves by up to ~2e-7; inside the 1e-6 the reference tests allow.
         assert torch.tensor(got, dtype=torch.float64) == pytest.approx(torch.tensor(want, dtype=torch.float64),
-                                                                       abs=2e-7)
+                                                                       abs=5e-7)
 
 
 def test_one_image_over_the_budget_names_the_layer_and_the_bytes(images):

@@ -12,6 +12,7 @@ from app.analysis.forward import FLOAT32, _device, _evaluating, _layer_outputs
 # copy of it (channels-last maps), the copy shifted by the reference sample, and an earlier chunk read back.
 GRAM_HELD = 4 * FLOAT32
 
+PARTS = 4
 Run = tuple[nn.Sequential, Callable[[int, int], Tensor]]  # a network, and its normalised inputs [start, stop)
 
 
@@ -45,7 +46,14 @@ def _gram_rows(gram: Tensor, out: Tensor, *, start: int, chunk: int, spill: "_Sp
     stop = start + len(x)
     reference = x[:1] if start == 0 else spill.read(layer, 0, 1).to(x.device)
     rows = x - reference  # a constant layer's Gram is then exactly zero
-    gram[start:stop, start:stop] = rows @ rows.T
+    # The chunk against itself is symmetric: its rows in PARTS parts, each against itself and the parts above it,
+    # mirrored, cost 5/8 of the products of one rows @ rows.T (measured ~0.7 of its time).
+    part = -(-len(rows) // PARTS)
+    for top in range(0, len(rows), part):
+        bottom = min(top + part, len(rows))
+        block = rows[top:bottom] @ rows[:bottom].T
+        gram[start + top : start + bottom, start : start + bottom] = block
+        gram[start : start + top, start + top : start + bottom] = block[:, :top].T
     for before in range(0, start, chunk):
         earlier = spill.read(layer, before, before + chunk).to(x.device).sub_(reference)
         block = rows @ earlier.T
