@@ -125,7 +125,7 @@ def test_the_interval_holds_the_estimate_and_repeats(images):
 def test_a_small_budget_chunks_the_batches_without_changing_the_answer(images):
     model, other, count = tiny_cnn(0), tiny_cnn(1), 3 * BATCH + 20  # and a short last batch, kept
     widths = layer_widths(model, torch.zeros(1, 1, 28, 28)) + layer_widths(other, torch.zeros(1, 1, 28, 28))
-    assert 1 < forward_chunk(widths, batch_size=BATCH, batches=4, max_bytes=SMALL) < BATCH // 4
+    assert 1 < forward_chunk(widths, batch_size=BATCH, batches=4, max_bytes=SMALL) <= BATCH // 4
     assert forward_chunk(widths, batch_size=BATCH, batches=4, max_bytes=LARGE) == BATCH
     large, small = (
         minibatch_cka(images[:count], model, normalization=NORM, against=other, against_normalization=OTHER_NORM,

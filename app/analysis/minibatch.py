@@ -59,8 +59,9 @@ def minibatch_cka(
         widths += [(name + suffix, *sizes) for name, *sizes in layer_widths(net, _inputs(images[:1], net, norm))]
     largest = max(stop - start for start, stop in spans)
     chunk = forward_chunk(widths, batch_size=largest, batches=len(spans), max_bytes=max_bytes)
+    room = max_bytes - _fixed_bytes(len(widths), batch_size=largest, batches=len(spans))
     per_batch = torch.stack([
-        _batch_hsic(images[start:stop], nets, names=[name for name, _, _ in widths], chunk=chunk)
+        _batch_hsic(images[start:stop], nets, names=[name for name, _, _ in widths], chunk=chunk, room=room)
         for start, stop in spans
     ]).cpu()
     rows = len(model)
@@ -86,12 +87,7 @@ def forward_chunk(widths: Sequence[Width], *, batch_size: int, batches: int, max
     AnalysisInputError names the layer and the bytes when one image does not fit, and the bytes the Grams
     need (field `batch_size`) when `batch_size` is too large for the budget.
     """
-    layers = len(widths)
-    fixed = (
-        (layers + 3) * batch_size**2 * FLOAT64  # every layer's Gram, and the temporaries of centring one
-        + batches * layers**2 * FLOAT64  # the per-batch HSIC that the bootstrap resamples
-        + RESAMPLES * (batches + 6 * layers) * FLOAT64  # resample weights, one row of resampled CKA and its sort
-    )
+    layers, fixed = len(widths), _fixed_bytes(len(widths), batch_size=batch_size, batches=batches)
     one = sample_bytes(widths, per_output=GRAM_HELD, max_bytes=max_bytes)
     if fixed + one > max_bytes:
         raise AnalysisInputError(
@@ -103,14 +99,23 @@ def forward_chunk(widths: Sequence[Width], *, batch_size: int, batches: int, max
     return min(batch_size, (max_bytes - fixed) // one)
 
 
+def _fixed_bytes(layers: int, *, batch_size: int, batches: int) -> int:
+    """What minibatch CKA holds whatever the chunk: the Grams, the per-batch HSIC and the bootstrap's arrays."""
+    return (
+        (layers + 3) * batch_size**2 * FLOAT64  # every layer's Gram, and the temporaries of the HSIC of a batch
+        + batches * layers**2 * FLOAT64  # the per-batch HSIC that the bootstrap resamples
+        + RESAMPLES * (batches + 6 * layers) * FLOAT64  # resample weights, one row of resampled CKA and its sort
+    )
+
+
 def _inputs(images: Tensor, model: nn.Sequential, normalization: Mapping[str, Sequence[float]]) -> Tensor:
     return models.normalize(images.to(_device(model)), normalization["mean"], normalization["std"])
 
 
-def _batch_hsic(images: Tensor, nets: list, *, names: list[str], chunk: int) -> Tensor:
+def _batch_hsic(images: Tensor, nets: list, *, names: list[str], chunk: int, room: int) -> Tensor:
     """Unbiased HSIC between every pair of layers (of all `nets`) on one batch, as a layers × layers matrix."""
     runs = [(net, lambda start, stop, net=net, norm=norm: _inputs(images[start:stop], net, norm)) for net, norm in nets]
-    grams = layer_grams(runs, samples=len(images), layers=len(names), chunk=chunk)
+    grams = layer_grams(runs, samples=len(images), layers=len(names), chunk=chunk, room=room)
     _centred(grams, "debiased", names=[f"layer {name}" for name in names])
     return _hsic_matrix(grams, "debiased")
 
