@@ -60,10 +60,11 @@ def minibatch_cka(
     largest = max(stop - start for start, stop in spans)
     chunk = forward_chunk(widths, batch_size=largest, batches=len(spans), max_bytes=max_bytes)
     room = max_bytes - _fixed_bytes(len(widths), batch_size=largest, batches=len(spans))
-    per_batch = torch.stack([
-        _batch_hsic(images[start:stop], nets, names=[name for name, _, _ in widths], chunk=chunk, room=room)
-        for start, stop in spans
-    ]).cpu()
+    # Filled in place, as small tensors kept between batches would split the freed activation blocks.
+    per_batch = torch.empty(len(spans), len(widths), len(widths), dtype=torch.float64)
+    for batch, (start, stop) in enumerate(spans):
+        per_batch[batch] = _batch_hsic(images[start:stop], nets, names=[name for name, _, _ in widths], chunk=chunk,
+                                       room=room)
     rows = len(model)
     cut = (slice(None), slice(None)) if against is None else (slice(None, rows), slice(rows, None))
     low, high = _bootstrap(per_batch, rows=cut[0], cols=cut[1])
