@@ -72,7 +72,11 @@ def measure(ctx) -> dict[str, float]:
 def _test_split(net: torch.nn.Sequential, images: torch.Tensor) -> dict[str, float]:
     """`cka_test_split_vs_forward` (target <= 3): minibatch CKA of the whole split over one eval forward pass of
     it in the same batches; `cka_vs_pytorch_cka` (target >= 1): pytorch-cka's time for the same matrix over ours;
-    `pytorch_cka_float32_gap`: how far its float32 answer is from ours (and from its own float64 one)."""
+    `pytorch_cka_float32_gap`: how far its float32 answer is from ours (and from its own float64 one).
+
+    Every time is the CPU time of one torch thread doing all the work (the minimum of the runs after a warm-up),
+    so that other processes on a shared machine do not decide a ratio of runs a minute apart.
+    """
     batches = [models.normalize(batch, NORMALIZATION["mean"], NORMALIZATION["std"]) for batch in images.split(BATCH)]
 
     def forward() -> None:
@@ -80,24 +84,26 @@ def _test_split(net: torch.nn.Sequential, images: torch.Tensor) -> dict[str, flo
             for batch in images.split(BATCH):  # normalised inside, as minibatch CKA does
                 net(models.normalize(batch, NORMALIZATION["mean"], NORMALIZATION["std"]))
 
-    answers = []
+    answers, theirs, cka = [], [], _pytorch_cka()
 
     def ours() -> None:
         answers.append(minibatch_cka(images, net, normalization=NORMALIZATION, batch_size=BATCH, max_bytes=MAX_BYTES))
-
-    forward_ms = statistics.median(_times(forward, 3))
-    ours_ms = statistics.median(_times(ours, 2))
-    figures = {"cka_test_split_vs_forward": ours_ms / forward_ms}
-    cka = _pytorch_cka()
-    if cka is None:
-        return figures
-    theirs = []
 
     def pytorch_cka() -> None:
         # A list of loaders: one loader, here the list of batches.
         theirs.append(cka.compute_cka(net, net, [batches], device="cpu", progress=False)[0])
 
-    theirs_ms = statistics.median(_times(pytorch_cka, 2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        forward_ms = min(_times(forward, 2, clock=time.thread_time))
+        ours_ms = min(_times(ours, 1, clock=time.thread_time))
+        theirs_ms = min(_times(pytorch_cka, 1, clock=time.thread_time)) if cka is not None else None
+    finally:
+        torch.set_num_threads(threads)
+    figures = {"cka_test_split_vs_forward": ours_ms / forward_ms}
+    if theirs_ms is None:
+        return figures
     # The same estimator once pytorch-cka's clamp to [0, 1] is put on ours (it sums each batch's unbiased HSIC
     # where we average: the ratio is the same). Its float32 Grams, neither shifted nor reduced in float64, lose
     # ~1e-2 to cancellation, so the agreement is checked on a float64 copy of the network and the batches; the

@@ -74,15 +74,14 @@ def cka_matrix(model: nn.Sequential, x: Tensor, *, estimator: str = "linear", ot
     names = [name for network, _ in runs for name in layer_names(network)]
     count, chunk, room = len(x), len(x), None
     if max_bytes is not None:
-        grams_bytes = (len(names) + 3) * count**2 * FLOAT64  # every layer's Gram, and the temporaries of centring one
+        grams_bytes = (len(names) + 3) * count**2 * FLOAT64  # every layer's Gram, and the temporaries of the HSIC
         widths = [width for network, inputs in runs for width in layer_widths(network, inputs[:1])]
         one = sample_bytes(widths, per_output=GRAM_HELD, max_bytes=max_bytes, beside=grams_bytes)
         room = max_bytes - grams_bytes
         chunk = min(count, room // one)
     # One Gram matrix per layer, shared by every pair it takes part in, and taken as the layer runs.
     grams = layer_grams([(network, lambda start, stop, inputs=inputs: inputs[start:stop]) for network, inputs in runs],
-                        samples=count, layers=len(names), chunk=chunk,
-                        room=room)
+                        samples=count, layers=len(names), chunk=chunk, room=room)
     _centred(grams, estimator, names=[f"layer {name}" for name in names])
     scores = _cka_from_hsic(_hsic_matrix(grams, estimator), estimator).cpu()
     rows = len(model)

@@ -30,7 +30,8 @@ def minibatch_cka(
 
     `images` (uint8 N×C×H×W, in stored order) are cut into consecutive batches of `batch_size`, a last one
     under 4 images dropped; each model gets them under its own `normalization` ({"mean", "std"}). Per batch,
-    every layer's float32 output gives a float64 linear Gram matrix and the unbiased HSIC (Song et al. 2012)
+    every layer's float32 output gives a linear Gram matrix (float32 products after a shift to the batch's first
+    image, summed in float64; `grams.layer_grams`) and the unbiased HSIC (Song et al. 2012), in float64,
     between every pair of layers; CKA = mean HSIC(K, L) / sqrt(mean HSIC(K, K) · mean HSIC(L, L)). With
     `against`, rows are `model`'s layers and columns (`other_layers`) are `against`'s. `ci` is a 95 %
     percentile bootstrap over batches (1,000 resamples, seed 0). Activations and Grams stay within `max_bytes`.
