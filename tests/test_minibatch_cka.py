@@ -88,7 +88,7 @@ def test_the_interval_holds_the_estimate_and_repeats(images):
 def test_a_small_budget_chunks_the_batches_without_changing_the_answer(images):
     model, other, count = tiny_cnn(0), tiny_cnn(1), 3 * BATCH + 20  # and a short last batch, kept
     widths = layer_widths(model, torch.zeros(1, 1, 28, 28)) + layer_widths(other, torch.zeros(1, 1, 28, 28))
-    assert 1 < forward_chunk(widths, batch_size=BATCH, batches=4, max_bytes=SMALL) < BATCH // 4
+    assert 1 < forward_chunk(widths, batch_size=BATCH, batches=4, max_bytes=SMALL) <= BATCH // 4
     assert forward_chunk(widths, batch_size=BATCH, batches=4, max_bytes=LARGE) == BATCH
     large, small = (
         minibatch_cka(images[:count], model, normalization=NORM, against=other, against_normalization=OTHER_NORM,
@@ -97,11 +97,15 @@ def test_a_small_budget_chunks_the_batches_without_changing_the_answer(images):
     )
     for answer in ("matrix", "low", "high"):
         got, want = (r["ci"][answer] if answer in r["ci"] else r[answer] for r in (small, large))
-        assert torch.tensor(got) == pytest.approx(torch.tensor(want), abs=1e-9)
+        # The Gram products run in float32 (after the shift to the first image), summed in another order in
+        # chunks than in one product: either matrix is within 1e-7 of the float64 reference, and a bootstrap
+        # bound (a resample of few batches) moves by up to ~2e-7; inside the 1e-6 the reference tests allow.
+        assert torch.tensor(got, dtype=torch.float64) == pytest.approx(torch.tensor(want, dtype=torch.float64),
+                                                                       abs=5e-7)
 
 
 def test_one_image_over_the_budget_names_the_layer_and_the_bytes(images):
-    budget = 100_000
+    budget = 40_000
     with pytest.raises(AnalysisInputError) as caught:
         minibatch_cka(images, tiny_cnn(0), normalization=NORM, batch_size=BATCH, max_bytes=budget)
     found = re.search(r"layer (\d+:\w+): one image needs ([\d,]+) bytes", str(caught.value))

@@ -1,21 +1,27 @@
 """Representation analysis of Sequential CNNs: CKA between layers, activations, top images."""
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from app.analysis.forward import (
+    FLOAT32,
+    FLOAT64,
+    AnalysisInputError,
+    _device,
+    _evaluating,
+    layer_names,
+    layer_widths,
+    sample_bytes,
+)
+from app.analysis.grams import GRAM_HELD, layer_grams
+
 ESTIMATORS = ("linear", "debiased")
+TOP_BATCH = 512  # top_images' batch without a budget
+# Per image and per output value while a prefix of the network runs: the output and its own float32 temporaries.
+PREFIX_HELD = 2 * FLOAT32
 FORMS = ("auto", "gram", "features")
-
-
-class AnalysisInputError(ValueError):
-    """A layer, channel, sample or tensor that the analysis cannot work on; `field` names the parameter."""
-
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 def cka(x: Tensor, y: Tensor, estimator: str = "linear", *, form: str = "auto") -> float:
@@ -45,38 +51,39 @@ def cka(x: Tensor, y: Tensor, estimator: str = "linear", *, form: str = "auto") 
         norms = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
         score = torch.where(norms > 0, cross / norms.clamp(min=torch.finfo(norms.dtype).tiny), 0.0)
         return float(_clamped(score, estimator))
-    grams = torch.stack([_gram(xf, estimator, name="x"), _gram(yf, estimator, name="y")])
+    grams = _centred(torch.stack([xf @ xf.T, yf @ yf.T]), estimator, names=["x", "y"])
     return float(_cka_from_hsic(_hsic_matrix(grams, estimator), estimator)[0, 1])
 
 
-def layer_names(model: nn.Sequential) -> list[str]:
-    """The names CKA matrices and activations use for the model's modules: "index:ClassName"."""
-    return [f"{index}:{type(module).__name__}" for index, module in enumerate(model)]
-
-
 def cka_matrix(model: nn.Sequential, x: Tensor, *, estimator: str = "linear", other: nn.Sequential | None = None,
-               other_x: Tensor | None = None) -> dict:
+               other_x: Tensor | None = None, max_bytes: int | None = None) -> dict:
     """CKA between every pair of layers of `model`, or between `model` (rows) and `other` (columns).
 
     `x` is a normalised input batch (N×C×H×W); `other` gets `other_x` (the same samples under its
     own normalisation), else `x` too. A layer without variance scores 0 against everything, itself
     included. Float32 layers are reduced to Gram matrices in float32 (shifted first, so without
-    cancellation), which changes CKA by ~1e-6; everything after that is float64.
+    cancellation), which changes CKA by ~1e-6; everything after that is float64. With `max_bytes`, the
+    networks see as many samples at a time as fit it beside the Gram matrices (AnalysisInputError names the
+    layer when one sample does not fit); the answer does not depend on it.
     """
     _check_estimator(estimator)
     _check_samples(x.shape[0], estimator)
     runs = [(model, x)] if other is None else [(model, x), (other, x if other_x is None else other_x)]
     if any(len(inputs) != len(x) for _, inputs in runs):
         raise AnalysisInputError(f"x has {len(x)} samples but other_x has {len(runs[-1][1])}; they must match")
-    # One Gram matrix per layer, shared by every pair it takes part in, and taken as the layer runs: no output has
-    # to be kept or copied.
-    names, grams = [], []
-    for network, inputs in runs:
-        with _evaluating(network):
-            for name, out in _layer_outputs(network, inputs):
-                names.append(name)
-                grams.append(_gram(_features(out, keep_float32=True), estimator, name=f"layer {name}"))
-    scores = _cka_from_hsic(_hsic_matrix(torch.stack(grams), estimator), estimator).cpu()
+    names = [name for network, _ in runs for name in layer_names(network)]
+    count, chunk, room = len(x), len(x), None
+    if max_bytes is not None:
+        grams_bytes = (len(names) + 3) * count**2 * FLOAT64  # every layer's Gram, and the temporaries of the HSIC
+        widths = [width for network, inputs in runs for width in layer_widths(network, inputs[:1])]
+        one = sample_bytes(widths, per_output=GRAM_HELD, max_bytes=max_bytes, beside=grams_bytes)
+        room = max_bytes - grams_bytes
+        chunk = min(count, room // one)
+    # One Gram matrix per layer, shared by every pair it takes part in, and taken as the layer runs.
+    grams = layer_grams([(network, lambda start, stop, inputs=inputs: inputs[start:stop]) for network, inputs in runs],
+                        samples=count, layers=len(names), chunk=chunk, room=room)
+    _centred(grams, estimator, names=[f"layer {name}" for name in names])
+    scores = _cka_from_hsic(_hsic_matrix(grams, estimator), estimator).cpu()
     rows = len(model)
     if other is None:
         return {"layers": names, "matrix": scores.tolist(), "estimator": estimator}
@@ -84,20 +91,30 @@ def cka_matrix(model: nn.Sequential, x: Tensor, *, estimator: str = "linear", ot
             "estimator": estimator}
 
 
-def activations(model: nn.Sequential, x: Tensor, *, layer: int) -> Tensor:
-    """Output of module `layer` for one normalised sample (1×C×H×W): C'×H'×W' or F."""
+def activations(model: nn.Sequential, x: Tensor, *, layer: int, max_bytes: int | None = None) -> Tensor:
+    """Output of module `layer` for one normalised sample (1×C×H×W): C'×H'×W' or F.
+
+    With `max_bytes`, AnalysisInputError names the layer up to `layer` whose output for one sample does not fit.
+    """
     _check_layer(model, layer)
     if x.dim() != 4 or x.shape[0] != 1:
         raise AnalysisInputError(f"expected one sample shaped 1×C×H×W, got {tuple(x.shape)}")
+    if max_bytes is not None:
+        sample_bytes(layer_widths(model, x, upto=layer), per_output=PREFIX_HELD, max_bytes=max_bytes)
     out = _run_prefix(model, x, layer=layer)[0].cpu()
     _check_finite(out, name=f"layer {layer}'s output")  # JSON has no NaN, and a plot of one shows nothing
     return out
 
 
 def top_images(model: nn.Sequential, images_uint8: Tensor, *, mean: Sequence[float] | Tensor,
-               std: Sequence[float] | Tensor, layer: int, channel: int, k: int,
-               batch_size: int = 512) -> tuple[list[int], list[float]]:
-    """Indices and values of the k images whose mean activation of `channel` at `layer` is highest."""
+               std: Sequence[float] | Tensor, layer: int, channel: int, k: int, batch_size: int | None = None,
+               max_bytes: int | None = None) -> tuple[list[int], list[float]]:
+    """Indices and values of the k images whose mean activation of `channel` at `layer` is highest.
+
+    The images go through the layers up to `layer` `batch_size` at a time: by default as many as `max_bytes`
+    holds at the costliest of those layers (AnalysisInputError names it when one image does not fit), or
+    TOP_BATCH without a budget.
+    """
     _check_layer(model, layer)
     if images_uint8.dim() != 4 or images_uint8.shape[0] == 0:
         raise AnalysisInputError(f"expected images shaped N×C×H×W with N >= 1, got {tuple(images_uint8.shape)}")
@@ -108,15 +125,22 @@ def top_images(model: nn.Sequential, images_uint8: Tensor, *, mean: Sequence[flo
     if {mean_t.numel(), std_t.numel()} - {1, channels}:
         raise AnalysisInputError(f"mean and std need one value per channel ({channels}); got {mean_t.numel()}, "
                                  f"{std_t.numel()}")
-    scores = []
-    for batch in images_uint8.split(batch_size):
+    if max_bytes is not None:
+        sample = (images_uint8[:1].to(device).float() / 255 - mean_t) / std_t
+        fits = max_bytes // sample_bytes(layer_widths(model, sample, upto=layer), per_output=PREFIX_HELD,
+                                         max_bytes=max_bytes)
+        batch_size = min(batch_size or fits, fits)
+    # Filled in place: small tensors kept between batches would split the freed activation blocks, and the
+    # allocator would take new memory for every batch (measured: +1 MB a batch).
+    scores, batch_size = torch.empty(len(images_uint8)), batch_size or TOP_BATCH
+    for start in range(0, len(images_uint8), batch_size):
+        batch = images_uint8[start : start + batch_size]
         out = _run_prefix(model, (batch.to(device).float() / 255 - mean_t) / std_t, layer=layer)
         if not 0 <= channel < out.shape[1]:
             raise AnalysisInputError(f"channel {channel} is out of range; layer {layer} has {out.shape[1]} channels "
                                      f"(0..{out.shape[1] - 1})", field="channel")
         # Spatial mean for conv maps; a flat output's "channel" is its feature itself.
-        scores.append(out[:, channel].reshape(out.shape[0], -1).mean(dim=1).cpu())
-    scores = torch.cat(scores)
+        scores[start : start + len(batch)] = out[:, channel].reshape(out.shape[0], -1).mean(dim=1)
     _check_finite(scores, name=f"channel {channel} of layer {layer}")  # NaN would sort first
     # Stable sort so tied activations come back in test-split order, the same on every call.
     values, order = torch.sort(scores, descending=True, stable=True)
@@ -124,36 +148,10 @@ def top_images(model: nn.Sequential, images_uint8: Tensor, *, mean: Sequence[flo
     return order[:k].tolist(), values[:k].tolist()
 
 
-def _layer_outputs(model: nn.Sequential, x: Tensor) -> Iterator[tuple[str, Tensor]]:
-    """Each top-level module's output in turn, valid only until the next module runs.
-
-    Callers hold `_evaluating(model)` around the loop: grad mode is per thread, so it must not be left switched
-    inside a generator that a caller might abandon.
-    """
-    # Stepping through the modules gives what forward hooks would, without attaching state to a model that
-    # concurrent requests may share.
-    out = x.to(_device(model))
-    for name, module in zip(layer_names(model), model, strict=True):
-        out = module(out)
-        yield name, out
-
-
 def _run_prefix(model: nn.Sequential, x: Tensor, *, layer: int) -> Tensor:
     # The modules after `layer` cannot change its output, so they are not run at all.
     with _evaluating(model):
         return model[: layer + 1](x.to(_device(model)))
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode without gradients for the duration, then the model's own mode back."""
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _check_layer(model: nn.Sequential, layer: int) -> None:
@@ -174,47 +172,40 @@ def _check_samples(n: int, estimator: str) -> None:
         raise AnalysisInputError(f"CKA needs at least 2 samples, got {n}")
 
 
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _features(x: Tensor, *, keep_float32: bool = False) -> Tensor:
-    """`x` flattened per sample, in float64 (float32 kept if asked); all zeros when every sample is the same."""
-    dtype = torch.float32 if keep_float32 and x.dtype == torch.float32 else torch.float64
+def _features(x: Tensor) -> Tensor:
+    """`x` flattened per sample, in float64; all zeros when every sample is the same."""
     # Tested exactly, before any arithmetic: centring a constant in floating point leaves
     # rounding noise that would pose as a representation. Two rows first, as they rarely match.
     if torch.equal(x[0], x[1]) and (x == x[:1]).all():
-        return torch.zeros(x.shape[0], 1, dtype=dtype, device=x.device)
-    return x.reshape(x.shape[0], -1).to(dtype)
+        return torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)
+    return x.reshape(x.shape[0], -1).to(torch.float64)
 
 
-def _gram(features: Tensor, estimator: str, *, name: str) -> Tensor:
-    """Centred linear Gram matrix H K H in float64; for `debiased` its diagonal zeroed."""
-    if features.dtype != torch.float64:
-        # Features far from the origin would lose their variation to cancellation in a float32 Gram.
-        # Moving one sample to the origin brings them within the data's spread, one pass cheaper than
-        # subtracting the mean; the float64 centring below removes any translation exactly.
-        features = features - features[:1]
-    return _centred(features @ features.T, estimator, name=name)
-
-
-def _centred(gram: Tensor, estimator: str, *, name: str) -> Tensor:
-    """A linear Gram matrix (any dtype) centred (H K H) in float64; for `debiased` its diagonal zeroed."""
-    gram = gram.to(torch.float64)
-    # NaN and infinity survive the product, so the small n × n result is the cheap place to look.
-    _check_finite(gram, name=name)
-    # Centring the n × n Gram equals centring the n × d features first, at a fraction of the
-    # cost; the unbiased HSIC is unchanged by it, and it keeps float64 sums small.
-    gram = gram - gram.mean(dim=0, keepdim=True) - gram.mean(dim=1, keepdim=True) + gram.mean()
+def _centred(grams: Tensor, estimator: str, *, names: Sequence[str]) -> Tensor:
+    """Linear Gram matrices (m × n × n, any dtype) centred (H K H) in float64, in place when they are float64;
+    for `debiased` their diagonals zeroed. `names` name them in the error when one holds NaN or infinity."""
+    grams = grams.to(torch.float64)
+    # NaN and infinity survive the product and then a sum, so each small n × n sum is the cheap place to look (a
+    # Gram whose sum overflows could not give a finite HSIC either).
+    finite = torch.isfinite(grams.sum(dim=(-2, -1))).tolist()
+    if not all(finite):
+        raise _not_finite(names[finite.index(False)])
+    # Centring the n × n Gram equals centring the n × d features first, at a fraction of the cost; the unbiased
+    # HSIC is unchanged by it, and it keeps float64 sums small. Column means off, then the row means of that:
+    # K - column means - row means + overall mean.
+    grams.sub_(grams.mean(dim=-2, keepdim=True)).sub_(grams.mean(dim=-1, keepdim=True))
     if estimator == "debiased":
-        gram.fill_diagonal_(0.0)
-    return gram
+        grams.diagonal(dim1=-2, dim2=-1).zero_()
+    return grams
 
 
 def _check_finite(t: Tensor, *, name: str) -> None:
     if not torch.isfinite(t).all():
-        raise AnalysisInputError(f"{name} holds NaN or infinite values (did training diverge?); it cannot be analysed")
+        raise _not_finite(name)
+
+
+def _not_finite(name: str) -> AnalysisInputError:
+    return AnalysisInputError(f"{name} holds NaN or infinite values (did training diverge?); it cannot be analysed")
 
 
 def _hsic_matrix(grams: Tensor, estimator: str) -> Tensor:
