@@ -88,7 +88,8 @@ class Analyses:
             raise InvalidInput(f"sample {sample} is out of range; the CKA set of {dataset} has {len(images)} "
                                f"samples (0..{len(images) - 1})", field="sample")
         with _inputs_checked():
-            maps = maths.activations(net, _normalised(images[sample : sample + 1], meta), layer=layer)
+            maps = maths.activations(net, _normalised(images[sample : sample + 1], meta), layer=layer,
+                                     max_bytes=self.max_bytes)
         return {"layer": layer, "name": maths.layer_names(net)[layer], "sample": sample,
                 "label": int(labels[sample]), "index": int(indices[sample]), "maps": maps}
 
@@ -180,7 +181,7 @@ class Analyses:
         images, labels = self.datasets.load_split(model["dataset"], "test")
         norm, layer = meta["normalization"], spec["layer"]
         indices, values = maths.top_images(net, images, mean=norm["mean"], std=norm["std"], layer=layer,
-                                           channel=spec["channel"], k=MAX_K)
+                                           channel=spec["channel"], k=MAX_K, max_bytes=self.max_bytes)
         return {"layer": layer, "name": maths.layer_names(net)[layer], "channel": spec["channel"],
                 "indices": indices, "labels": labels[indices].tolist(), "activations": values}
 
@@ -209,7 +210,7 @@ def cka_of(net, meta: dict, images: torch.Tensor, *, other: tuple | None, data: 
     if other is not None and other[1]["input_shape"] != meta["input_shape"]:
         raise InvalidInput(f"the models take inputs {meta['input_shape']} and {other[1]['input_shape']}; both must "
                            "take the same images", field="against")
-    return maths.cka_matrix(net, _normalised(images, meta), estimator=estimator,
+    return maths.cka_matrix(net, _normalised(images, meta), estimator=estimator, max_bytes=max_bytes,
                             other=None if other is None else other[0],
                             other_x=None if other is None else _normalised(images, other[1]))
 
