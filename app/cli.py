@@ -251,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as exc:
         print(f"scv: {exc.detail}", file=sys.stderr)
         return 1
-    except APIError as exc:  # the service's answer, as one line: status and what to do
-        print(f"scv: error {exc.status}: {exc.detail}", file=sys.stderr)
+    except APIError as exc:  # the service's answer, as one line: status, the field at fault, and what to do
+        detail = exc.detail if not exc.field or exc.field in exc.detail else f"{exc.field}: {exc.detail}"
+        print(f"scv: error {exc.status}: {detail}", file=sys.stderr)
         return 1
     except ValidationError as exc:  # refused before it was sent, as the service would have refused it
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
