@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.support.liveserver import LiveServer
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,27 @@ def test_sweep_wait_then_list_and_show(served, tmp_path):
     unreadable = _scv(served, tmp_path, "sweep", "absent.json")
     assert unreadable.returncode == 2 and unreadable.stderr.startswith("scv: cannot read the sweep file absent.json")
     assert len(unreadable.stderr.splitlines()) == 1
+
+
+def test_a_sweep_cancelled_while_waited_for_exits_1(served, tmp_path):
+    body = {"name": "cli-cancelled", "base": {"dataset": "mnist", "layers": [{"type": "Flatten"}], "epochs": 100,
+                                              "batch_size": 1}, "space": {"learning_rate": [0.01, 0.001]}}
+    (tmp_path / "long.json").write_text(json.dumps(body))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
+    waiting = subprocess.Popen([sys.executable, "-m", "app.cli", "sweep", "long.json", "--wait"], cwd=tmp_path,
+                               env={**env, "SCV_URL": served.url}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        with served.client() as http:
+            sweep_id = wait_until(lambda: next((s["id"] for s in http.get("/sweeps").json()["items"]
+                                                if s["name"] == "cli-cancelled"), None), timeout=120, what="the sweep")
+            assert http.delete(f"/sweeps/{sweep_id}").status_code == 200
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 1 and f"{sweep_id}: cancelled" in err and "Traceback" not in err
+    assert [line.split()[4] for line in out.splitlines()[1:]] == ["cancelled", "cancelled"]
+    assert "best:" not in out
 
 
 def test_client_errors_are_one_line_not_a_traceback(served, tmp_path):

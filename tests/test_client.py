@@ -127,7 +127,8 @@ def test_a_sweep_with_seed_replicates_through_the_client(client):
     assert client.sweep_page(limit=1).next is not None
     cancelled = client.cancel_sweep(other.id)
     assert cancelled.status == "cancelled" and cancelled.cancelled_at
-    assert client.wait_sweep(other.id, poll_s=0.2).status == "cancelled"
+    ended_too = client.wait_sweep(other.id, poll_s=0.2)  # returns once its trials have ended as well
+    assert ended_too.status == "cancelled" and [t.status for t in ended_too.trials] == ["cancelled"] * 2
     with pytest.raises(APIError) as ended:
         client.cancel_sweep(created.id)
     assert ended.value.status == 409

@@ -210,14 +210,15 @@ class Client:
 
     def wait_sweep(self, sweep_id: str, *, on_update: Callable[[SweepRecord], object] | None = None,
                    poll_s: float = 2.0, timeout: float | None = None) -> SweepRecord:
-        """Poll the sweep every `poll_s` seconds (sweeps have no event stream) until it is no longer running, and
-        return its final record; `on_update` sees every record polled."""
+        """Poll the sweep every `poll_s` seconds (sweeps have no event stream) until it is no longer running and every
+        trial has ended (a cancelled sweep's trials end a moment after it), and return that record; `on_update` sees
+        every record polled."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             record = self.sweep(sweep_id)
             if on_update:
                 on_update(record)
-            if record.status != "running":
+            if record.status != "running" and all(trial.status in TERMINAL for trial in record.trials):
                 return record
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"sweep {sweep_id} still running after {timeout:.0f} s")
