@@ -1,4 +1,5 @@
-"""The `scv` command line: the server, the embedded storage, seeding, and clients of a running service."""
+"""The `scv` command line: the server, the embedded storage, seeding, and clients of a running service (the sweep
+commands in `cli_sweeps.py`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
+from app import cli_sweeps
 from app.client import APIError, ChecksumMismatch, Client
 from app.errors import ServiceError
 from app.jobs.record import JobRecord
@@ -168,6 +170,12 @@ def _models_rm(args, settings) -> int:
     return 0
 
 
+def _sweeps(args, settings) -> int:
+    """`scv sweep` and `scv sweeps ...` (app/cli_sweeps.py), on a client of the service."""
+    with _client(settings) as client:
+        return args.sweep_command(args, client)
+
+
 def _logging(args, settings) -> str:
     """Configure logging once for every command and return the level (debug, info, warning or error).
 
@@ -177,7 +185,8 @@ def _logging(args, settings) -> str:
     """
     if args.verbose:
         level = "debug"
-    elif args.run in (_train, _models_ls, _models_pull, _models_rm) and "log_level" not in settings.model_fields_set:
+    elif (args.run in (_train, _models_ls, _models_pull, _models_rm, _sweeps)
+          and "log_level" not in settings.model_fields_set):
         level = "warning"
     else:
         level = settings.log_level
@@ -235,6 +244,7 @@ def parser() -> argparse.ArgumentParser:
         for names in arguments:
             command.add_argument(*names)
         command.set_defaults(run=run)
+    cli_sweeps.add_parsers(sub, common, run=_sweeps)
     return p
 
 
@@ -251,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as exc:
         print(f"scv: {exc.detail}", file=sys.stderr)
         return 1
-    except APIError as exc:  # the service's answer, as one line: status and what to do
-        print(f"scv: error {exc.status}: {exc.detail}", file=sys.stderr)
+    except APIError as exc:  # the service's answer, as one line: status, the field at fault, and what to do
+        detail = exc.detail if not exc.field or exc.field in exc.detail else f"{exc.field}: {exc.detail}"
+        print(f"scv: error {exc.status}: {detail}", file=sys.stderr)
         return 1
     except ValidationError as exc:  # refused before it was sent, as the service would have refused it
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())

@@ -1,5 +1,6 @@
 """`app.client.Client` against a live server over real HTTP: a whole train → wait → download → cka round trip, the
-rest of its surface, paging through cursors, and errors raised as one exception carrying the problem."""
+rest of its surface, a sweep with seed replicates, paging through cursors, and errors raised as one exception
+carrying the problem."""
 
 import hashlib
 import secrets
@@ -10,6 +11,7 @@ from pydantic import SecretStr
 from app.client import APIError, Client
 from app.client.events import server_sent_events
 from app.jobs.request import TrainRequest
+from app.sweeps.request import SweepRequest
 from models import load_model
 from tests.support.liveserver import LiveServer
 
@@ -90,6 +92,46 @@ def test_aliases_predict_datasets_and_delete(client, tmp_path):
     with pytest.raises(APIError) as gone:
         client.download(version, tmp_path / "gone.safetensors")
     assert gone.value.status == 404 and not list(tmp_path.iterdir())
+
+
+def test_a_sweep_with_seed_replicates_through_the_client(client):
+    request = SweepRequest(name="client-lr", base=TrainRequest(dataset="mnist", layers=FLAT, batch_size=16),
+                           space={"learning_rate": [0.02, 0.002]}, seeds=[0, 1])
+    created = client.create_sweep(request)
+    assert created.status == "running" and created.name == "client-lr" and created.metric == "test_accuracy"
+    assert [(t.trial, t.config, t.seed) for t in created.trials] == [
+        (1, {"learning_rate": 0.02}, 0), (2, {"learning_rate": 0.02}, 1),
+        (3, {"learning_rate": 0.002}, 0), (4, {"learning_rate": 0.002}, 1)]
+
+    seen = []
+    done = client.wait_sweep(created.id, on_update=seen.append, poll_s=0.2)
+    assert done.status == "succeeded" and [t.status for t in done.trials] == ["succeeded"] * 4
+    assert seen[-1] == done and all(r.id == created.id for r in seen)
+    assert all(t.epochs_run == 1 and t.metric == client.job(t.version).metrics["test_accuracy"] for t in done.trials)
+    top = max(t.metric for t in done.trials)
+    assert done.best == min((t for t in done.trials if t.metric == top), key=lambda t: t.trial)
+    assert client.sweep(created.id) == done
+
+    similar = client.sweep_similarity(created.id).configurations
+    assert [(c.config, c.seeds) for c in similar] == [({"learning_rate": 0.02}, [0, 1]),
+                                                      ({"learning_rate": 0.002}, [0, 1])]
+    for configuration in similar:
+        assert len(configuration.layers) == len(configuration.mean) == len(configuration.min) >= 1
+        assert all(lo == mean == hi and -1e-6 <= mean <= 1 + 1e-6  # one pair of seeds: all three are its CKA
+                   for lo, mean, hi in zip(configuration.min, configuration.mean, configuration.max, strict=True))
+
+    # a dict body, paging, and cancelling: the second sweep is cancelled before it ends
+    other = client.create_sweep({"base": {"dataset": "mnist", "layers": FLAT, "epochs": 100, "batch_size": 1},
+                                 "space": {"learning_rate": [0.01, 0.001]}})
+    assert [s.id for s in client.sweeps(limit=1)][:2] == [other.id, created.id]
+    assert client.sweep_page(limit=1).next is not None
+    cancelled = client.cancel_sweep(other.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at
+    ended_too = client.wait_sweep(other.id, poll_s=0.2)  # returns once its trials have ended as well
+    assert ended_too.status == "cancelled" and [t.status for t in ended_too.trials] == ["cancelled"] * 2
+    with pytest.raises(APIError) as ended:
+        client.cancel_sweep(created.id)
+    assert ended.value.status == 409
 
 
 def test_pages_follow_their_cursors(client, flat_models):

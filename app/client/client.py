@@ -29,6 +29,8 @@ from app.client.errors import APIError, ChecksumMismatch
 from app.client.events import server_sent_events
 from app.jobs.record import JobRecord
 from app.jobs.request import TrainRequest
+from app.sweeps.record import SweepPage, SweepRecord, SweepSimilarity
+from app.sweeps.request import SweepRequest
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 OnProgress = Callable[[int, int], object]  # (bytes so far, total bytes)
@@ -177,6 +179,50 @@ class Client:
     def dynamics(self, version: str, *, data: str | None = None, estimator: str | None = None) -> Dynamics:
         """CKA of each layer at each snapshot against the final model's, as GET /models/{version}/dynamics."""
         return self._analysis(f"/models/{version}/dynamics", Dynamics, _query(data=data, estimator=estimator))
+
+    # -- sweeps ------------------------------------------------------------------------------------------------------
+
+    def create_sweep(self, request: SweepRequest | dict | None = None, /, **fields: Any) -> SweepRecord:
+        """Submit a sweep from a SweepRequest, its JSON body as a dict, or its fields; its trials are queued."""
+        if request is not None and fields:
+            raise TypeError("pass a SweepRequest (or its body) or its fields, not both")
+        request = request if isinstance(request, SweepRequest) else SweepRequest.model_validate(request or fields)
+        return self._json("POST", "/sweeps", SweepRecord, json=request.model_dump(mode="json", exclude_unset=True))
+
+    def sweep(self, sweep_id: str) -> SweepRecord:
+        return self._json("GET", f"/sweeps/{sweep_id}", SweepRecord)
+
+    def sweep_page(self, *, limit: int = 50, cursor: str | None = None) -> SweepPage:
+        """One page of sweeps, newest first; pass its `next` as `cursor` for the following one."""
+        return self._json("GET", "/sweeps", SweepPage, params=_query(limit=limit, cursor=cursor))
+
+    def sweeps(self, **filters: Any) -> Iterator[SweepRecord]:
+        """Every sweep, newest first, fetched a page at a time (`limit` per page)."""
+        return _paged(self.sweep_page, filters)
+
+    def cancel_sweep(self, sweep_id: str) -> SweepRecord:
+        """Cancel the sweep's unfinished trials; 409 (an APIError) when every trial had ended already."""
+        return self._json("DELETE", f"/sweeps/{sweep_id}", SweepRecord)
+
+    def sweep_similarity(self, sweep_id: str) -> SweepSimilarity:
+        """Per configuration with two or more seeds, the same-layer CKA between its replicates (mean, min, max)."""
+        return self._analysis(f"/sweeps/{sweep_id}/similarity", SweepSimilarity, {})
+
+    def wait_sweep(self, sweep_id: str, *, on_update: Callable[[SweepRecord], object] | None = None,
+                   poll_s: float = 2.0, timeout: float | None = None) -> SweepRecord:
+        """Poll the sweep every `poll_s` seconds (sweeps have no event stream) until it is no longer running and every
+        trial has ended (a cancelled sweep's trials end a moment after it), and return that record; `on_update` sees
+        every record polled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.sweep(sweep_id)
+            if on_update:
+                on_update(record)
+            if record.status != "running" and all(trial.status in TERMINAL for trial in record.trials):
+                return record
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep_id} still running after {timeout:.0f} s")
+            time.sleep(poll_s)
 
     # -- aliases and datasets ----------------------------------------------------------------------------------------
 
