@@ -50,8 +50,7 @@ async def cancel_sweep(sweep_id: str, sweeps: SweepsDep) -> Response:
 def seed_similarity(request: Request, sweep_id: str, sweeps: SweepsDep, analyses: AnalysesDep) -> Response:
     """Per configuration with two or more seeds, the same-layer CKA between its replicates (mean, min, max)."""
     sweep = sweeps.get(sweep_id)
-    return render(request, "_sweep_similarity.html", sweep=sweep,
-                  configurations=similarity(sweep, analyses)["configurations"])
+    return render(request, "_sweep_similarity.html", sweep=sweep, configurations=replicated(sweep, analyses))
 
 
 @router.get("/sweeps/{sweep_id}/floor")
@@ -61,7 +60,7 @@ def seed_floor(request: Request, sweep_id: str, sweeps: SweepsDep, analyses: Ana
     seed-to-seed mean and min, so a difference can be judged against seed noise."""
     sweep = sweeps.get(sweep_id)
     a, b = (registry.resolve(name, field="v") for name in v)
-    configurations = similarity(sweep, analyses)["configurations"]
+    configurations = replicated(sweep, analyses)
     if not configurations:
         return render(request, "_sweep_floor.html", sweep=sweep, floor=None, rows=[])
     floor = floor_configuration(sweep, configurations, versions=(a, b))
@@ -73,6 +72,12 @@ def seed_floor(request: Request, sweep_id: str, sweeps: SweepsDep, analyses: Ana
              "within": None if same.get(layer) is None else same[layer] >= low}
             for layer, mean, low in zip(floor["layers"], floor["mean"], floor["min"], strict=True)]
     return render(request, "_sweep_floor.html", sweep=sweep, floor=floor, rows=rows, a=a, b=b)
+
+
+def replicated(sweep: dict, analyses) -> list[dict]:
+    """GET /sweeps/{id}/similarity's configurations, each with its values as the trials table shows them."""
+    return [{**c, "shown": {key: shown(value) for key, value in c["config"].items()}}
+            for c in similarity(sweep, analyses)["configurations"]]
 
 
 def floor_configuration(sweep: dict, configurations: list[dict], *, versions: tuple[str, str]) -> dict:
@@ -103,7 +108,7 @@ def live_context(sweep: dict, history: dict[str, list[dict]]) -> dict[str, Any]:
     trials = [{**trial, "shown": {p["name"]: shown(trial["config"].get(p["name"])) for p in parameters}}
               for trial in sweep["trials"]]
     ended = sum(trial["status"] in TERMINAL for trial in trials)
-    charts = {"metric": metric, "lower_is_better": metric.endswith("_loss"),
+    charts = {"metric": metric, "status": sweep["status"],
               "parameters": [p for p in parameters if p["numeric"]],
               "trials": [{"trial": t["trial"], "config": t["config"], "metric": t["metric"],
                           "stopped": bool(t["stopped_early"]),

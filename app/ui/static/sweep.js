@@ -8,6 +8,8 @@ const HEIGHT = 280;
 const data = () => JSON.parse(document.getElementById("sweep-data").textContent);
 const ink = () => getComputedStyle(document.body).color;
 const grid = { stroke: "rgba(128, 128, 128, 0.25)", width: 1 };
+// A log axis labels its powers of ten only (1e-5, 1e-4, …, 0.01), so the minor ticks stay unlabelled.
+const powers = (v) => (v == null || Math.abs(Math.log10(v) % 1) > 1e-9 ? "" : (v >= 0.001 ? String(v) : v.toExponential(0)));
 const fixed = (v) => (v == null ? "–" : Number(v).toPrecision(4));
 
 function plot(element, { x, y, series }) {
@@ -15,7 +17,9 @@ function plot(element, { x, y, series }) {
   const options = {
     width: element.clientWidth || 600, height: HEIGHT,
     scales: { x: { time: false, ...(x.log && { distr: 3, log: 10 }) }, y: { auto: true } },
-    axes: [axis({ label: x.label }), axis({ scale: "y", label: y })],
+    axes: [axis({ label: x.label, ...(x.log && { values: (u, splits) => splits.map(powers) }),
+      ...(x.whole && { incrs: [1, 2, 5, 10, 20, 50] }) }),
+      axis({ scale: "y", label: y })],
     series: [{ label: x.label, value: (u, v) => fixed(v) }, ...series.map((s) => ({ scale: "y", width: 2,
       value: (u, v) => fixed(v), spanGaps: true, ...s }))],
   };
@@ -51,7 +55,7 @@ const scatters = [...document.querySelectorAll(".chart.scatter")].map((element) 
       { label: "stopped early", stroke: PALETTE.accuracy, paths: noLine, points: { show: true, size: 9, width: 2 } },
     ] }),
 }));
-const curves = plot(document.getElementById("curves-chart"), { x: { label: "epoch" }, y: label,
+const curves = plot(document.getElementById("curves-chart"), { x: { label: "epoch", whole: true }, y: label,
   series: first.trials.map((t, i) => ({ label: `trial ${t.trial}`, stroke: COLOURS[i % COLOURS.length],
     dash: t.stopped ? [6, 4] : [], points: { show: true, size: 5 } })) });
 
@@ -92,6 +96,12 @@ document.addEventListener("click", (event) => {
 });
 
 draw();
+let running = first.status === "running";
 document.body.addEventListener("htmx:afterSettle", (event) => {
-  if (event.target.id === "sweep-live") { draw(); sortTable(); }
+  if (event.target.id !== "sweep-live") return;
+  draw(); sortTable();
+  if (running && data().status !== "running") { // the last swap: the replicates are all in, so ask again
+    running = false;
+    window.htmx.trigger("#similarity", "sweep-ended");
+  }
 });
