@@ -307,3 +307,9 @@ def test_the_sweep_page_follows_the_sweep_and_sorts_draws_and_lists_asha(server,
     wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similarity table.similarity")) == 2)
     page.execute_script("window.scrollTo(0, document.getElementById('trials-h').offsetTop - 8)")
     screenshot(page, "sweep", tmp_path)
+    # two trials compared: their same-layer CKA beside the seed floor of the first one's configuration
+    a, b = (trial["version"] for trial in record["trials"][::2])
+    page.get(f"{server.url}/ui/compare?v={a}&v={b}")
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#seed-floor tbody tr"))
+    assert "optimizer=adam" in text(page, "#seed-floor caption") and "seeds 0, 1" in text(page, "#seed-floor caption")
+    assert "seed noise" in text(page, "#seed-floor tbody")

@@ -34,7 +34,7 @@ def sweep_page(request: Request, sweep_id: str, sweeps: SweepsDep, jobs: JobsDep
     sweep = sweeps.get(sweep_id)
     context = live_context(sweep, histories(jobs, sweep_id))
     if is_htmx(request):
-        status = 200 if sweep["status"] == "running" else POLL_STOP
+        status = 200 if context["live"] else POLL_STOP
         return render(request, "_sweep_live.html", status_code=status, oob=True, **context)
     return render(request, "sweep.html", **context)
 
@@ -107,7 +107,7 @@ def live_context(sweep: dict, history: dict[str, list[dict]]) -> dict[str, Any]:
     metric = sweep["metric"]
     trials = [{**trial, "shown": {p["name"]: shown(trial["config"].get(p["name"])) for p in parameters}}
               for trial in sweep["trials"]]
-    ended = sum(trial["status"] in TERMINAL for trial in trials)
+    ended = sum(trial["status"] in TERMINAL for trial in trials)  # a cancelled sweep's trials may still be ending
     charts = {"metric": metric, "status": sweep["status"],
               "parameters": [p for p in parameters if p["numeric"]],
               "trials": [{"trial": t["trial"], "config": t["config"], "metric": t["metric"],
@@ -116,6 +116,7 @@ def live_context(sweep: dict, history: dict[str, list[dict]]) -> dict[str, Any]:
                          for t in trials]}
     epochs = sorted({epoch for trial in charts["trials"] for epoch, _ in trial["curve"]})
     return {"sweep": sweep, "trials": trials, "parameters": parameters, "ended": ended, "charts": charts,
+            "live": sweep["status"] == "running" or ended < len(trials),
             "epochs": epochs, "curves": [{"trial": t["trial"], "by_epoch": dict(t["curve"])} for t in charts["trials"]],
             "categorical": [categories(p["name"], trials, metric) for p in parameters if not p["numeric"]],
             "rungs": rungs(sweep["decisions"])}
