@@ -65,9 +65,9 @@ def seed_floor(request: Request, sweep_id: str, sweeps: SweepsDep, analyses: Ana
         return render(request, "_sweep_floor.html", sweep=sweep, floor=None, rows=[])
     floor = floor_configuration(sweep, configurations, versions=(a, b))
     cross = analyses.cka(a, against=b)
-    same = {name: row[cross["other_layers"].index(name)] for name, row in zip(cross["layers"], cross["matrix"],
-                                                                              strict=True)
-            if name in cross["other_layers"]}
+    columns = cross["other_layers"]  # a layer both networks have (by name) is compared with itself
+    same = {name: row[columns.index(name)] for name, row in zip(cross["layers"], cross["matrix"], strict=True)
+            if name in columns}
     rows = [{"layer": layer, "cka": same.get(layer), "mean": mean, "min": low,
              "within": None if same.get(layer) is None else same[layer] >= low}
             for layer, mean, low in zip(floor["layers"], floor["mean"], floor["min"], strict=True)]
