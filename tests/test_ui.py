@@ -12,14 +12,20 @@ from app.main import create_app
 from app.ui.session import COOKIE, SessionSigner
 from tests.support.registry import store_model
 from tests.support.s3 import make_settings
-from tests.support.waiting import wait_for
+from tests.support.waiting import TERMINAL, wait_for, wait_until
 
 TOKEN = "ui-test-token-" + "x" * 20
 API = {"Authorization": f"Bearer {TOKEN}"}
 SMALL = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},
          {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"}]
 PAGES = ["/ui", "/ui?status=succeeded&dataset=mnist&label=owner:alice", "/ui/jobs/new", "/ui/jobs/new?template=mlp",
-         "/ui/models", "/ui/models?sort=test_accuracy&dataset=mnist&label=owner:alice", "/ui/datasets"]
+         "/ui/models", "/ui/models?sort=test_accuracy&dataset=mnist&label=owner:alice", "/ui/datasets", "/ui/sweeps"]
+# Two learning rates × two seeds under ASHA (η=2, a rung at epoch 1): the hopeless rate's trials arrive after the
+# good one's and are stopped there, and both configurations still have two succeeded replicates.
+SWEEP_BASE = {"dataset": "mnist", "layers": SMALL, "epochs": 2, "batch_size": 16, "validation_split": 0.5,
+              "snapshot_every": 0}
+SWEEP = {"name": "ui-sweep", "base": SWEEP_BASE, "space": {"learning_rate": [0.01, 0.00001]}, "seeds": [0, 1],
+         "early_stop": {"type": "asha", "min_epochs": 1, "reduction_factor": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +41,16 @@ def lab(s3, seeded_settings, tmp_path_factory):
         store_model(api, "ui-b", dataset="mnist", layers=SMALL, seed=1)
         assert api.put("/aliases/best", json={"version": "ui-a"}).status_code == 200
         yield api
+
+
+@pytest.fixture(scope="module")
+def swept(lab) -> dict:
+    """The lab's SWEEP, ended."""
+    response = lab.post("/sweeps", json=SWEEP)
+    assert response.status_code == 201, response.text
+    sweep_id = response.json()["id"]
+    return wait_until(lambda: (r := lab.get(f"/sweeps/{sweep_id}").json())["status"] != "running" and r,
+                      timeout=300, what=f"the end of {sweep_id}")
 
 
 def signed_in(lab) -> TestClient:
@@ -61,6 +77,8 @@ def test_every_page_renders_for_an_empty_catalog(client):
         page = ok_html(client, url)
         assert "<main" in page.text and "Traceback" not in page.text
     assert "No jobs" in client.get("/ui").text and "No models" in client.get("/ui/models").text
+    assert "No sweeps" in client.get("/ui/sweeps").text
+    assert client.get("/ui/sweeps/nope").status_code == 404 and "nope" in client.get("/ui/sweeps/nope").text
     assert "Not seeded yet" in client.get("/ui/datasets").text
     missing = client.get("/ui/models/nope")
     assert missing.status_code == 404 and "nope" in missing.text
@@ -290,3 +308,56 @@ def test_the_form_queues_the_job_post_train_queues(settings, seeded_settings):
     assert via_api["request"]["precision"] == "fp32" and via_api["request"]["train_subset"] is None
     assert {**via_form["request"], "version": "via-api"} == via_api["request"]
     assert via_form["layers"] == via_api["layers"] and via_form["labels"] == via_api["labels"] == {"owner": "carol"}
+
+
+def test_the_sweep_pages_show_trials_rungs_and_the_seed_floor(lab, swept):
+    browser = signed_in(lab)
+    sweep_id, trials = swept["id"], swept["trials"]
+    assert swept["status"] == "succeeded" and "Sweeps" in ok_html(browser, "/ui").text  # in the nav
+    listing = ok_html(browser, "/ui/sweeps").text
+    assert sweep_id in listing and "ui-sweep" in listing and "4 / 4" in listing and "✓" in listing
+    page = ok_html(browser, f"/ui/sweeps/{sweep_id}").text
+    assert all(f'href="/ui/models/{t["version"]}"' in page for t in trials)
+    assert 'id="scatter-learning_rate"' in page and 'id="curves-chart"' in page and "sweep-data" in page
+    assert 'hx-trigger="every' not in page and "Cancel this sweep" not in page  # ended: nothing polls
+    stopped = [t for t in trials if t["stopped_early"]]
+    assert {3, 4} <= {t["trial"] for t in stopped}, trials  # the hopeless rate's, at least
+    assert f"at epoch {stopped[0]['stopped_early']['epoch']}" in page
+    decisions = re.search(r'id="decisions-table".*?</table>', page, re.S)[0]
+    assert decisions.count("<tr>") == len(swept["decisions"]) + 1 and "stop" in decisions
+    assert re.search(r"<td>(2, )?3, 4</td></tr>", page)  # the rungs table: whom rung 0 stopped
+    # the live part, as htmx polls it: 286 once the sweep has ended, its ASHA tables swapped out of band
+    htmx = {"HX-Request": "true"}
+    live = browser.get(f"/ui/sweeps/{sweep_id}", headers=htmx)
+    assert live.status_code == 286 and "<html" not in live.text and 'hx-swap-oob="true"' in live.text
+    similarity = ok_html(browser, f"/ui/sweeps/{sweep_id}/similarity", headers=htmx).text
+    assert similarity.count('class="data similarity"') == 2 and similarity.count("seeds 0, 1") == 2
+    # two trials compared: the seed floor of the first one's configuration goes beside their CKA
+    a, b = trials[0]["version"], trials[2]["version"]
+    compare = ok_html(browser, f"/ui/compare?v={a}&v={b}").text
+    assert f"/ui/sweeps/{sweep_id}/floor?v={a}&amp;v={b}" in compare
+    floor = ok_html(browser, f"/ui/sweeps/{sweep_id}/floor?v={a}&v={b}", headers=htmx).text
+    assert 'id="seed-floor"' in floor and "learning_rate=0.01" in floor and "seeds 0, 1" in floor
+    assert "seed noise" in floor and floor.count("<tr>") == 1 + len(lab.get(f"/models/{a}/cka").json()["layers"])
+    assert "/floor?" not in ok_html(browser, "/ui/compare?v=ui-a&v=ui-b").text  # not trials of one sweep
+    missing = browser.get("/ui/sweeps/nope")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+
+
+def test_the_sweep_page_polls_until_the_sweep_is_cancelled(lab, swept):
+    browser = signed_in(lab)
+    record = lab.post("/sweeps", json={"base": {**SWEEP_BASE, "epochs": 100, "batch_size": 1},
+                                       "space": {"learning_rate": [0.01, 0.001]}}).json()
+    page = ok_html(browser, f"/ui/sweeps/{record['id']}")
+    assert 'hx-trigger="every' in page.text and "Cancel this sweep" in page.text
+    live = browser.get(f"/ui/sweeps/{record['id']}", headers={"HX-Request": "true"})
+    assert live.status_code == 200 and "Cancel this sweep" in live.text
+    url = f"/ui/sweeps/{record['id']}/cancel"
+    assert browser.post(url, data={}, follow_redirects=False).status_code == 403  # no CSRF token
+    done = browser.post(url, data={"csrf_token": csrf_of(page)}, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == f"/ui/sweeps/{record['id']}"
+    for trial in record["trials"]:
+        assert wait_for(lab, trial["version"], statuses=TERMINAL)["status"] == "cancelled"
+    ended = browser.get(f"/ui/sweeps/{record['id']}", headers={"HX-Request": "true"})
+    assert ended.status_code == 286 and "Cancel this sweep" not in ended.text and "cancelled" in ended.text
+    assert 'hx-trigger="every' not in ok_html(browser, f"/ui/sweeps/{record['id']}").text

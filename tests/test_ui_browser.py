@@ -256,3 +256,60 @@ def test_the_datasets_and_jobs_pages(server, page, tmp_path):
     assert page.execute_script("return getComputedStyle(document.body).backgroundColor") == "rgb(15, 20, 25)"
     screenshot(page, "model-dark", tmp_path)
     page.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
+
+# Two drawn configurations × two seeds, 2 epochs, ASHA η=2: random_seed 22 draws Adam at 7.5e-3 first and SGD at
+# 1.2e-5 second, so the second one's trials reach epoch 1 behind two learning ones and are stopped there.
+SWEEP = {"name": "browser sweep", "base": {"dataset": "mnist", "layers": SMALL, "epochs": 2, "batch_size": 16,
+                                           "validation_split": 0.5, "snapshot_every": 0},
+         "space": {"learning_rate": {"min": 1e-5, "max": 1e-2, "log": True}, "optimizer": ["adam", "sgd"]},
+         "strategy": "random", "trials": 2, "random_seed": 22, "seeds": [0, 1],
+         "early_stop": {"type": "asha", "min_epochs": 1, "reduction_factor": 2}}
+
+
+def column(driver, index: int) -> list[str]:
+    return driver.execute_script("return [...document.querySelectorAll('#trials-table tbody tr')]"
+                                 ".map(row => row.cells[arguments[0]].innerText.trim())", index)
+
+
+def test_the_sweep_page_follows_the_sweep_and_sorts_draws_and_lists_asha(server, page, tmp_path):
+    response = server.api.post("/sweeps", json=SWEEP)
+    assert response.status_code == 201, response.text
+    sweep_id = response.json()["id"]
+    page.get(server.url + "/ui/sweeps")
+    page.find_element(By.LINK_TEXT, sweep_id).click()
+    # the live part is polled until every trial has ended; the charts follow each swap
+    wait(page, lambda d: "succeeded" in text(d, "#sweep-summary .status"))
+    wait(page, lambda d: "4 of 4 trials ended" in text(d, "#sweep-ended"))
+    assert not page.find_elements(By.XPATH, "//button[text()='Cancel this sweep']")
+    record = server.api.get(f"/sweeps/{sweep_id}").json()
+    assert {3, 4} <= {t["trial"] for t in record["trials"] if t["stopped_early"]}, record["trials"]
+    assert "log axis" in text(page, "#params-h + .charts figcaption")
+    wait(page, lambda d: loss_pixels(d, "#scatter-learning_rate") > 20)  # the learning trials' points
+    wait(page, lambda d: loss_pixels(d, "#curves-chart") > 20)  # trial 1's line
+    assert "sgd" in text(page, "#category-optimizer") and "adam" in text(page, "#category-optimizer")
+    # ASHA: every trial judged at rung 0 (epoch 1); the second configuration's two stopped there (trial 2 maybe too)
+    rows = page.find_elements(By.CSS_SELECTOR, "#decisions-table tbody tr")
+    assert len(rows) == len(record["decisions"]) == 4
+    assert [row.text.split()[-1] for row in rows][2:] == ["stop", "stop"]
+    assert "3, 4" in text(page, "#rungs-table tbody")
+    # a header click sorts the table by that column, a second click reverses it
+    metric = 2 + len(SWEEP["space"]) + 2  # trial, the parameters, seed, status, then the metric
+    page.find_elements(By.CSS_SELECTOR, "#trials-table thead button.sort")[metric].click()
+    values = [float(v) for v in column(page, metric)]
+    assert values == sorted(values) and len(set(values)) > 1
+    assert page.find_elements(By.CSS_SELECTOR, "#trials-table thead th")[metric].get_attribute("aria-sort") == \
+        "ascending"
+    page.find_elements(By.CSS_SELECTOR, "#trials-table thead button.sort")[metric].click()
+    assert [float(v) for v in column(page, metric)] == sorted(values, reverse=True)
+    page.find_elements(By.CSS_SELECTOR, "#trials-table thead button.sort")[0].click()
+    assert column(page, 0) == ["1", "2", "3", "4"]
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similarity table.similarity")) == 2)
+    page.execute_script("window.scrollTo(0, document.getElementById('trials-h').offsetTop - 8)")
+    screenshot(page, "sweep", tmp_path)
+    # two trials compared: their same-layer CKA beside the seed floor of the first one's configuration
+    a, b = (trial["version"] for trial in record["trials"][::2])
+    page.get(f"{server.url}/ui/compare?v={a}&v={b}")
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#seed-floor tbody tr"))
+    assert "optimizer=adam" in text(page, "#seed-floor caption") and "seeds 0, 1" in text(page, "#seed-floor caption")
+    assert "seed noise" in text(page, "#seed-floor tbody")

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 
-from app.ui import auth, datasets, jobs, models
+from app.ui import auth, datasets, jobs, models, sweeps
 from app.ui.rendering import HERE, current_session
 
 STATIC_PATH, STATIC_DIR = "/ui/static", HERE / "static"
 router = APIRouter(include_in_schema=False)
 router.include_router(auth.router, prefix="/ui")
-for part in (jobs, models, datasets):  # every page but sign-in asks for the browser's session first
+for part in (jobs, models, sweeps, datasets):  # every page but sign-in asks for the browser's session first
     router.include_router(part.router, prefix="/ui", dependencies=[Depends(current_session)])
 
 

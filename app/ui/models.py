@@ -202,4 +202,6 @@ def compare(request: Request, registry: RegistryDep, v: Annotated[list[str], Que
     keys = sorted((set(request_a) | set(request_b)) - {"version"})
     differences = [(key, request_a.get(key), request_b.get(key)) for key in keys
                    if request_a.get(key) != request_b.get(key)]
-    return render(request, "compare.html", a=a, b=b, differences=differences)
+    sweep = a["labels"].get("sweep")  # two trials of one sweep: its seed floor goes beside their CKA
+    return render(request, "compare.html", a=a, b=b, differences=differences,
+                  sweep=sweep if sweep and sweep == b["labels"].get("sweep") else None)
