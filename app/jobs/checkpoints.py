@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
 
 from app.errors import ServiceError, Unavailable
 from app.jobs.queue import Claim, JobQueue, LeaseLost
@@ -69,20 +66,13 @@ class Checkpoints:
             self.discard(version)
 
 
-def _yielding() -> None:
-    """The storing thread gives way to the training threads (Linux schedules threads by their own niceness): a
-    checkpoint is written with the CPU training leaves, and a newer one replaces one still waiting."""
-    with suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
 class CheckpointWriter:
     """Takes checkpoints from the training thread and stores them from its own thread, newest first: a checkpoint
     still waiting when a newer one arrives is dropped. The catalog points at a checkpoint only once it is stored."""
 
     def __init__(self, checkpoints: Checkpoints, claim: Claim, fingerprint: str):
         self.checkpoints, self.claim, self.fingerprint = checkpoints, claim, fingerprint
-        self._pool = ThreadPoolExecutor(1, "scv-checkpoints", initializer=_yielding)
+        self._pool = ThreadPoolExecutor(1, "scv-checkpoints")
         self._waiting: Future | None = None
         self._lost = False  # another attempt holds the job: store nothing more
 
