@@ -253,14 +253,3 @@ def test_job_pages_follow_their_cursor_and_refuse_a_tampered_one(seeded_client):
     assert second["items"][0]["version"] != first["items"][0]["version"]
     r = seeded_client.get("/train", params={"cursor": first["next"][:-2] + "zz"})
     assert r.status_code == 422 and r.json()["field"] == "cursor"
-
-
-def test_a_local_job_trains_below_the_apis_cpu_priority(seeded_client):
-    version = train(seeded_client, dataset="mnist", layers=[{"type": "Flatten"}], epochs=100, batch_size=1)["version"]
-    try:
-        pid = wait_until(lambda: (seeded_client.get(f"/train/{version}").json()["worker"] or {}).get("pid"),
-                         what="the job's worker process")
-        niceness = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5)
-        assert niceness == os.getpriority(os.PRIO_PROCESS, 0) + 10
-    finally:
-        seeded_client.delete(f"/train/{version}")

@@ -19,8 +19,6 @@ from app.settings import LOG_FORMAT, Settings, load_settings
 from app.storage import layout
 from app.storage.embedded import die_with_parent
 
-JOB_NICENESS = 10  # added to a local pool's child: below the API's priority, as `nice` runs background jobs
-
 
 def keep_freed_memory() -> None:
     """Keep freed memory in the process (glibc), as every job process does; the bench does it too."""
@@ -38,9 +36,6 @@ def run_in_child(claim: Claim, env: dict[str, str], concurrency: int) -> None:
     keep_freed_memory()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the pool decides
-    # Background work yields to the API process on a shared machine: requests are answered first when both want
-    # the CPU, and an idle machine trains at full speed all the same.
-    os.nice(JOB_NICENESS)
     settings = Settings(_env_file=None, **env)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     threads = max(1, (os.cpu_count() or 1) // max(1, concurrency))
