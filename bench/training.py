@@ -24,8 +24,8 @@ import models
 from app.datasets.ingest import seed
 from app.datasets.service import DatasetService
 from app.jobs.queue import TERMINAL
-from app.jobs.worker import keep_freed_memory
 from app.main import create_app
+from app.memory import keep_freed_memory
 from app.storage.s3 import store_from_settings
 from tests.support.rawdata import write_raw
 

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
 import sys
-from contextlib import suppress
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from app.jobs.attempt import run
 from app.jobs.queue import Claim
+from app.memory import keep_freed_memory
 from app.settings import LOG_FORMAT, Settings, load_settings
 from app.storage import layout
 from app.storage.embedded import die_with_parent
-
-
-def keep_freed_memory() -> None:
-    """Keep freed memory in the process (glibc), as every job process does; the bench does it too."""
-    # torch frees and re-allocates the same MB-sized buffers every step; with glibc's defaults a fresh
-    # child hands them back to the kernel and faults them in again (2-5x the page faults, +10-25% CPU).
-    with suppress(OSError, AttributeError):  # not glibc
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD, glibc's largest
 
 
 def run_in_child(claim: Claim, env: dict[str, str], concurrency: int) -> None:
