@@ -12,3 +12,15 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD, glibc's largest
+
+
+def return_freed_memory() -> None:
+    """Hand large freed buffers back to the kernel at once (glibc), as the API process does.
+
+    A request's activations are tens of MB each (predict, CKA-set analyses). By default glibc raises its mmap
+    threshold to the largest buffer freed so far, after which such buffers come from the request thread's arena,
+    and up to twice that size stays there when they are freed: one more batch, per threadpool thread. A fixed
+    threshold keeps every buffer above it in its own mapping, unmapped when freed.
+    """
+    with suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed, which stops the dynamic one
