@@ -25,9 +25,9 @@ SMALL = [{"type": "Conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1}, 
          {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"},
          {"type": "Linear", "out_features": 16}, {"type": "GELU"}]
 BUDGET = 64 * MiB
-# What the budget does not count: the request's own buffers (JSON, decoded images, logits), 4 MiB here. The API
-# process returns freed activation blocks to the kernel (app.memory); with glibc's default, freed blocks stayed
-# in the request thread's arena: 98-158 MiB of growth in all, once 249. One batch of all 32 images grows it by 1 GB.
+# What the budget does not count: the request's own buffers (JSON, decoded images, logits), 3 MiB here. The API
+# process has one malloc arena (app.memory), so this request reuses what the warm-up freed; with an arena per
+# thread it grew by 98-158 MiB in all, once 249. One batch of all 32 images grows it by about 1 GB.
 MARGIN = 32 * MiB
 
 
