@@ -21,7 +21,6 @@ from app.jobs.checkpoints import Checkpoints
 from app.jobs.local import LocalPool
 from app.jobs.queue import JobQueue
 from app.jobs.service import Executor, JobService
-from app.memory import share_freed_memory
 from app.metrics import Metrics
 from app.registry.service import ModelRegistry
 from app.settings import Settings, get_settings
@@ -39,7 +38,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        share_freed_memory()
         if settings.api_token is None:
             log.warning("SCV_API_TOKEN is unset: the API is open to anyone who can reach it%s",
                         " (SCV_ALLOW_NO_TOKEN=1)" if settings.allow_no_token else "")

@@ -1,4 +1,4 @@
-"""glibc's malloc, set per kind of process."""
+"""glibc's malloc, set for job processes."""
 
 import ctypes
 from contextlib import suppress
@@ -13,15 +13,3 @@ def keep_freed_memory() -> None:
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD, glibc's largest
 
-
-def share_freed_memory() -> None:
-    """One malloc arena for all threads (glibc), as the API process has: a request reuses what the last one freed.
-
-    A request's activation buffers are tens of MB (predict, analyses), and by default every threadpool thread that
-    ran one keeps its own arena holding them once freed: a predict at the layer limits then grew the API by one to
-    three batches more than the budget when it ran on another thread than the request before it. Buffers stay in
-    the process, so repeated analyses do not fault them in again (a fixed 1 MiB mmap threshold bounded the growth
-    too, but made a CKA-set matrix 1.5x slower).
-    """
-    with suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX

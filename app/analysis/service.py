@@ -88,8 +88,8 @@ class Analyses:
             raise InvalidInput(f"sample {sample} is out of range; the CKA set of {dataset} has {len(images)} "
                                f"samples (0..{len(images) - 1})", field="sample")
         with _inputs_checked():
-            maps = maths.activations(net, _normalised(images[sample : sample + 1], meta), layer=layer,
-                                     max_bytes=self.max_bytes)
+            maps = self.registry.computed(maths.activations, net, _normalised(images[sample : sample + 1], meta),
+                                          layer=layer, max_bytes=self.max_bytes)
         return {"layer": layer, "name": maths.layer_names(net)[layer], "sample": sample,
                 "label": int(labels[sample]), "index": int(indices[sample]), "maps": maps}
 
@@ -155,7 +155,11 @@ class Analyses:
     # -- computing ---------------------------------------------------------------------------------------------
 
     def compute(self, spec: dict) -> dict:
-        """The result of `spec`, computed here within SCV_ANALYSIS_MAX_BYTES (an analysis job runs this too)."""
+        """The result of `spec`, computed within SCV_ANALYSIS_MAX_BYTES on the registry's compute thread (an analysis
+        job runs this too)."""
+        return self.registry.computed(self._compute, spec)
+
+    def _compute(self, spec: dict) -> dict:
         model = self.registry.get(spec["version"])
         with _inputs_checked():
             if spec["analysis"] == "top-images":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -70,6 +71,7 @@ class Files:
     def close(self) -> None:
         """Let a fill in progress end (seconds), drop queued ones: the next download queues them again."""
         self._filler.shutdown(wait=True, cancel_futures=True)
+        self._computer.shutdown(wait=False, cancel_futures=True)
 
     def _fill(self, model: dict) -> None:
         try:
@@ -113,8 +115,14 @@ class Files:
         from app.registry.inference import predict
 
         model, meta = self.load(version)
-        return predict(model, meta, decode(meta["input_shape"]), max_bytes=self.max_bytes, precision=self.precision,
-                       cpu_bf16=self.cpu_bf16)
+        return self.computed(predict, model, meta, decode(meta["input_shape"]), max_bytes=self.max_bytes,
+                             precision=self.precision, cpu_bf16=self.cpu_bf16)
+
+    def computed(self, fn: Callable, /, *args, **kwargs):
+        """`fn(*args, **kwargs)` on the registry's compute thread (see `ModelRegistry`), waiting its turn."""
+        if threading.current_thread().name.startswith("scv-compute"):  # already there
+            return fn(*args, **kwargs)
+        return self._computer.submit(fn, *args, **kwargs).result()
 
     def _model_bytes(self, model: dict) -> bytes:
         """A served item's file through the local cache; a cached copy whose bytes changed on disk is fetched again."""

@@ -32,3 +32,7 @@ class ModelRegistry(Listing, Aliases, Files, Deletion):
         # where and how loaded networks run
         self.device, self.precision, self.cpu_bf16 = settings.device, settings.precision, settings.cpu_bf16
         self.max_bytes = settings.analysis_max_bytes  # activation memory of one predict request
+        # Predictions and analyses run their networks on one thread, one at a time: the process holds one budget
+        # of activations however many requests arrive (torch uses every core for one already), and each reuses
+        # the buffers the one before freed (with glibc they stay in the arena of the thread that freed them).
+        self._computer = ThreadPoolExecutor(1, "scv-compute")
