@@ -69,7 +69,8 @@ class Files:
                 self._filler.submit(self._fill, model)
 
     def close(self) -> None:
-        """Let a fill in progress end (seconds), drop queued ones: the next download queues them again."""
+        """Let a fill in progress end (seconds), drop queued ones: the next download queues them again; the compute
+        thread finishes what it runs and takes nothing more."""
         self._filler.shutdown(wait=True, cancel_futures=True)
         self._computer.shutdown(wait=False, cancel_futures=True)
 
