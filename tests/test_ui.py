@@ -361,3 +361,19 @@ def test_the_sweep_page_polls_until_the_sweep_is_cancelled(lab, swept):
     ended = browser.get(f"/ui/sweeps/{record['id']}", headers={"HX-Request": "true"})
     assert ended.status_code == 286 and "Cancel this sweep" not in ended.text and "cancelled" in ended.text
     assert 'hx-trigger="every' not in ok_html(browser, f"/ui/sweeps/{record['id']}").text
+
+
+def test_the_lists_page_with_first_and_next_links(lab, monkeypatch):
+    from app.ui import jobs, models
+
+    browser = signed_in(lab)
+    for module, url in ((models, "/ui/models"), (jobs, "/ui?dataset=mnist")):  # one item a page
+        monkeypatch.setattr(module, "PAGE_SIZE", 1)
+        first = ok_html(browser, url).text
+        assert "First page" not in first
+        following = re.search(r'<a href="([^"]+)" rel="next">Next page</a>', first)
+        assert following, url
+        second = ok_html(browser, following[1].replace("&amp;", "&")).text
+        assert "First page" in second
+        rows = [set(re.findall(r'href="/ui/(?:models|jobs)/([\w.-]+)"', page)) - {"new"} for page in (first, second)]
+        assert len(rows[0]) == len(rows[1]) == 1 and rows[0] != rows[1], rows  # the second page goes on from the first
