@@ -12,6 +12,7 @@ from app.db.engine import Database
 from app.errors import InvalidInput
 from app.registry import inference
 from app.storage.s3 import store_from_settings
+from tests.support.analysis_memory import growth_of
 from tests.support.registry import put_model
 from tests.support.replicas import Replica
 from tests.support.s3 import make_settings
@@ -73,11 +74,6 @@ def test_predict_refuses_a_network_whose_single_image_does_not_fit():
     assert "SCV_ANALYSIS_MAX_BYTES" in problem.detail
 
 
-def _kib(pid: int, field: str) -> int:
-    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(field))
-    return int(line.split()[1]) * 1024
-
-
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc (VmHWM reset)")
 def test_predict_at_the_layer_limits_stays_within_the_budget(s3, tmp_path):
     settings = make_settings(s3, tmp_path)
@@ -95,25 +91,19 @@ def test_predict_at_the_layer_limits_stays_within_the_budget(s3, tmp_path):
         warm = replica.client.post("/models/wide/predict", json={"images": images[:1]})  # loads the network
         assert warm.status_code == 200, warm.text
         pid = replica.process.pid
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
-        before = _kib(pid, "VmRSS")
-        answer = replica.client.post("/models/wide/predict", json={"images": images})
-        peak = _kib(pid, "VmHWM")
+        answer, growth = growth_of(lambda: replica.client.post("/models/wide/predict", json={"images": images}), pid)
         # Four requests at once: the process still holds one budget of activations (they take turns).
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-        together_before = _kib(pid, "VmRSS")
         with ThreadPoolExecutor(4) as pool:
-            together = list(pool.map(lambda _: replica.client.post("/models/wide/predict", json={"images": images[:8]}),
-                                     range(4)))
-        together_peak = _kib(pid, "VmHWM")
+            together, together_growth = growth_of(lambda: list(pool.map(
+                lambda _: replica.client.post("/models/wide/predict", json={"images": images[:8]}), range(4))), pid)
     finally:
         replica.stop()
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["predictions"]) == 32
-    assert peak - before <= BUDGET + MARGIN, f"grew {(peak - before) / MiB:.0f} MiB"
+    assert growth <= BUDGET + MARGIN, f"grew {growth / MiB:.0f} MiB"
     assert [r.status_code for r in together] == [200] * 4, together[0].text
     assert all(r.json()["predictions"] == answer.json()["predictions"][:8] for r in together)
-    assert together_peak - together_before <= BUDGET + MARGIN, f"grew {(together_peak - together_before) / MiB:.0f} MiB"
+    assert together_growth <= BUDGET + MARGIN, f"grew {together_growth / MiB:.0f} MiB"
 
 
 def test_a_training_batch_that_cannot_fit_is_refused_at_submit(seeded_client):

@@ -1,4 +1,5 @@
-"""Peak resident-memory growth of one analysis of a wide network, measured in a fresh interpreter (Linux /proc).
+"""Peak resident-memory growth of one analysis of a wide network, measured in a fresh interpreter (Linux /proc);
+`growth_of` measures any process's.
 
 `python -m tests.support.analysis_memory SCENARIO IMAGES MAX_BYTES` builds the network and the images, runs the
 analysis once on a few images (so that libraries load their kernels and buffers), resets the peak (VmHWM), runs
@@ -62,18 +63,25 @@ def peak_growth(scenario: str, *, count: int, max_bytes: int, timeout: float = 1
     return found["growth"], found["answer"]
 
 
-def _status(field: str) -> int:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+def growth_of(run, pid: int | str = "self"):
+    """`run()`'s answer, and how far process `pid`'s peak resident size rose above its resident size before, in bytes
+    (Linux /proc: the peak, VmHWM, is reset first)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _status(pid, "VmRSS")
+    answer = run()
+    return answer, _status(pid, "VmHWM") - before
+
+
+def _status(pid: int | str, field: str) -> int:
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(field))
     return int(line.split()[1]) * 1024
 
 
 def _main(scenario: str, count: str, max_bytes: str) -> None:
     run = analysis(scenario, int(count), int(max_bytes))
     run(8)  # a warm-up on a few images: kernels, thread pools and allocator arenas are not the analysis
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = _status("VmRSS")
-    answer = run(int(count))
-    print(json.dumps({"growth": _status("VmHWM") - before, "answer": answer}))
+    answer, growth = growth_of(lambda: run(int(count)))
+    print(json.dumps({"growth": growth, "answer": answer}))
 
 
 if __name__ == "__main__":
