@@ -105,8 +105,13 @@ def test_sweep_wait_then_list_and_show(served, tmp_path):
 
 
 def test_a_sweep_cancelled_while_waited_for_exits_1(served, tmp_path):
-    body = {"name": "cli-cancelled", "base": {"dataset": "mnist", "layers": [{"type": "Flatten"}], "epochs": 100,
-                                              "batch_size": 1}, "space": {"learning_rate": [0.01, 0.001]}}
+    # Trials that take minutes (60 images, 100 epochs of single-image steps through two 256-channel convolutions): a
+    # lighter network's trial could end before the cancel reaches it (a Flatten-only one took 6 s).
+    conv = {"type": "Conv2d", "out_channels": 256, "kernel_size": 3, "padding": 1}
+    body = {"name": "cli-cancelled", "base": {"dataset": "mnist", "layers": [conv, {"type": "ReLU"}, conv,
+                                                                           {"type": "Flatten"}],
+                                              "epochs": 100, "batch_size": 1},
+            "space": {"learning_rate": [0.01, 0.001]}}
     (tmp_path / "long.json").write_text(json.dumps(body))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MINIO_", "SCV_"))}
     waiting = subprocess.Popen([sys.executable, "-m", "app.cli", "sweep", "long.json", "--wait"], cwd=tmp_path,
